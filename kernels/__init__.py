@@ -16,7 +16,7 @@ Public ops (each module's docstring states its math and reduction order):
     rotary_table, apply_rotary        rotary.py
     log_softmax, token_logprobs, row_mean   logprobs.py
     varlen_attention, paged_attention, write_kv_cache   attention.py
-    enable_exact_mode, disable_exact_mode, exact_mode   exact_mode.py
+    enable_exact_mode, disable_exact_mode, exact_mode   mode.py
 
 Depends on torch and triton only.
 """
@@ -31,8 +31,8 @@ _EXPORTS = {
     "rotary_table": "rotary", "apply_rotary": "rotary",
     "log_softmax": "logprobs", "token_logprobs": "logprobs", "row_mean": "logprobs",
     "varlen_attention": "attention", "paged_attention": "attention", "write_kv_cache": "attention",
-    "enable_exact_mode": "exact_mode", "disable_exact_mode": "exact_mode", "exact_mode": "exact_mode",
-    "is_exact_mode": "exact_mode",
+    "enable_exact_mode": "mode", "disable_exact_mode": "mode", "exact_mode": "mode",
+    "is_exact_mode": "mode",
 }
 __all__ = sorted(_EXPORTS)
 

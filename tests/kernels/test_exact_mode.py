@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import exact_kernels as ek
-from exact_kernels.exact_mode import NCCL_ENV
+from exact_kernels.mode import NCCL_ENV
 
 
 @pytest.fixture

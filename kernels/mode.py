@@ -24,6 +24,7 @@ import dataclasses
 import math
 import os
 import random
+import warnings
 
 import torch
 
@@ -75,31 +76,35 @@ def _set_env(env: dict[str, str], settings: dict[str, str]) -> None:
 
 
 # --- aten adapters: reshape to the library's row layout, never call the overridden op.
+# They run below autograd (the aten autograd kernel above them records the graph), so
+# they call the library's raw forwards, or its public ops under no_grad.
 
 def _mm(a, b):
-    from .matmul import mm
-    return mm(a, b)
+    from .matmul import mm_forward
+    return mm_forward(a, b)
 
 
 def _addmm(bias, a, b, *, beta=1, alpha=1):
-    from .matmul import addmm
-    return addmm(bias, a, b, beta=beta, alpha=alpha)
+    from .matmul import addmm_forward
+    return addmm_forward(bias, a, b, beta=beta, alpha=alpha)
 
 
 def _bmm(a, b):
-    from .matmul import bmm
-    return bmm(a, b)
+    from .matmul import bmm_forward
+    return bmm_forward(a, b)
 
 
+@torch.no_grad()
 def _log_softmax(x, dim, half_to_float):
     from .logprobs import log_softmax
     dim = dim % x.dim() if x.dim() else 0
     moved = x.movedim(dim, -1)
     rows = moved.reshape(-1, moved.shape[-1]) if x.dim() else x.reshape(1, 1)
-    out = log_softmax(rows, 1.0).reshape(moved.shape).movedim(-1, dim)
+    out = log_softmax(rows, 1.0).reshape(moved.shape).movedim(-1, dim).contiguous()
     return out if half_to_float or x.dtype == torch.float32 else out.to(x.dtype)
 
 
+@torch.no_grad()
 def _mean_dim(x, dim, keepdim=False, *, dtype=None):
     from .logprobs import row_mean
     nd = x.dim()
@@ -147,9 +152,11 @@ def enable_exact_mode(seed: int | None = None) -> ExactModeReport:
 
     lib = torch.library.Library("aten", "IMPL")
     impls = {"mm": _mm, "addmm": _addmm, "bmm": _bmm, "_log_softmax": _log_softmax, "mean.dim": _mean_dim}
-    for key in ("CPU", "CUDA"):
-        for name in _OVERRIDDEN:
-            lib.impl(name, impls[name], key)
+    with warnings.catch_warnings():  # "overriding a previously registered kernel" is the point
+        warnings.filterwarnings("ignore", message=".*[Oo]verrid.*registered kernel")
+        for key in ("CPU", "CUDA"):
+            for name in _OVERRIDDEN:
+                lib.impl(name, impls[name], key)
     _State.lib = lib
     if seed is not None:
         _seed_all(seed)
