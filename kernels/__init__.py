@@ -22,24 +22,18 @@ Depends on torch and triton only.
 """
 from __future__ import annotations
 
-import importlib
+# Imported eagerly: `rms_norm` is both a submodule and its function, and only an
+# import that runs before the package attribute is read binds the function.
+from .activation import silu_and_mul
+from .attention import paged_attention, varlen_attention, write_kv_cache
+from .logprobs import log_softmax, row_mean, token_logprobs
+from .matmul import addmm, bmm, linear, mm
+from .mode import disable_exact_mode, enable_exact_mode, exact_mode, is_exact_mode
+from .rms_norm import rms_norm
+from .rotary import apply_rotary, rotary_table
 
-_EXPORTS = {
-    "mm": "matmul", "addmm": "matmul", "bmm": "matmul", "linear": "matmul",
-    "rms_norm": "rms_norm",
-    "silu_and_mul": "activation",
-    "rotary_table": "rotary", "apply_rotary": "rotary",
-    "log_softmax": "logprobs", "token_logprobs": "logprobs", "row_mean": "logprobs",
-    "varlen_attention": "attention", "paged_attention": "attention", "write_kv_cache": "attention",
-    "enable_exact_mode": "mode", "disable_exact_mode": "mode", "exact_mode": "mode",
-    "is_exact_mode": "mode",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Deferred so `import exact_kernels` stays cheap and one op's module does not
-    # pull in every other op's Triton compilation.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "addmm", "apply_rotary", "bmm", "disable_exact_mode", "enable_exact_mode", "exact_mode",
+    "is_exact_mode", "linear", "log_softmax", "mm", "paged_attention", "rms_norm", "rotary_table",
+    "row_mean", "silu_and_mul", "token_logprobs", "varlen_attention", "write_kv_cache",
+]
