@@ -1,0 +1,251 @@
+"""Tests for exact_kernels.matmul (mm, addmm, bmm, linear), CPU and CUDA.
+
+Two kinds, never mixed:
+* `*_close`: closeness to the fp32 references (kernels/reference.py) per dtype, with
+  the tolerances stated in `TOL`, forward and every gradient, ordinary and odd shapes.
+* `*_invariant`: `torch.equal`, no tolerance, no retry. Row i alone == row i inside
+  batches of every size 1..64 and larger ones, at every position, shuffled; bmm batch
+  element alone == in the batch; on CUDA every M bucket's launch configuration gives
+  the same bits; backward run-to-run determinism.
+"""
+import pytest
+import torch
+
+from exact_kernels import addmm, bmm, linear, mm
+from exact_kernels.matmul import (_CONFIGS, MMConfig, _launch_cuda, _pick_config, addmm_forward, bmm_forward,
+                                  mm_forward)
+from exact_kernels.reference import linear_ref, mm_ref
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Inputs are drawn in the test dtype, so the only errors are fp32 accumulation order
+# and one final rounding to the dtype (bf16: 2^-9 relative, fp16: 2^-12).
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-4),
+       torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
+       torch.float16: dict(rtol=2e-3, atol=2e-3)}
+SHAPES = [(5, 123, 123), (1, 1, 1), (64, 256, 96), (33, 300, 70), (17, 1000, 130)]  # (M, K, N)
+
+
+def _rand(gen, *shape, dtype=torch.float32, device="cpu"):
+    return torch.randn(shape, generator=gen).to(dtype).to(device)
+
+
+# ------------------------------------------------------------------ closeness
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_mm_close(device, gen, dtype, M, K, N):
+    a, b = _rand(gen, M, K, dtype=dtype, device=device), _rand(gen, K, N, dtype=dtype, device=device)
+    out = mm(a, b)
+    assert out.dtype == dtype and out.shape == (M, N)
+    torch.testing.assert_close(out.float(), mm_ref(a, b), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mm_strided_close(device, gen, dtype):
+    w = _rand(gen, 70, 123, dtype=dtype, device=device)
+    a_big = _rand(gen, 9, 250, dtype=dtype, device=device)
+    a = a_big[:, 1:247:2]  # neither dim contiguous
+    torch.testing.assert_close(mm(a, w.t()).float(), mm_ref(a, w.t()), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bias_shape", [(70,), (1, 70), (9, 70), (9, 1), ()])
+def test_addmm_close(device, gen, dtype, bias_shape):
+    a, b = _rand(gen, 9, 123, dtype=dtype, device=device), _rand(gen, 123, 70, dtype=dtype, device=device)
+    bias = _rand(gen, *bias_shape, dtype=dtype, device=device)
+    for beta, alpha in [(1, 1), (0.5, 2.0), (0, 1)]:
+        ref = alpha * mm_ref(a, b) + beta * bias.float()
+        torch.testing.assert_close(addmm(bias, a, b, beta=beta, alpha=alpha).float(), ref, **TOL[dtype])
+    nan_bias = torch.full_like(bias, float("nan"))
+    assert not addmm(nan_bias, a, b, beta=0).isnan().any()  # aten: beta == 0 ignores bias
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_bmm_close(device, gen, dtype):
+    a, b = _rand(gen, 3, 5, 123, dtype=dtype, device=device), _rand(gen, 3, 123, 33, dtype=dtype, device=device)
+    ref = torch.stack([mm_ref(a[i], b[i]) for i in range(3)])
+    torch.testing.assert_close(bmm(a, b).float(), ref, **TOL[dtype])
+
+
+def _grad_tol(dtype, scale):
+    t = TOL[dtype]
+    return dict(rtol=t["rtol"], atol=t["atol"] * scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lead,K,N", [((5,), 123, 123), ((2, 7), 64, 40), ((1,), 1, 1), ((3, 11), 257, 65)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_close(device, gen, dtype, lead, K, N, with_bias):
+    x = _rand(gen, *lead, K, dtype=dtype, device=device).requires_grad_()
+    w = _rand(gen, N, K, dtype=dtype, device=device).requires_grad_()
+    bias = _rand(gen, N, dtype=dtype, device=device).requires_grad_() if with_bias else None
+    g = _rand(gen, *lead, N, dtype=dtype, device=device)
+    y = linear(x, w, bias)
+    assert y.dtype == dtype and y.shape == (*lead, N)
+    y.backward(g)
+
+    xr, wr = x.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    br = bias.detach().float().requires_grad_() if with_bias else None
+    yr = linear_ref(xr, wr, br)
+    yr.backward(g.float())
+    torch.testing.assert_close(y.float(), yr, **TOL[dtype])
+    rows = x.numel() // K
+    torch.testing.assert_close(x.grad.float(), xr.grad, **_grad_tol(dtype, 1))
+    # grad_W and grad_bias sum over rows: bf16/fp16 round a larger value.
+    torch.testing.assert_close(w.grad.float(), wr.grad, **_grad_tol(dtype, max(1, rows ** 0.5)))
+    if with_bias:
+        torch.testing.assert_close(bias.grad.float(), br.grad, **_grad_tol(dtype, max(1, rows ** 0.5)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mm_bmm_addmm_grads_close(device, gen, dtype):
+    a = _rand(gen, 6, 50, dtype=dtype, device=device).requires_grad_()
+    b = _rand(gen, 50, 20, dtype=dtype, device=device).requires_grad_()
+    bias = _rand(gen, 20, dtype=dtype, device=device).requires_grad_()
+    A = _rand(gen, 2, 6, 50, dtype=dtype, device=device).requires_grad_()
+    B = _rand(gen, 2, 50, 20, dtype=dtype, device=device).requires_grad_()
+    outs = [mm(a, b), addmm(bias, a, b, beta=0.5, alpha=2.0), bmm(A, B)]
+    sum(o.float().sum() for o in outs).backward()
+
+    leaves = [t.detach().float().requires_grad_() for t in (a, b, bias, A, B)]
+    ar, br, biasr, Ar, Br = leaves
+    refs = [ar @ br, 0.5 * biasr + 2.0 * (ar @ br), Ar @ Br]
+    sum(r.sum() for r in refs).backward()
+    for t, r in zip((a, b, bias, A, B), leaves):
+        torch.testing.assert_close(t.grad.float(), r.grad, **_grad_tol(dtype, 3))
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_bad_input_raises_value_error(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    f32 = dict(device=device)
+    a, b = torch.randn(4, 8, **f32), torch.randn(8, 3, **f32)
+    cases = [
+        (mm, (a.int(), b.int())),                        # wrong dtype
+        (mm, (a, b.half())),                             # mismatched dtypes
+        (mm, (a, torch.randn(7, 3, **f32))),             # inner dims
+        (mm, (a[None], b)),                              # ndim
+        (mm, (torch.randn(0, 8, **f32), b)),             # empty
+        (mm, (a, b.to("meta"))),                         # devices differ
+        (bmm, (a, b)),                                   # bmm wants 3-D
+        (bmm, (torch.randn(2, 4, 8, **f32), torch.randn(3, 8, 3, **f32))),
+        (mm_forward, (a, b.half())),
+        (bmm_forward, (a[None], b[None].half())),
+        (linear, (a, torch.randn(3, 7, **f32))),
+        (linear, (a, torch.randn(3, 8, **f32), torch.randn(4, **f32))),
+        (linear, (a, torch.randn(3, 8, **f32).half())),
+    ]
+    for fn, args in cases:
+        with pytest.raises(ValueError, match=fn.__name__.removesuffix("_forward")):
+            fn(*args)
+    with pytest.raises(ValueError, match="addmm"):
+        addmm_forward(torch.randn(5, **f32), a, b)       # bias does not broadcast
+    with pytest.raises(ValueError, match="addmm"):
+        addmm_forward(torch.randn(3, **f32).half(), a, b)
+
+
+# ------------------------------------------------------------------ invariance
+
+BATCH_SIZES = list(range(1, 65)) + [100, 257, 1000]
+
+
+def _rows_alone(a, b):
+    return torch.cat([mm_forward(a[i:i + 1], b) for i in range(a.shape[0])])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("K,N,transposed", [(257, 130, False), (96, 33, True)])
+def test_mm_rows_invariant(device, gen, dtype, K, N, transposed):
+    """Every row of every batch (sizes 1..64, 100, 257, 1000; shuffled, so each row
+    sits at many positions) equals the same row computed alone."""
+    x = _rand(gen, max(BATCH_SIZES), K, dtype=dtype, device=device)
+    b = _rand(gen, N, K, dtype=dtype, device=device).t() if transposed else _rand(gen, K, N, dtype=dtype, device=device)
+    alone = _rows_alone(x, b)
+    for s in BATCH_SIZES:
+        idx = torch.randperm(x.shape[0], generator=gen)[:s].to(device)
+        assert torch.equal(mm_forward(x[idx], b), alone[idx]), f"batch size {s}"
+    assert torch.equal(mm(x[:1], b), mm(x, b)[:1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("N,K", [(4096, 4096), (6144, 4096), (4096, 12288)])
+def test_cuda_layer_shapes_invariant(gen, dtype, N, K):
+    """Qwen3-8B layer shapes, weight as W.t(): rows alone vs batches crossing every M
+    bucket of the config table."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    x = _rand(gen, 2048, K, dtype=dtype, device="cuda")
+    w = _rand(gen, N, K, dtype=dtype, device="cuda")
+    alone = torch.cat([mm_forward(x[i:i + 1], w.t()) for i in range(64)])
+    for s in list(range(1, 65)) + [100, 257, 1000, 2048]:
+        assert torch.equal(mm_forward(x[:s], w.t())[:64], alone[:min(s, 64)]), f"batch size {s}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_configs_invariant(gen, dtype):
+    """Every M bucket's launch configuration of every (N, K) entry gives the same bits
+    on the same input: this is what allows the config to vary with M."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    shapes = [k for k in _CONFIGS if k is not None] + [(130, 257), (1000, 4000), (1024, 4096)]
+    # Pointer and TMA kernels, persistent or not, must agree too (TMA is bf16/fp16 only;
+    # _launch_cuda falls back to the pointer kernel where TMA cannot be used).
+    extra = [MMConfig(16, 16, 32, 4, 2), MMConfig(128, 256, 64, 8, 3, tma=True),
+             MMConfig(128, 128, 64, 8, 4, tma=True, persistent=True)] if dtype != torch.float32 else []
+    for N, K in shapes:
+        a = _rand(gen, 1, 300, K, dtype=dtype, device="cuda")
+        w = _rand(gen, 1, N, K, dtype=dtype, device="cuda")
+        buckets = _CONFIGS.get((N, K), _CONFIGS[None])
+        cfgs = list({_pick_config(min(max_m, 1 << 20), N, K, dtype) for max_m, _ in buckets}) + extra
+        for b in (w.transpose(1, 2), w.transpose(1, 2).contiguous()):
+            outs = [_launch_cuda(a, b, None, 0.0, 1.0, config=c) for c in cfgs]
+            for c, o in zip(cfgs, outs):
+                assert torch.equal(o, outs[0]), f"(N, K) = {(N, K)}: {c} differs from {cfgs[0]}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_addmm_linear_rows_invariant(device, gen, dtype):
+    x = _rand(gen, 200, 77, dtype=dtype, device=device)
+    w = _rand(gen, 45, 77, dtype=dtype, device=device)
+    bias = _rand(gen, 45, dtype=dtype, device=device)
+    lin_alone = torch.cat([linear(x[i:i + 1], w, bias) for i in range(x.shape[0])])
+    add_alone = torch.cat([addmm_forward(bias, x[i:i + 1], w.t(), beta=0.5, alpha=2.0) for i in range(x.shape[0])])
+    for s in (1, 2, 3, 7, 16, 31, 64, 65, 200):
+        idx = torch.randperm(x.shape[0], generator=gen)[:s].to(device)
+        assert torch.equal(linear(x[idx], w, bias), lin_alone[idx]), f"linear, batch size {s}"
+        assert torch.equal(addmm_forward(bias, x[idx], w.t(), beta=0.5, alpha=2.0), add_alone[idx]), f"addmm {s}"
+    x3 = x[:120].reshape(4, 30, 77)
+    assert torch.equal(linear(x3, w, bias)[2, 5], lin_alone[65])  # [..., K] leading dims
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_bmm_invariant(device, gen, dtype):
+    a = _rand(gen, 9, 40, 130, dtype=dtype, device=device)
+    b = _rand(gen, 9, 130, 33, dtype=dtype, device=device)
+    full = bmm_forward(a, b)
+    for i in range(9):
+        assert torch.equal(bmm_forward(a[i:i + 1], b[i:i + 1])[0], full[i])
+        assert torch.equal(mm_forward(a[i], b[i]), full[i])
+        assert torch.equal(bmm_forward(a[i:i + 1, 3:17], b[i:i + 1])[0], full[i, 3:17])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_linear_backward_invariant(device, gen, dtype):
+    """Run-to-run determinism of every gradient (two runs, torch.equal)."""
+    x0 = _rand(gen, 3, 37, 150, dtype=dtype, device=device)
+    w0 = _rand(gen, 70, 150, dtype=dtype, device=device)
+    b0 = _rand(gen, 70, dtype=dtype, device=device)
+    g = _rand(gen, 3, 37, 70, dtype=dtype, device=device)
+    grads = []
+    for _ in range(2):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        linear(x, w, b).backward(g)
+        grads.append((x.grad, w.grad, b.grad))
+    for g1, g2 in zip(*grads):
+        assert torch.equal(g1, g2)
