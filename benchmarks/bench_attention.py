@@ -1,0 +1,145 @@
+"""Benchmark exact_kernels attention against torch SDPA (one table, one run).
+
+CUDA (default): Qwen3-8B attention shapes (32 q heads, 8 kv heads, head_dim 128, bf16).
+  * prefill: varlen_attention forward, and forward + backward, on packed sequences
+    of up to 2048 tokens, vs SDPA (flash backend, is_causal, GQA through enable_gqa,
+    or repeated kv if that backend refuses it) on the same sequences as a batch;
+  * decode: paged_attention with q_len 1 on a shuffled block table (block_size 16)
+    vs SDPA on the KV already gathered into [B, Hkv, ctx, D] (the gather is not timed).
+  "ours" is the public op (host-side validation included: it reads cu_seqlens /
+  seq_lens / block table, one sync); "kernel" is the Triton launch alone. The ratio
+  is kernel / SDPA. Median of triton.testing.do_bench.
+
+CPU (--device cpu): a small table (4 q heads, 2 kv heads, head_dim 64) against SDPA's
+CPU kernel; times are medians of repeated wall-clock runs.
+
+Run: python benchmarks/bench_attention.py [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from exact_kernels import attention as A
+from exact_kernels import paged_attention, varlen_attention
+
+
+def _bench(fn, device, grad_to_none=None) -> float:
+    if device == "cuda":
+        import triton
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+    fn()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _sdpa(q, k, v, causal):
+    """q [B, Hq, S, D], k/v [B, Hkv, L, D]; flash backend on CUDA."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.FLASH_ATTENTION] if q.is_cuda else [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION]
+    group = q.shape[1] // k.shape[1]
+    try:
+        with sdpa_kernel(backends):
+            F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+
+        def run():
+            with sdpa_kernel(backends):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+        return run, "gqa"
+    except RuntimeError:
+        kr = k.repeat_interleave(group, 1).detach().requires_grad_(k.requires_grad)
+        vr = v.repeat_interleave(group, 1).detach().requires_grad_(v.requires_grad)
+
+        def run():
+            with sdpa_kernel(backends):
+                return F.scaled_dot_product_attention(q, kr, vr, is_causal=causal)
+        return run, "rep-kv"
+
+
+def prefill_rows(device, hq, hkv, d, dtype, totals, seq):
+    rows = []
+    for total in totals:
+        s = min(total, seq)
+        B = total // s
+        cu = torch.arange(0, total + 1, s, dtype=torch.int32, device=device)
+        q = torch.randn(total, hq, d, device=device, dtype=dtype, requires_grad=True)
+        k = torch.randn(total, hkv, d, device=device, dtype=dtype, requires_grad=True)
+        v = torch.randn(total, hkv, d, device=device, dtype=dtype, requires_grad=True)
+        dout = torch.randn(total, hq, d, device=device, dtype=dtype)
+        scale = d ** -0.5
+        qs, ks, vs = (t.detach().view(B, s, -1, d).transpose(1, 2).requires_grad_() for t in (q, k, v))
+        sdpa, how = _sdpa(qs, ks, vs, causal=True)
+        dout_s = dout.view(B, s, hq, d).transpose(1, 2)
+        with torch.no_grad():
+            ours = _bench(lambda: varlen_attention(q, k, v, cu, s, scale), device)
+            kern = ours if device == "cpu" else _bench(
+                lambda: A._triton_fwd("bench", q, k, v, cu, None, None, 1, s, scale, paged=False, want_lse=True),
+                device)
+            ref = _bench(sdpa, device)
+        rows.append((f"prefill fwd T={total} ({B}x{s})", ours, kern, ref, how))
+        if device == "cuda":
+            ours_b = _bench(lambda: varlen_attention(q, k, v, cu, s, scale).backward(dout), device, [q, k, v])
+            ref_b = _bench(lambda: sdpa().backward(dout_s), device, [qs, ks, vs])
+            rows.append((f"prefill fwd+bwd T={total} ({B}x{s})", ours_b, ours_b, ref_b, how))
+    return rows
+
+
+def decode_rows(device, hq, hkv, d, dtype, batches, contexts, bs=16):
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for B in batches:
+        for ctx in contexts:
+            nblk = (ctx + bs - 1) // bs
+            num_blocks = B * nblk
+            k_cache = torch.randn(num_blocks, bs, hkv, d, device=device, dtype=dtype)
+            v_cache = torch.randn(num_blocks, bs, hkv, d, device=device, dtype=dtype)
+            table = torch.randperm(num_blocks, generator=gen).view(B, nblk).to(torch.int32).to(device)
+            seq_lens = torch.full((B,), ctx, dtype=torch.int32, device=device)
+            cu = torch.arange(B + 1, dtype=torch.int32, device=device)
+            q = torch.randn(B, hq, d, device=device, dtype=dtype)
+            scale = d ** -0.5
+            kg = k_cache[table.long()].view(B, nblk * bs, hkv, d)[:, :ctx].transpose(1, 2).contiguous()
+            vg = v_cache[table.long()].view(B, nblk * bs, hkv, d)[:, :ctx].transpose(1, 2).contiguous()
+            sdpa, how = _sdpa(q.view(B, hq, 1, d), kg, vg, causal=False)
+            ours = _bench(lambda: paged_attention(q, k_cache, v_cache, table, cu, seq_lens, scale), device)
+            kern = ours if device == "cpu" else _bench(
+                lambda: A._triton_fwd("bench", q, k_cache, v_cache, cu, seq_lens, table, bs, 1, scale,
+                                      paged=True, want_lse=False), device)
+            ref = _bench(sdpa, device)
+            rows.append((f"decode B={B} ctx={ctx}", ours, kern, ref, how))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    args = ap.parse_args()
+    if args.device == "cuda":
+        dtype, hq, hkv, d = torch.bfloat16, 32, 8, 128
+        rows = prefill_rows("cuda", hq, hkv, d, dtype, [128, 512, 2048, 8192], seq=2048)
+        rows += decode_rows("cuda", hq, hkv, d, dtype, [1, 8, 32, 128], [1024, 4096])
+        title = f"Qwen3-8B attention (Hq={hq}, Hkv={hkv}, D={d}, bf16) on {torch.cuda.get_device_name()}"
+    else:
+        dtype, hq, hkv, d = torch.float32, 4, 2, 64
+        rows = prefill_rows("cpu", hq, hkv, d, dtype, [128, 512], seq=512)
+        rows += decode_rows("cpu", hq, hkv, d, dtype, [1, 8], [512])
+        title = f"CPU attention (Hq={hq}, Hkv={hkv}, D={d}, fp32), {torch.get_num_threads()} threads"
+    print(title)
+    print(f"| {'case':<34} | {'ours ms':>9} | {'kernel ms':>9} | {'SDPA ms':>9} | {'kernel/SDPA':>11} | SDPA GQA |")
+    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 11}|{'-' * 11}|{'-' * 13}|----------|")
+    for name, ours, kern, ref, how in rows:
+        print(f"| {name:<34} | {ours:9.3f} | {kern:9.3f} | {ref:9.3f} | {kern / ref:10.2f}x | {how:<8} |")
+
+
+if __name__ == "__main__":
+    main()

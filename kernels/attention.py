@@ -1,0 +1,544 @@
+"""Batch-invariant causal GQA attention: packed-varlen prefill (with a deterministic
+backward), paged attention over a vLLM-layout KV cache, and the cache write.
+
+Math (per query row i of a sequence, query head h, kv head h // (Hq // Hkv)):
+
+    s_ij = scale * <q_i, k_j>,  j = 0 .. pos_i   (causal: keys at or before the row)
+    out_i = sum_j softmax(s_i)_j v_j
+
+fp32 scores, softmax and accumulation; the output is rounded once to the input dtype.
+`pos_i` is the row's position inside its own sequence: in `varlen_attention` the
+i-th token of the sequence; in `paged_attention` the queries of sequence b are its
+last q_len_b tokens, so pos = seq_len_b - q_len_b + i (decode: q_len 1; chunked
+prefill / extend: q_len > 1).
+
+The contract (DESIGN.md, "One attention algorithm"): a query row gets the same bits
+from `varlen_attention` and from `paged_attention`, whatever the batch, block table
+or chunking. Both reduce over keys in the same order:
+
+CUDA (Triton): ONE forward kernel, `_attn_fwd_kernel`, with a constexpr PAGED flag
+that changes only how K/V addresses are formed (packed offset vs block-table
+gather). Both paths run with the same BLOCK_M / BLOCK_N / num_warps / num_stages
+(`_fwd_config`, chosen from dtype and head_dim only), so the MMA instructions and the
+register layouts (which decide the tree order of tl.max / tl.sum) are the same.
+  * A program owns one kv head of one sequence and a tile of BLOCK_M query rows:
+    TOK_M = BLOCK_M // GP tokens x GP heads of the GQA group (GP = next power of two
+    of the group size; pad rows are independent rows whose results are dropped). So
+    decode (one token) still fills GP rows of the tile.
+  * KV tiles of BLOCK_N keys start at key 0 of the sequence (never a packed-buffer
+    offset); online softmax in base 2, updated tile by tile in key order.
+  * A row's last tiles may be fully masked (the tile's other rows reach further):
+    those updates are exact no-ops (max unchanged, alpha = exp2(0) = 1, p = 0), so the
+    number of tiles a row visits does not change its bits.
+  * No split-KV (no flash-decoding): decode walks the whole context in one program.
+
+CPU (C++, csrc/attention.cpp): one templated routine per query row with a key
+accessor (packed or paged): scores over head_dim in a fixed 8-lane order, then an
+exact two-pass softmax and the weighted sum in key order 0..pos. OpenMP over rows.
+
+Backward (varlen only; the sampler never differentiates):
+  CUDA: FA2-style, no atomics. `_attn_bwd_dkdv_kernel`: one program per (KV tile,
+  kv head, sequence) loops over query tiles in order; the GQA group's heads are rows
+  of the same query tile, so their contributions are summed inside the tile's
+  tl.dot in a fixed order. `_attn_bwd_dq_kernel`: one program per query tile loops
+  over KV tiles from key 0. delta = rowsum(O * dO) by `_attn_bwd_delta_kernel`.
+  CPU: C++ (same file): dq per query row over keys 0..i; dk/dv per key row over the
+  group's heads in order, then rows i >= j. We chose C++ over a torch-math
+  recompute because torch's CPU matmul gives no fixed reduction order (MKL/oneDNN
+  choose kernels by shape and thread count), and C++ states the order outright.
+  Gradients are deterministic run to run; they are not claimed batch-invariant
+  (GPU tile packing does not change a row's arithmetic, but nothing tests it).
+
+Departures from FlashAttention-2: no split-KV decode, one tile config for prefill
+and decode (decode wastes the pad rows of its tile), the GQA group packed into the
+query tile. Inputs are validated on the host (values of cu_seqlens / seq_lens /
+block table are read, i.e. one device sync per call).
+
+Run the tests: python -m pytest tests/kernels/test_attention.py -q
+Benchmark:     python benchmarks/bench_attention.py [--device cpu]
+"""
+from __future__ import annotations
+
+
+import torch
+
+from ._checks import check, check_float, check_same_device, shapes
+
+try:  # Triton is optional on CPU-only installs; CUDA tensors need it.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+SUPPORTED_HEAD_DIMS = (32, 64, 128)
+_LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------- Triton
+
+if triton is not None:
+
+    @triton.jit
+    def _attn_fwd_kernel(
+        Q, K, V, O, LSE,
+        CU_Q, SEQ_LENS, BLOCK_TABLE,
+        stride_qt, stride_qh,
+        stride_kb, stride_ks, stride_kh,
+        stride_vb, stride_vs, stride_vh,
+        stride_ot, stride_oh,
+        stride_bt,
+        qk_scale, Hq,
+        G: tl.constexpr, GP: tl.constexpr, TOK_M: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+        PAGE: tl.constexpr, PAGED: tl.constexpr, WRITE_LSE: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        # Grid: (query tile, kv head, sequence). Varlen: keys share the queries' packed
+        # rows (stride_kb unused). Paged: key j of sequence b is slot j % PAGE of
+        # physical block BLOCK_TABLE[b, j // PAGE]. Nothing else differs.
+        pid_m = tl.program_id(0)
+        kvh = tl.program_id(1)
+        b = tl.program_id(2)
+        q_start = tl.load(CU_Q + b)
+        q_len = tl.load(CU_Q + b + 1) - q_start
+        if pid_m * TOK_M >= q_len:
+            return
+        if PAGED:
+            n = tl.load(SEQ_LENS + b)
+        else:
+            n = q_len
+        rows = tl.arange(0, BLOCK_M)
+        tok = pid_m * TOK_M + rows // GP
+        hg = rows % GP
+        row_ok = (tok < q_len) & (hg < G)
+        head = kvh * G + hg
+        pos = n - q_len + tok
+        offs_d = tl.arange(0, HEAD_DIM)
+        q_rows = (q_start + tok).to(tl.int64)
+        q = tl.load(Q + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        hi = n - q_len + tl.minimum((pid_m + 1) * TOK_M, q_len)  # last row's pos + 1
+        for start_n in range(0, hi, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            key_ok = offs_n < n
+            if PAGED:
+                blk = tl.load(BLOCK_TABLE + b * stride_bt + offs_n // PAGE, mask=key_ok, other=0).to(tl.int64)
+                slot = offs_n % PAGE
+                k_off = blk * stride_kb + slot * stride_ks
+                v_off = blk * stride_vb + slot * stride_vs
+            else:
+                key_rows = (q_start + offs_n).to(tl.int64)
+                k_off = key_rows * stride_ks
+                v_off = key_rows * stride_vs
+            k = tl.load(K + k_off[:, None] + kvh * stride_kh + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            v = tl.load(V + v_off[:, None] + kvh * stride_vh + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+            qk = tl.where(offs_n[None, :] <= pos[:, None], qk * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            p = tl.exp2(qk - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+            m_i = m_new
+
+        out = acc / l_i[:, None]
+        tl.store(O + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        if WRITE_LSE:  # base-2 log-sum-exp of the scaled scores, for the backward
+            tl.store(LSE + q_rows * Hq + head, m_i + tl.log2(l_i), mask=row_ok)
+
+    @triton.jit
+    def _attn_bwd_delta_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr):
+        # delta[r] = <o_r, do_r> over head_dim; O, DO contiguous [rows, D].
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        d = tl.arange(0, HEAD_DIM)
+        ok = r < n_rows
+        o = tl.load(O + r.to(tl.int64)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        do = tl.load(DO + r.to(tl.int64)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        tl.store(DELTA + r, tl.sum(o * do, 1), mask=ok)
+
+    @triton.jit
+    def _attn_bwd_dkdv_kernel(
+        Q, K, V, DO, LSE, DELTA, DK, DV, CU,
+        qk_scale, sm_scale, Hq, Hkv,
+        G: tl.constexpr, GP: tl.constexpr, TOK_M: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        # One program per (KV tile, kv head, sequence). All tensors contiguous:
+        # Q/DO [T, Hq, D], K/V/DK/DV [T, Hkv, D], LSE/DELTA [T, Hq].
+        pid_n = tl.program_id(0)
+        kvh = tl.program_id(1)
+        b = tl.program_id(2)
+        start = tl.load(CU + b)
+        n = tl.load(CU + b + 1) - start
+        start_n = pid_n * BLOCK_N
+        if start_n >= n:
+            return
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        key_ok = offs_n < n
+        kv_rows = (start + offs_n).to(tl.int64)
+        kv_ptr_off = kv_rows[:, None] * (Hkv * HEAD_DIM) + kvh * HEAD_DIM + offs_d[None, :]
+        k = tl.load(K + kv_ptr_off, mask=key_ok[:, None], other=0.0)
+        v = tl.load(V + kv_ptr_off, mask=key_ok[:, None], other=0.0)
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        rows = tl.arange(0, BLOCK_M)
+        hg = rows % GP
+        head = kvh * G + hg
+        for m0 in range((start_n // TOK_M) * TOK_M, n, TOK_M):
+            tok = m0 + rows // GP
+            row_ok = (tok < n) & (hg < G)
+            q_rows = (start + tok).to(tl.int64)
+            qo_off = q_rows[:, None] * (Hq * HEAD_DIM) + head[:, None] * HEAD_DIM + offs_d[None, :]
+            q = tl.load(Q + qo_off, mask=row_ok[:, None], other=0.0)
+            do = tl.load(DO + qo_off, mask=row_ok[:, None], other=0.0)
+            lse = tl.load(LSE + q_rows * Hq + head, mask=row_ok, other=0.0)
+            delta = tl.load(DELTA + q_rows * Hq + head, mask=row_ok, other=0.0)
+            qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
+            keep = (offs_n[:, None] <= tok[None, :]) & row_ok[None, :] & key_ok[:, None]
+            pT = tl.where(keep, tl.exp2(qkT * qk_scale - lse[None, :]), 0.0)
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+            dsT = pT * (dpT - delta[None, :])
+            dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+        dk = dk * sm_scale
+        tl.store(DK + kv_ptr_off, dk.to(DK.dtype.element_ty), mask=key_ok[:, None])
+        tl.store(DV + kv_ptr_off, dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
+
+    @triton.jit
+    def _attn_bwd_dq_kernel(
+        Q, K, V, DO, LSE, DELTA, DQ, CU,
+        qk_scale, sm_scale, Hq, Hkv,
+        G: tl.constexpr, GP: tl.constexpr, TOK_M: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        # One program per (query tile, kv head, sequence); KV tiles from key 0 in order.
+        pid_m = tl.program_id(0)
+        kvh = tl.program_id(1)
+        b = tl.program_id(2)
+        start = tl.load(CU + b)
+        n = tl.load(CU + b + 1) - start
+        if pid_m * TOK_M >= n:
+            return
+        rows = tl.arange(0, BLOCK_M)
+        tok = pid_m * TOK_M + rows // GP
+        hg = rows % GP
+        row_ok = (tok < n) & (hg < G)
+        head = kvh * G + hg
+        offs_d = tl.arange(0, HEAD_DIM)
+        q_rows = (start + tok).to(tl.int64)
+        qo_off = q_rows[:, None] * (Hq * HEAD_DIM) + head[:, None] * HEAD_DIM + offs_d[None, :]
+        q = tl.load(Q + qo_off, mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + qo_off, mask=row_ok[:, None], other=0.0)
+        lse = tl.load(LSE + q_rows * Hq + head, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + q_rows * Hq + head, mask=row_ok, other=0.0)
+        dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        hi = tl.minimum((pid_m + 1) * TOK_M, n)
+        for start_n in range(0, hi, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            key_ok = offs_n < n
+            kv_off = (start + offs_n).to(tl.int64)[:, None] * (Hkv * HEAD_DIM) + kvh * HEAD_DIM + offs_d[None, :]
+            k = tl.load(K + kv_off, mask=key_ok[:, None], other=0.0)
+            v = tl.load(V + kv_off, mask=key_ok[:, None], other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+            keep = (offs_n[None, :] <= tok[:, None]) & row_ok[:, None] & key_ok[None, :]
+            p = tl.where(keep, tl.exp2(qk * qk_scale - lse[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+            ds = p * (dp - delta[:, None])
+            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+        dq = dq * sm_scale
+        tl.store(DQ + qo_off, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+    @triton.jit
+    def _write_kv_cache_kernel(
+        K, V, KC, VC, SLOTS,
+        stride_kt, stride_kh, stride_vt, stride_vh,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
+        Hkv, PAGE: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ):
+        t = tl.program_id(0)
+        slot = tl.load(SLOTS + t).to(tl.int64)
+        if slot < 0:  # padding token (vLLM marks it with slot -1)
+            return
+        blk = slot // PAGE
+        off = slot % PAGE
+        h = tl.arange(0, BLOCK_H)
+        d = tl.arange(0, HEAD_DIM)
+        ok = (h < Hkv)[:, None]
+        k = tl.load(K + t * stride_kt + h[:, None] * stride_kh + d[None, :], mask=ok)
+        v = tl.load(V + t * stride_vt + h[:, None] * stride_vh + d[None, :], mask=ok)
+        tl.store(KC + blk * stride_kcb + off * stride_kcs + h[:, None] * stride_kch + d[None, :], k, mask=ok)
+        tl.store(VC + blk * stride_vcb + off * stride_vcs + h[:, None] * stride_vch + d[None, :], v, mask=ok)
+
+
+def _fwd_config(dtype: torch.dtype, head_dim: int) -> dict:
+    """Forward tile config, a function of dtype and head_dim ONLY: the varlen and the
+    paged launches must use the same one (it fixes the MMA shape and the layouts
+    behind the tl.max / tl.sum trees)."""
+    if dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+
+
+def _bwd_config(dtype: torch.dtype, head_dim: int) -> dict:
+    """Backward tile config (H100 sweep, Qwen3-8B bf16, T=8192: 64/64/4 warps 2.24 ms
+    fwd+bwd vs 3.10 ms for 64/32). Any config gives deterministic gradients; on that
+    sweep all seven tried gave the same bits, since chained tl.dot accumulation keeps
+    the k-step order."""
+    if dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1)
+    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
+
+
+def _group_packing(op: str, hq: int, hkv: int, block_m: int) -> tuple[int, int, int]:
+    """(G, GP, TOK_M): group size, its power-of-two padding, tokens per query tile."""
+    g = hq // hkv
+    gp = triton.next_power_of_2(g)
+    check(gp <= block_m, op, f"GQA group of {g} query heads per kv head exceeds the CUDA tile ({block_m} rows)")
+    return g, gp, block_m // gp
+
+
+def _dot_prec(dtype: torch.dtype) -> str:
+    # fp32 inputs: true fp32 products (no TF32), as the numerics contract asks.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _triton_fwd(op, q, k, v, cu_q, seq_lens, block_table, page, max_q, scale, paged, want_lse):
+    T, Hq, D = q.shape
+    Hkv = k.shape[-2]
+    B = cu_q.numel() - 1
+    cfg = _fwd_config(q.dtype, D)
+    G, GP, TOK_M = _group_packing(op, Hq, Hkv, cfg["BLOCK_M"])
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((T, Hq), dtype=torch.float32, device=q.device) if want_lse else out
+    if T == 0 or B == 0:
+        return out, lse
+    if paged:
+        skb, sks, skh = k.stride(0), k.stride(1), k.stride(2)
+        svb, svs, svh = v.stride(0), v.stride(1), v.stride(2)
+        bt, sbt, sl = block_table, block_table.stride(0), seq_lens
+    else:
+        skb, sks, skh = 0, k.stride(0), k.stride(1)
+        svb, svs, svh = 0, v.stride(0), v.stride(1)
+        bt, sbt, sl = cu_q, 0, cu_q  # unused pointers
+    grid = (triton.cdiv(max_q, TOK_M), Hkv, B)
+    _attn_fwd_kernel[grid](
+        q, k, v, out, lse, cu_q, sl, bt,
+        q.stride(0), q.stride(1), skb, sks, skh, svb, svs, svh, out.stride(0), out.stride(1), sbt,
+        scale * _LOG2E, Hq,
+        G=G, GP=GP, TOK_M=TOK_M, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], HEAD_DIM=D,
+        PAGE=page, PAGED=paged, WRITE_LSE=want_lse, DOT_PREC=_dot_prec(q.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out, lse
+
+
+def _triton_bwd(do, q, k, v, out, lse, cu, max_seqlen, scale):
+    T, Hq, D = q.shape
+    Hkv = k.shape[1]
+    B = cu.numel() - 1
+    cfg = _bwd_config(q.dtype, D)
+    G, GP, TOK_M = _group_packing("varlen_attention backward", Hq, Hkv, cfg["BLOCK_M"])
+    q, k, v, do, out = (t.contiguous() for t in (q, k, v, do, out))
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if T == 0 or B == 0:
+        return dq, dk, dv
+    delta = torch.empty((T, Hq), dtype=torch.float32, device=q.device)
+    _attn_bwd_delta_kernel[(triton.cdiv(T * Hq, 64),)](out, do, delta, T * Hq, HEAD_DIM=D, BLOCK_R=64)
+    common = dict(G=G, GP=GP, TOK_M=TOK_M, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], HEAD_DIM=D,
+                  DOT_PREC=_dot_prec(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    args = (scale * _LOG2E, scale, Hq, Hkv)
+    _attn_bwd_dkdv_kernel[(triton.cdiv(max_seqlen, cfg["BLOCK_N"]), Hkv, B)](
+        q, k, v, do, lse, delta, dk, dv, cu, *args, **common)
+    _attn_bwd_dq_kernel[(triton.cdiv(max_seqlen, TOK_M), Hkv, B)](
+        q, k, v, do, lse, delta, dq, cu, *args, **common)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- CPU
+
+def _cpu_ops():
+    from ._cpu_build import load_cpu_ops
+
+    return load_cpu_ops("attention")
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _check_heads(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **named) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_float(op, name, t)
+    check(q.dtype == k.dtype == v.dtype, op, f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    check(k.shape == v.shape, op, f"k and v shapes differ: {shapes(k=k, v=v)}")
+    D = q.shape[-1]
+    check(D in SUPPORTED_HEAD_DIMS, op, f"head_dim {D} unsupported (supported: {SUPPORTED_HEAD_DIMS}); "
+          + shapes(q=q, **named))
+    check(k.shape[-1] == D, op, f"head_dim of q and k differ: {shapes(q=q, **named)}")
+    hq, hkv = q.shape[1], k.shape[-2]
+    check(hkv > 0 and hq % hkv == 0, op, f"{hq} query heads not divisible by {hkv} kv heads: {shapes(q=q, **named)}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check(t.stride(-1) == 1, op, f"{name} must be contiguous in head_dim (stride {t.stride()})")
+
+
+def _check_cu(op: str, name: str, cu: torch.Tensor, total: int) -> list[int]:
+    check(isinstance(cu, torch.Tensor) and cu.dtype == torch.int32 and cu.dim() == 1 and cu.numel() >= 2, op,
+          f"{name} must be a 1-D int32 tensor [B+1], got "
+          + (f"{cu.dtype} {tuple(cu.shape)}" if isinstance(cu, torch.Tensor) else type(cu).__name__))
+    check(cu.is_contiguous(), op, f"{name} must be contiguous")
+    vals = cu.tolist()
+    check(vals[0] == 0 and vals[-1] == total and all(a <= b for a, b in zip(vals, vals[1:])), op,
+          f"{name} must be non-decreasing from 0 to {total} (tokens), got {vals[:8]}{'...' if len(vals) > 8 else ''}")
+    return vals
+
+
+# ----------------------------------------------------------------------------- varlen
+
+class _VarlenAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, scale):
+        if q.is_cuda:
+            out, lse = _triton_fwd("varlen_attention", q, k, v, cu_seqlens, None, None, 1, max_seqlen, scale,
+                                   paged=False, want_lse=True)
+        else:
+            out, lse = _cpu_ops().attn_varlen_fwd(q, k, v, cu_seqlens, scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+        ctx.max_seqlen, ctx.scale = max_seqlen, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, cu = ctx.saved_tensors
+        dout = dout.to(q.dtype)
+        if q.is_cuda:
+            dq, dk, dv = _triton_bwd(dout, q, k, v, out, lse, cu, ctx.max_seqlen, ctx.scale)
+        else:
+            dq, dk, dv = _cpu_ops().attn_varlen_bwd(dout.contiguous(), q, k, v, out, lse, cu, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_seqlen: int, scale: float) -> torch.Tensor:
+    """Causal GQA attention over packed sequences, with autograd.
+
+    Args:
+        q: [T, Hq, D] bf16/fp16/fp32, D in {32, 64, 128}, last dim contiguous.
+        k, v: [T, Hkv, D], same dtype; Hq % Hkv == 0.
+        cu_seqlens: [B+1] int32, 0 = cu[0] <= ... <= cu[B] = T; sequence b is rows cu[b]:cu[b+1].
+        max_seqlen: >= the longest sequence (sizes the CUDA grid).
+        scale: softmax scale (usually D ** -0.5).
+    Returns:
+        [T, Hq, D] in q's dtype. Row bits equal `paged_attention`'s for the same
+        query row (module docstring).
+    """
+    op = "varlen_attention"
+    _check_heads(op, q, k, v)
+    check(q.dim() == 3 and k.dim() == 3 and q.shape[0] == k.shape[0], op,
+          f"expected q [T, Hq, D], k/v [T, Hkv, D]: {shapes(q=q, k=k, v=v)}")
+    check_same_device(op, q=q, k=k, v=v, cu_seqlens=cu_seqlens)
+    vals = _check_cu(op, "cu_seqlens", cu_seqlens, q.shape[0])
+    longest = max(b - a for a, b in zip(vals, vals[1:]))
+    check(int(max_seqlen) >= longest, op, f"max_seqlen {max_seqlen} < longest sequence {longest}")
+    return _VarlenAttention.apply(q, k, v, cu_seqlens, int(max_seqlen), float(scale))
+
+
+# ----------------------------------------------------------------------------- paged
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                    cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal GQA attention of new queries against a paged KV cache (forward only).
+
+    Args:
+        q: [Tq, Hq, D]; the queries of sequence b are rows cu_seqlens_q[b]:cu_seqlens_q[b+1],
+            its last q_len_b tokens (positions seq_len_b - q_len_b .. seq_len_b - 1).
+        k_cache, v_cache: [num_blocks, block_size, Hkv, D] (vLLM flash layout), same dtype as q,
+            already holding every key of the context including the new tokens
+            (`write_kv_cache` first).
+        block_table: [B, max_blocks] int32; key j of sequence b lives at
+            slot j % block_size of block block_table[b, j // block_size].
+        cu_seqlens_q: [B+1] int32.
+        seq_lens: [B] int32, context length including the new tokens (>= q_len_b).
+        scale: softmax scale.
+    Returns:
+        [Tq, Hq, D] in q's dtype, each row bitwise equal to the same row of
+        `varlen_attention` over the whole sequence.
+    """
+    op = "paged_attention"
+    _check_heads(op, q, k_cache, v_cache, k_cache=k_cache)
+    check(q.dim() == 3 and k_cache.dim() == 4, op,
+          f"expected q [Tq, Hq, D], caches [num_blocks, block_size, Hkv, D]: {shapes(q=q, k_cache=k_cache)}")
+    check_same_device(op, q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
+                      cu_seqlens_q=cu_seqlens_q, seq_lens=seq_lens)
+    cq = _check_cu(op, "cu_seqlens_q", cu_seqlens_q, q.shape[0])
+    B = len(cq) - 1
+    check(seq_lens.dtype == torch.int32 and seq_lens.shape == (B,) and seq_lens.is_contiguous(), op,
+          f"seq_lens must be contiguous int32 [B={B}], got {seq_lens.dtype} {tuple(seq_lens.shape)}")
+    check(block_table.dtype == torch.int32 and block_table.dim() == 2 and block_table.shape[0] == B
+          and block_table.stride(1) == 1, op,
+          f"block_table must be int32 [B={B}, max_blocks] with contiguous rows, got "
+          f"{block_table.dtype} {tuple(block_table.shape)}")
+    num_blocks, page = k_cache.shape[0], k_cache.shape[1]
+    sl = seq_lens.tolist()
+    q_lens = [b - a for a, b in zip(cq, cq[1:])]
+    for b in range(B):
+        check(q_lens[b] <= sl[b], op, f"sequence {b}: q_len {q_lens[b]} > seq_len {sl[b]}")
+    need = [(n + page - 1) // page for n in sl]
+    check(max(need, default=0) <= block_table.shape[1], op,
+          f"block_table {tuple(block_table.shape)} too short for seq_lens (needs {max(need)} blocks of {page})")
+    if B and max(need):
+        # Host copy of the used columns only: device-side masking would cost several
+        # launches and syncs per decode step.
+        ids = block_table[:, :max(need)].cpu()
+        ids = ids[torch.arange(ids.shape[1])[None, :] < torch.tensor(need)[:, None]]
+        check(bool(((ids >= 0) & (ids < num_blocks)).all()), op,
+              f"block_table holds block ids outside [0, {num_blocks}) within seq_lens")
+    if q.is_cuda:
+        out, _ = _triton_fwd(op, q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_table, page,
+                             max(q_lens, default=0), float(scale), paged=True, want_lse=False)
+        return out
+    return _cpu_ops().attn_paged_fwd(q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens, float(scale))
+
+
+def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor) -> None:
+    """Copy k, v [T, Hkv, D] into the caches [num_blocks, block_size, Hkv, D] in place:
+    token t goes to block slot_mapping[t] // block_size, offset slot_mapping[t] % block_size.
+    A negative slot (vLLM's padding marker) is skipped. A pure copy: bits unchanged."""
+    op = "write_kv_cache"
+    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+        check_float(op, name, t)
+    check(k.dim() == 3 and k.shape == v.shape and k_cache.dim() == 4 and k_cache.shape == v_cache.shape
+          and k.shape[1:] == k_cache.shape[2:], op,
+          f"expected k/v [T, Hkv, D], caches [num_blocks, block_size, Hkv, D]: "
+          f"{shapes(k=k, v=v, k_cache=k_cache, v_cache=v_cache)}")
+    check(k.dtype == v.dtype == k_cache.dtype == v_cache.dtype, op,
+          f"dtypes differ: k {k.dtype}, v {v.dtype}, k_cache {k_cache.dtype}, v_cache {v_cache.dtype}")
+    check(k.shape[-1] in SUPPORTED_HEAD_DIMS, op, f"head_dim {k.shape[-1]} unsupported (supported: {SUPPORTED_HEAD_DIMS})")
+    check(slot_mapping.dtype in (torch.int64, torch.int32) and slot_mapping.shape == (k.shape[0],), op,
+          f"slot_mapping must be int64 [T={k.shape[0]}], got {slot_mapping.dtype} {tuple(slot_mapping.shape)}")
+    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+        check(t.stride(-1) == 1, op, f"{name} must be contiguous in head_dim (stride {t.stride()})")
+    check_same_device(op, k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
+    n_slots = k_cache.shape[0] * k_cache.shape[1]
+    if k.shape[0] == 0:
+        return
+    check(int(slot_mapping.max()) < n_slots, op, f"slot_mapping has slots >= {n_slots} (num_blocks * block_size)")
+    if k.is_cuda:
+        slots = slot_mapping.contiguous()
+        _write_kv_cache_kernel[(k.shape[0],)](
+            k, v, k_cache, v_cache, slots,
+            k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            k.shape[1], PAGE=k_cache.shape[1], BLOCK_H=triton.next_power_of_2(k.shape[1]), HEAD_DIM=k.shape[2],
+        )
+        return
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    blk, off = slots // k_cache.shape[1], slots % k_cache.shape[1]
+    k_cache[blk, off] = k[keep]
+    v_cache[blk, off] = v[keep]

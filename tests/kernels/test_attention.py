@@ -1,0 +1,283 @@
+"""Tests for exact_kernels.attention (varlen_attention, paged_attention, write_kv_cache).
+
+Two kinds, never mixed:
+  * closeness (`*_close`): forward and dq/dk/dv against the fp32 references in
+    exact_kernels.reference, per dtype, with the tolerances stated in TOL / GRAD_TOL;
+  * invariance (`*_invariant` / `*_bitwise`): torch.equal, no tolerance, no retry.
+
+The chain these tests close for attention (DESIGN.md, "One attention algorithm"):
+trainer prefill (varlen, any packing) == sampler prompt prefill (varlen or paged with
+q_len = seq_len) == sampler chunked prefill / extend (paged) == sampler decode
+(paged, q_len 1, any batch), so every query row has one value wherever it is computed.
+
+Run: python -m pytest tests/kernels/test_attention.py -q   (cuda params need the gpu marker)
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from exact_kernels import paged_attention, varlen_attention, write_kv_cache
+from exact_kernels.reference import paged_attention_ref, varlen_attention_ref
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPE_IDS = ["fp32", "bf16", "fp16"]
+# Max |out - ref| (outputs are O(1)). bf16/fp16: the inputs' own rounding plus, on
+# CUDA, P rounded to the input dtype before the P @ V MMA (as FlashAttention does).
+TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 3e-3}
+# Max |grad - ref| / max(1, max |ref|).
+GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 5e-3}
+# Lengths crossing CUDA tiles (16-token query tiles, 32/64-key KV tiles) and 16-slot blocks.
+CROSSING_LENS = [1, 15, 16, 17, 63, 64, 65, 200]
+
+
+def _heads(device: str) -> tuple[int, int, int]:
+    """(Hq, Hkv, D): small on CPU so the file stays fast; Qwen3-like on CUDA."""
+    return (4, 2, 64) if device == "cpu" else (8, 2, 128)
+
+
+def _cu(lens: list[int], device: str) -> torch.Tensor:
+    out = [0]
+    for n in lens:
+        out.append(out[-1] + n)
+    return torch.tensor(out, dtype=torch.int32, device=device)
+
+
+def _qkv(gen, T, hq, hkv, d, dtype, device):
+    def draw(h):
+        return torch.randn(T, h, d, generator=gen).to(dtype).to(device)
+    return draw(hq), draw(hkv), draw(hkv)
+
+
+def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.float() - ref).abs().max() / max(1.0, float(ref.abs().max())))
+
+
+# ============================================================================ closeness
+
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_varlen_forward_close(device, gen, dtype, head_dim):
+    lens = [5, 1, 123, 0, 40]
+    hq, hkv, _ = _heads(device)
+    q, k, v = _qkv(gen, sum(lens), hq, hkv, head_dim, dtype, device)
+    cu = _cu(lens, device)
+    out = varlen_attention(q, k, v, cu, max(lens), head_dim ** -0.5)
+    ref = varlen_attention_ref(q, k, v, cu, head_dim ** -0.5)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert float((out.float() - ref).abs().max()) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_varlen_backward_close(device, gen, dtype):
+    lens = [37, 1, 70]
+    hq, hkv, d = _heads(device)
+    q, k, v = (t.requires_grad_() for t in _qkv(gen, sum(lens), hq, hkv, d, dtype, device))
+    cu = _cu(lens, device)
+    dout = torch.randn(q.shape, generator=gen).to(device)
+    varlen_attention(q, k, v, cu, max(lens), d ** -0.5).backward(dout.to(dtype))
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    varlen_attention_ref(q32, k32, v32, cu, d ** -0.5).backward(dout)
+    for name, got, ref in (("dq", q.grad, q32.grad), ("dk", k.grad, k32.grad), ("dv", v.grad, v32.grad)):
+        assert got.dtype == dtype
+        assert _rel_err(got, ref) <= GRAD_TOL[dtype], name
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_paged_forward_close(device, gen, dtype):
+    seq_lens, q_lens = [1, 40, 17, 90], [1, 40, 3, 1]
+    hq, hkv, d = _heads(device)
+    bs = 16
+    need = [(n + bs - 1) // bs for n in seq_lens]
+    num_blocks = sum(need) + 2
+    k_cache = torch.randn(num_blocks, bs, hkv, d, generator=gen).to(dtype).to(device)
+    v_cache = torch.randn(num_blocks, bs, hkv, d, generator=gen).to(dtype).to(device)
+    perm = torch.randperm(num_blocks, generator=gen).tolist()
+    table = torch.zeros(len(seq_lens), max(need), dtype=torch.int32)
+    for b, nb in enumerate(need):
+        table[b, :nb] = torch.tensor([perm.pop() for _ in range(nb)])
+    q = torch.randn(sum(q_lens), hq, d, generator=gen).to(dtype).to(device)
+    args = (k_cache, v_cache, table.to(device), _cu(q_lens, device),
+            torch.tensor(seq_lens, dtype=torch.int32, device=device), d ** -0.5)
+    out = paged_attention(q, *args)
+    ref = paged_attention_ref(q, *args)
+    assert out.dtype == dtype
+    assert float((out.float() - ref).abs().max()) <= TOL[dtype]
+
+
+# ============================================================================ bitwise
+
+def test_write_kv_cache_bitwise(device, gen):
+    hkv, d, bs, nb = 2, 64, 16, 6
+    k = torch.randn(20, hkv, d, generator=gen).bfloat16().to(device)
+    v = torch.randn(20, hkv, d, generator=gen).bfloat16().to(device)
+    slots = torch.randperm(nb * bs, generator=gen)[:20]
+    slots[3] = -1  # padding token: skipped
+    k_cache = torch.zeros(nb, bs, hkv, d, dtype=torch.bfloat16, device=device)
+    v_cache = torch.zeros_like(k_cache)
+    write_kv_cache(k, v, k_cache, v_cache, slots.to(device))
+    keep = slots >= 0
+    assert torch.equal(k_cache.view(-1, hkv, d)[slots[keep].to(device)], k[keep.to(device)])
+    assert torch.equal(v_cache.view(-1, hkv, d)[slots[keep].to(device)], v[keep.to(device)])
+    assert int((k_cache.view(-1, hkv, d).abs().sum((1, 2)) != 0).sum()) == int(keep.sum())
+
+
+def _run_sampler(q, k, v, lens, block_size, rng: random.Random, gen):
+    """Serve every sequence through the paged path like a vLLM scheduler would: a
+    shuffled physical block pool (unused slots hold NaN, so a stray read shows), a random
+    prompt length per sequence prefilled in random chunks (extend), then decode token
+    by token; each step batches a random subset of the live sequences in random
+    order. KV of a step is written before attention reads it. Returns [T, Hq, D]
+    with each row where the packed prefill has it."""
+    device = q.device
+    B, hkv, d = len(lens), k.shape[1], k.shape[2]
+    starts = [0]
+    for n in lens:
+        starts.append(starts[-1] + n)
+    need = [(n + block_size - 1) // block_size for n in lens]
+    num_blocks = sum(need) + 3
+    perm = torch.randperm(num_blocks, generator=gen).tolist()
+    table = torch.full((B, max(need)), -1, dtype=torch.int32)
+    for b, nb in enumerate(need):
+        table[b, :nb] = torch.tensor([perm.pop() for _ in range(nb)])
+    table_dev = table.to(device)
+    k_cache = torch.full((num_blocks, block_size, hkv, d), float("nan"), dtype=k.dtype, device=device)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    prompt = [rng.randint(1, n) if n else 0 for n in lens]
+    done = [0] * B
+    out = torch.full_like(q, float("nan"))
+    while True:
+        live = [b for b in range(B) if done[b] < lens[b]]
+        if not live:
+            return out
+        rng.shuffle(live)
+        batch = live[: rng.randint(1, len(live))]
+        rows, q_lens = [], []
+        for b in batch:
+            if done[b] < prompt[b]:
+                n_new = rng.randint(1, prompt[b] - done[b])  # a chunk of the prompt
+            else:
+                n_new = 1  # decode
+            rows.append(torch.arange(starts[b] + done[b], starts[b] + done[b] + n_new))
+            q_lens.append(n_new)
+        rows_cat = torch.cat(rows).to(device)
+        slots = []
+        for b, n_new in zip(batch, q_lens):
+            for j in range(done[b], done[b] + n_new):
+                slots.append(int(table[b, j // block_size]) * block_size + j % block_size)
+        write_kv_cache(k[rows_cat], v[rows_cat], k_cache, v_cache, torch.tensor(slots, device=device))
+        for b, n_new in zip(batch, q_lens):
+            done[b] += n_new
+        seq_lens = torch.tensor([done[b] for b in batch], dtype=torch.int32, device=device)
+        res = paged_attention(q[rows_cat], k_cache, v_cache, table_dev[batch], _cu(q_lens, device), seq_lens,
+                              d ** -0.5)
+        out[rows_cat] = res
+
+
+@pytest.mark.parametrize("heads", [None, (6, 2)], ids=["gqa", "group3"])
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_paged_equals_prefill_bitwise(device, gen, dtype, block_size, heads):
+    """Every query row through chunked prefill + decode on shuffled blocks equals the
+    same row of one packed varlen prefill."""
+    hq, hkv, d = _heads(device)
+    if heads:
+        hq, hkv = heads
+    lens = CROSSING_LENS
+    q, k, v = _qkv(gen, sum(lens), hq, hkv, d, dtype, device)
+    cu = _cu(lens, device)
+    with torch.no_grad():
+        prefill = varlen_attention(q, k, v, cu, max(lens), d ** -0.5)
+    for seed in range(2):
+        served = _run_sampler(q, k, v, lens, block_size, random.Random(seed), gen)
+        assert torch.equal(served, prefill), f"seed {seed}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_varlen_packing_invariant(device, gen, dtype):
+    """A sequence alone equals the same sequence packed with others in any order (and
+    with empty sequences in the pack)."""
+    hq, hkv, d = _heads(device)
+    lens = [65, 1, 17, 130, 16]
+    seqs = [_qkv(gen, n, hq, hkv, d, dtype, device) for n in lens]
+    with torch.no_grad():
+        alone = [varlen_attention(*s, _cu([n], device), n, d ** -0.5) for s, n in zip(seqs, lens)]
+        rng = random.Random(0)
+        for _ in range(3):
+            order = list(range(len(lens)))
+            rng.shuffle(order)
+            pack_lens = []
+            for i in order:
+                pack_lens += [lens[i], 0]
+            packed = [torch.cat([seqs[i][j] for i in order]) for j in range(3)]
+            out = varlen_attention(*packed, _cu(pack_lens, device), max(lens), d ** -0.5)
+            pos = 0
+            for i in order:
+                assert torch.equal(out[pos:pos + lens[i]], alone[i]), f"sequence {i} in order {order}"
+                pos += lens[i]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_varlen_backward_run_to_run_bitwise(device, gen, dtype):
+    hq, hkv, d = _heads(device)
+    lens = [70, 1, 33]
+    base = _qkv(gen, sum(lens), hq, hkv, d, dtype, device)
+    dout = torch.randn(base[0].shape, generator=gen).to(dtype).to(device)
+    cu = _cu(lens, device)
+    grads = []
+    for _ in range(2):
+        q, k, v = (t.clone().requires_grad_() for t in base)
+        varlen_attention(q, k, v, cu, max(lens), d ** -0.5).backward(dout)
+        grads.append((q.grad, k.grad, v.grad))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+# ============================================================================ validation
+
+def _paged_args(device, **over):
+    hq, hkv, d, bs = 4, 2, 64, 16
+    a = dict(q=torch.zeros(3, hq, d, device=device), k_cache=torch.zeros(4, bs, hkv, d, device=device),
+             v_cache=torch.zeros(4, bs, hkv, d, device=device),
+             block_table=torch.zeros(2, 2, dtype=torch.int32, device=device),
+             cu_seqlens_q=torch.tensor([0, 1, 3], dtype=torch.int32, device=device),
+             seq_lens=torch.tensor([5, 20], dtype=torch.int32, device=device), scale=0.125)
+    a.update(over)
+    return a
+
+
+def test_bad_input_raises(device):
+    z = lambda *s, dt=torch.float32: torch.zeros(*s, dtype=dt, device=device)  # noqa: E731
+    cu = torch.tensor([0, 3, 5], dtype=torch.int32, device=device)
+    bad_varlen = [
+        (dict(q=z(5, 4, 64, dt=torch.int32)), "dtype"),
+        (dict(k=z(5, 2, 64, dt=torch.float16)), "dtypes differ"),
+        (dict(k=z(5, 3, 64), v=z(5, 3, 64)), "not divisible"),
+        (dict(q=z(5, 4, 48), k=z(5, 2, 48), v=z(5, 2, 48)), "head_dim 48"),
+        (dict(cu=torch.tensor([0, 3, 6], dtype=torch.int32, device=device)), "cu_seqlens"),
+        (dict(cu=cu.long()), "int32"),
+        (dict(max_seqlen=2), "max_seqlen"),
+        (dict(q=z(5, 64, 4).transpose(1, 2)), "contiguous"),
+    ]
+    for over, msg in bad_varlen:
+        a = dict(q=z(5, 4, 64), k=z(5, 2, 64), v=z(5, 2, 64), cu=cu, max_seqlen=3)
+        a.update(over)
+        with pytest.raises(ValueError, match=msg) as e:
+            varlen_attention(a["q"], a["k"], a["v"], a["cu"], a["max_seqlen"], 0.125)
+        assert "varlen_attention" in str(e.value)
+    bad_paged = [
+        (dict(block_table=torch.zeros(2, 1, dtype=torch.int32, device=device)), "too short"),
+        (dict(seq_lens=torch.tensor([5, 1], dtype=torch.int32, device=device)), "q_len 2 > seq_len 1"),
+        (dict(block_table=torch.full((2, 2), 9, dtype=torch.int32, device=device)), "outside"),
+        (dict(seq_lens=torch.tensor([5, 20], dtype=torch.int64, device=device)), "seq_lens"),
+        (dict(q=torch.zeros(3, 4, 64, dtype=torch.bfloat16, device=device)), "dtypes differ"),
+    ]
+    for over, msg in bad_paged:
+        with pytest.raises(ValueError, match=msg) as e:
+            paged_attention(**_paged_args(device, **over))
+        assert "paged_attention" in str(e.value)
+    with pytest.raises(ValueError, match="write_kv_cache"):
+        write_kv_cache(z(3, 2, 64), z(3, 2, 64), z(1, 2, 2, 64), z(1, 2, 2, 64),
+                       torch.tensor([0, 1, 5], device=device))
