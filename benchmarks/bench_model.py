@@ -1,0 +1,154 @@
+"""Trainer forward+backward throughput: the exact Qwen3 (batch-invariant kernels)
+against the same model code on stock torch ops.
+
+"Stock" swaps the op names that rlhf_exact/models/qwen3.py calls for torch's own:
+F.linear (cuBLAS), F.rms_norm, rotary in torch elementwise math, per-sequence SDPA
+(flash/efficient backends, causal, GQA), F.silu * up, log_softmax + gather. Module
+code, shapes, packing and parameters are identical, so the ratio is the cost of the
+kernels alone.
+
+Default: Qwen3-0.6B shape (hidden 1024, 28 layers, 16 q / 8 kv heads, head_dim 128,
+intermediate 3072, vocab 151936, tied), bf16 parameters, one micro-batch of 8192
+tokens packed from sequences of --seq-len tokens; loss = sum of token logprobs.
+
+    python benchmarks/bench_model.py                      # CUDA, 0.6B shape
+    python benchmarks/bench_model.py --seq-len 1024 --activation-checkpointing
+    python benchmarks/bench_model.py --device cpu --tiny  # smoke run on a laptop
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+import torch.nn.functional as F
+
+import rlhf_exact.models.qwen3 as qwen3
+from rlhf_exact.models.qwen3 import Qwen3Config, Qwen3ForCausalLM, pack_sequences, packed_logprobs
+
+QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
+TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)
+
+
+# ------------------------------------------------------------------ stock torch ops, same signatures
+
+def _rms_norm(x, weight, eps):
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def _silu_and_mul(x):
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def _apply_rotary(x, positions, cos, sin):
+    c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
+
+def _varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale):
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1)[None], k[a:b].transpose(0, 1)[None],
+                                           v[a:b].transpose(0, 1)[None], is_causal=True, scale=scale,
+                                           enable_gqa=True)
+        out[a:b] = o[0].transpose(0, 1)
+    return out
+
+
+def _token_logprobs(logits, token_ids, temperature=1.0):
+    return torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, token_ids[:, None]).squeeze(-1)
+
+
+STOCK = {"linear": F.linear, "rms_norm": _rms_norm, "silu_and_mul": _silu_and_mul,
+         "apply_rotary": _apply_rotary, "varlen_attention": _varlen_attention, "token_logprobs": _token_logprobs}
+
+
+@contextlib.contextmanager
+def stock_ops():
+    saved = {name: getattr(qwen3, name) for name in STOCK}
+    for name, fn in STOCK.items():
+        setattr(qwen3, name, fn)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(qwen3, name, fn)
+
+
+# ------------------------------------------------------------------ measurement
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(model, batch, device, warmup: int, iters: int) -> tuple[float, float]:
+    """(forward ms, forward+backward ms) per micro-batch, median over iters."""
+    fwd, both = [], []
+    for i in range(warmup + iters):
+        model.zero_grad(set_to_none=True)
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            packed_logprobs(model, batch)
+        _sync(device)
+        t1 = time.perf_counter()
+        lp = packed_logprobs(model, batch)
+        (lp * batch.target_mask).sum().backward()
+        _sync(device)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            fwd.append((t1 - t0) * 1e3)
+            both.append((t2 - t1) * 1e3)
+    return sorted(fwd)[len(fwd) // 2], sorted(both)[len(both) // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--tiny", action="store_true", help="tiny shape (smoke test) instead of Qwen3-0.6B")
+    ap.add_argument("--tokens", type=int, default=8192, help="tokens per micro-batch")
+    ap.add_argument("--seq-len", type=int, default=2048, help="length of each packed sequence")
+    ap.add_argument("--layers", type=int, default=None, help="override num_hidden_layers")
+    ap.add_argument("--activation-checkpointing", action="store_true")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device (use --device cpu --tiny for a smoke run)")
+
+    shape = dict(TINY if args.tiny else QWEN3_0_6B)
+    if args.layers:
+        shape["num_hidden_layers"] = args.layers
+    cfg = Qwen3Config(**shape, max_position_embeddings=max(args.seq_len, 4096))
+    model = Qwen3ForCausalLM(cfg, device=args.device, dtype=torch.bfloat16,
+                             activation_checkpointing=args.activation_checkpointing)
+    model.init_weights(seed=0)
+    g = torch.Generator().manual_seed(0)
+    lens = [args.seq_len] * (args.tokens // args.seq_len)
+    if args.tokens % args.seq_len:
+        lens.append(args.tokens % args.seq_len)
+    seqs = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in lens]
+    batch = pack_sequences(seqs).to(args.device)
+
+    exact = measure(model, batch, args.device, args.warmup, args.iters)
+    with stock_ops():
+        stock = measure(model, batch, args.device, args.warmup, args.iters)
+
+    dev = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"Qwen3 {'tiny' if args.tiny else '0.6B'} shape, {cfg.num_hidden_layers} layers, bf16, {dev}, "
+          f"{args.tokens} tokens/micro-batch as {len(lens)} x {args.seq_len}, "
+          f"activation checkpointing {'on' if args.activation_checkpointing else 'off'}")
+    print(f"{'model':<8} {'fwd ms':>9} {'fwd+bwd ms':>11} {'fwd+bwd tok/s':>14} {'time / stock':>13}")
+    for name, (f_ms, fb_ms) in (("stock", stock), ("exact", exact)):
+        print(f"{name:<8} {f_ms:9.1f} {fb_ms:11.1f} {args.tokens / fb_ms * 1e3:14.0f} {fb_ms / stock[1]:12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
