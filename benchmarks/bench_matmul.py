@@ -109,9 +109,54 @@ def bench_cpu(quick: bool) -> None:
         print(f"{M:>5} {K:>5} {N:>5} | {ref:>12.3f} {ours:>11.3f} {ours / ref:>6.2f} | {ours16:>12.3f} {ours16 / ref:>6.2f}")
 
 
+def overhead() -> None:
+    """Host time per call, us (GPU work tiny, so the Python + launch path is the time)."""
+    from exact_kernels.matmul import _config, _mm_cuda, _mm_kernel, mm_forward
+    import triton
+
+    def per_call(fn, n=3000):
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = time.perf_counter() - t
+        torch.cuda.synchronize()
+        return dt / n * 1e6
+
+    x = torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(512, 512, device="cuda", dtype=torch.bfloat16)
+    wt, out = w.t(), torch.empty(1, 512, device="cuda", dtype=torch.bfloat16)
+    cfg = _config(1, 512, 512, torch.bfloat16)
+
+    def triton_call():  # Triton's ordinary launch path, nothing of ours
+        _mm_kernel[(triton.cdiv(512, cfg.block_n), 1)](
+            x, wt, out, out, 1, 512, 512, 0, 512, 1, 0, 1, 512, 0, 512, 1, 0, 0, 1.0, 0.0, False, False, False,
+            cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    rows = {"torch.nn.functional.linear": lambda: torch.nn.functional.linear(x, w),
+            "torch.empty (alloc only)": lambda: torch.empty(1, 512, device="cuda", dtype=torch.bfloat16),
+            "triton kernel[grid](...)": triton_call,
+            "mm_forward (ours)": lambda: mm_forward(x, wt)}
+    try:
+        from exact_kernels.matmul import MMConfig
+        tcfg = MMConfig(64, 64, 64, 4, 3, tma=True)
+        xa = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16)
+        rows["_mm_cuda TMA config"] = lambda: _mm_cuda(xa, wt, None, 0.0, 1.0, tcfg)
+    except Exception as e:  # noqa: BLE001
+        print("tma setup", _err(e))
+    print(f"host time per call (us), {torch.cuda.get_device_name()}")
+    for k, fn in rows.items():
+        try:
+            print(f"  {k:>28}: {per_call(fn):7.1f}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"  {k:>28}: {_err(e)}", flush=True)
+
+
 # ---------------------------------------------------------------------------- tuning sweep
 
-CANDIDATES = {  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+CANDIDATES = {  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages[, tma[, persistent]])
     "small": [(16, 32, 256, 4, 4), (16, 32, 128, 4, 6), (16, 64, 128, 4, 5), (16, 64, 256, 4, 3),
               (16, 128, 128, 4, 4), (16, 64, 64, 4, 8), (16, 32, 64, 4, 8), (16, 128, 64, 4, 6)],
     "mid": [(32, 64, 128, 4, 4), (32, 64, 256, 4, 3), (32, 128, 128, 4, 4), (32, 32, 256, 4, 4),
@@ -120,18 +165,30 @@ CANDIDATES = {  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
              (128, 128, 64, 8, 3), (64, 256, 64, 4, 4), (64, 64, 64, 4, 6)],
     "tma": [(128, 256, 64, 8, 3, True), (128, 256, 64, 8, 4, True), (256, 128, 64, 8, 3, True),
             (128, 128, 64, 8, 4, True), (128, 128, 64, 4, 4, True), (128, 256, 64, 8, 3, True, True),
-            (128, 128, 64, 8, 4, True, True), (256, 128, 64, 8, 3, True, True), (128, 128, 128, 8, 3, True, True)],
+            (128, 128, 64, 8, 4, True, True), (256, 128, 64, 8, 3, True, True), (128, 128, 128, 8, 3, True, True),
+            (128, 256, 64, 8, 4, True, True), (128, 128, 64, 4, 5, True)],
     "large": [(128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (256, 128, 64, 8, 3),
-              (128, 256, 64, 8, 4), (128, 128, 128, 8, 3), (128, 256, 64, 4, 3)],
+              (128, 256, 64, 8, 4), (128, 128, 128, 8, 3), (128, 256, 64, 4, 3), (128, 128, 64, 4, 5)],
 }
 GROUPS_FOR_M = {1: ["small"], 8: ["small"], 32: ["mid", "small"], 128: ["m128", "mid", "tma"],
                 512: ["large", "m128", "tma"], 2048: ["large", "tma"], 8192: ["large", "tma"]}
 
 
-def sweep(path: str, quick: bool, groups: list[str], ms: list[int]) -> None:
+def _mmconfig(c: tuple):
+    from exact_kernels.matmul import MMConfig
+
+    bm, bn, bk, w, st, *rest = c
+    return MMConfig(bm, bn, bk, w, st, tma=bool(rest and rest[0]), persistent=bool(len(rest) > 1 and rest[1]))
+
+
+def _err(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"
+
+
+def sweep(path: str, quick: bool, groups: list[str], ms: list[int], bits_groups: list[str]) -> None:
     import triton.testing as tt
 
-    from exact_kernels.matmul import MMConfig, _launch_cuda
+    from exact_kernels.matmul import _launch_cuda
 
     result = {"bits": {}, "times": {}}
 
@@ -139,39 +196,42 @@ def sweep(path: str, quick: bool, groups: list[str], ms: list[int]) -> None:
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
 
-    all_cfgs = sorted({c for g in groups for c in CANDIDATES[g]}, key=str)
+    all_cfgs = sorted({c for g in bits_groups for c in CANDIDATES[g]}, key=str)
+    sweep_groups = groups
     gen = torch.Generator(device="cuda").manual_seed(0)
     # 1. Bit equality across every candidate, same input (incl. K tails, fp16, layouts).
     for dtype, N, K in [(torch.bfloat16, 4096, 4096), (torch.bfloat16, 1000, 4000), (torch.float16, 4096, 4096)]:
-        if True:
-            a = torch.randn(1, 300, K, device="cuda", dtype=dtype, generator=gen)
-            w = torch.randn(1, N, K, device="cuda", dtype=dtype, generator=gen)
-            groups: dict[str, list] = {}
-            outs = {}
-            for c in all_cfgs:
-                try:
-                    o = _launch_cuda(a, w.transpose(1, 2), None, 0.0, 1.0, config=MMConfig(*c))
-                except Exception as e:  # noqa: BLE001 - an experiment: record and go on
-                    groups.setdefault("error:" + type(e).__name__, []).append(c)
-                    continue
-                key = None
-                for k2, o2 in outs.items():
-                    if torch.equal(o, o2):
-                        key = k2
-                        break
-                if key is None:
-                    key = str(c)
-                    outs[key] = o
-                groups.setdefault(key, []).append(c)
-            c0 = all_cfgs[0]
-            lay = _launch_cuda(a, w.transpose(1, 2).contiguous(), None, 0.0, 1.0, config=MMConfig(*c0))
-            tag = f"{dtype}-N{N}-K{K}"
-            result["bits"][tag] = {"classes": len(outs), "groups": {k: v for k, v in groups.items()},
-                                   "layout_equal": bool(torch.equal(lay, outs[str(c0)]) if str(c0) in outs else False)}
-            print("bits", tag, "classes:", len(outs), "layout_equal:", result["bits"][tag]["layout_equal"], flush=True)
-            for k, v in groups.items():
-                print("   ", k, "<-", len(v), "configs", v if len(v) < 6 else v[:6], flush=True)
-            save()
+        a = torch.randn(1, 300, K, device="cuda", dtype=dtype, generator=gen)
+        w = torch.randn(1, N, K, device="cuda", dtype=dtype, generator=gen)
+        classes: dict[str, list] = {}
+        outs = {}
+        for c in all_cfgs:
+            try:
+                o = _launch_cuda(a, w.transpose(1, 2), None, 0.0, 1.0, config=_mmconfig(c))
+                torch.cuda.synchronize()
+            except Exception as e:  # noqa: BLE001 - an experiment: record, print and go on
+                print(f"    error {c}: {_err(e)}", flush=True)
+                classes.setdefault("error:" + type(e).__name__, []).append(c)
+                continue
+            key = None
+            for k2, o2 in outs.items():
+                if torch.equal(o, o2):
+                    key = k2
+                    break
+            if key is None:
+                key = str(c)
+                outs[key] = o
+            classes.setdefault(key, []).append(c)
+        c0 = next((c for c in all_cfgs if str(c) in outs), None)
+        lay = None if c0 is None else _launch_cuda(a, w.transpose(1, 2).contiguous(), None, 0.0, 1.0,
+                                                   config=_mmconfig(c0))
+        tag = f"{dtype}-N{N}-K{K}"
+        result["bits"][tag] = {"classes": len(outs), "groups": {k: v for k, v in classes.items()},
+                               "layout_equal": bool(lay is not None and torch.equal(lay, outs[str(c0)]))}
+        print("bits", tag, "classes:", len(outs), "layout_equal:", result["bits"][tag]["layout_equal"], flush=True)
+        for k, v in classes.items():
+            print("   ", k, "<-", len(v), "configs", v if len(v) < 6 else v[:6], flush=True)
+        save()
     # 2. Timing of candidates per shape and M (CUDA graphs: kernel time).
     shapes = {k: SHAPES[k] for k in (["o", "gate_up"] if quick else SHAPES)}
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -182,16 +242,17 @@ def sweep(path: str, quick: bool, groups: list[str], ms: list[int]) -> None:
             x = torch.randn(1, M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
             row = {"cublas": tt.do_bench_cudagraph(lambda: torch.nn.functional.linear(x[0], w[0]), rep=15,
                                                    return_mode="median") * 1e3}
-            for g in [g for g in GROUPS_FOR_M[M] if g in groups]:
+            for g in [g for g in GROUPS_FOR_M[M] if g in sweep_groups]:
                 for c in CANDIDATES[g]:
-                    cfg = MMConfig(*c)
+                    cfg = _mmconfig(c)
                     try:
                         row[str(c)] = tt.do_bench_cudagraph(
                             lambda: _launch_cuda(x, wt, None, 0.0, 1.0, config=cfg), rep=15,
                             return_mode="median") * 1e3
                     except Exception as e:  # noqa: BLE001
-                        row[str(c)] = str(type(e).__name__)
-            best = min((v, k) for k, v in row.items() if k != "cublas" and isinstance(v, float))
+                        row[str(c)] = _err(e)
+                        print(f"    error {name} M={M} {c}: {row[str(c)]}", flush=True)
+            best = min([(v, k) for k, v in row.items() if k != "cublas" and isinstance(v, float)] or [(float("nan"), "-")])
             result["times"][f"{name}-M{M}"] = row
             print(f"time {name:>8} M={M:>5} cublas {row['cublas']:8.1f}us best {best[0]:8.1f}us "
                   f"({best[0] / row['cublas']:.2f}x) {best[1]}", flush=True)
@@ -205,11 +266,16 @@ def main(argv=None) -> None:
     p.add_argument("--sweep", metavar="OUT_JSON", help="CUDA tuning experiment instead of the table")
     p.add_argument("--groups", default=",".join(CANDIDATES), help="sweep: candidate groups")
     p.add_argument("--ms", default=",".join(map(str, MS)), help="sweep: M values")
+    p.add_argument("--bits-groups", default=",".join(CANDIDATES), help="sweep: groups in the bit-equality check")
+    p.add_argument("--overhead", action="store_true", help="host time per call (small shape, CUDA)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: use --device cpu")
     if args.sweep:
-        sweep(args.sweep, args.quick, args.groups.split(","), [int(m) for m in args.ms.split(",")])
+        sweep(args.sweep, args.quick, args.groups.split(","), [int(m) for m in args.ms.split(",")],
+              [g for g in args.bits_groups.split(",") if g])
+    elif args.overhead:
+        overhead()
     elif args.device == "cuda":
         bench_cuda(args.quick)
     else:
