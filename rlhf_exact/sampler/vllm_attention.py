@@ -1,0 +1,183 @@
+"""The exact attention backend for vLLM 0.32: metadata from vLLM's backend-independent
+`CommonAttentionMetadata`, K/V written to the cache before attention reads it, and the
+kernel library's `paged_attention` (batch invariant; bitwise equal to the trainer's
+`varlen_attention` per query row, see kernels/attention.py).
+
+How it is wired (no fork): `vllm_plugin.register()` adds the enum member
+`AttentionBackendEnum.EXACT_ATTN` pointing at `ExactAttentionBackend`, and the exact
+model (`vllm_model.py`) builds its `Attention` layers with
+`attn_backend=ExactAttentionBackend`, which skips vLLM's platform selector (the CPU
+platform would otherwise always pick CPU_ATTN, whose scheduler metadata and optional
+KV split depend on the batch). vLLM then allocates one KV tensor per layer from our
+declared layout and binds it to `Attention.kv_cache`, and builds our metadata once per
+step with `ExactMetadataBuilder`.
+
+KV cache layout. vLLM 0.32 has no `get_kv_cache_shape`: every layer's cache is the
+logical 4D view [num_blocks, Hkv, block_size, 2 * D] (K in the first D channels, V in
+the last D), whose strides follow the resolved `KVCacheLayout`. We prefer LBNHC
+(physically [num_blocks, block_size, Hkv, 2D]: the flash layout the kernels were
+written for) and accept LBHNC. `kv_cache_views` returns K and V as strided views
+[num_blocks, block_size, Hkv, D] of that one tensor, whatever the layout, with the head
+dim contiguous, which is all `write_kv_cache` and `paged_attention` need: no copy.
+
+Who calls what. The exact model runs attention through its own module code
+(`Qwen3Attention` with a `PagedContext` built by `paged_context`): the same
+`write_kv_cache` then `paged_attention` calls as the project's paged generator, on the
+views above. `ExactAttentionImpl` does the same two calls for anything that goes
+through vLLM's `Attention.forward` (vLLM calls `do_kv_cache_update` before `forward`
+because `forward_includes_kv_cache_update` is False), so the backend is complete on its
+own; the two paths are one function each (`_write`, `_attend`).
+
+Not supported (rejected at construction): alibi, sliding window, logits soft-cap,
+non-decoder attention, quantized KV caches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+
+from exact_kernels.attention import SUPPORTED_HEAD_DIMS, paged_attention, write_kv_cache
+
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionImpl,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+    MultipleOf,
+)
+from vllm.v1.kv_cache_layout import KVCacheLayout
+
+BACKEND_NAME = "EXACT_ATTN"
+
+
+@dataclasses.dataclass
+class ExactAttentionMetadata:
+    """One step's batch, in the dtypes the kernels take (shared by every layer)."""
+
+    num_tokens: int  # real (unpadded) new tokens in the step
+    cu_seqlens_q: torch.Tensor  # [B+1] int32, boundaries of each request's new tokens
+    seq_lens: torch.Tensor  # [B] int32, context length including the new tokens
+    block_table: torch.Tensor  # [B, max_blocks] int32
+    slot_mapping: torch.Tensor  # [num_tokens] int64, cache slot of each new token
+
+
+class ExactMetadataBuilder(AttentionMetadataBuilder[ExactAttentionMetadata]):
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> ExactAttentionMetadata:
+        # common_prefix_len is ignored on purpose: a cascade (shared-prefix) path would
+        # merge partial softmaxes in an order prefill does not share.
+        c = common_attn_metadata
+        b = c.num_reqs
+        # num_actual_tokens may include padding; the real count is the last boundary.
+        n = int(c.query_start_loc_cpu[b])
+        return ExactAttentionMetadata(
+            num_tokens=n,
+            cu_seqlens_q=c.query_start_loc[: b + 1].to(torch.int32).contiguous(),
+            seq_lens=c.seq_lens[:b].to(torch.int32).contiguous(),
+            block_table=c.block_table_tensor[:b].to(torch.int32),
+            slot_mapping=c.slot_mapping[:n].to(torch.int64),
+        )
+
+
+def kv_cache_views(kv_cache: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's per-layer cache [num_blocks, Hkv, block_size, 2 * D] (any strides) ->
+    (K, V), each a view [num_blocks, block_size, Hkv, D] with the last dim contiguous."""
+    if kv_cache.dim() != 4 or kv_cache.shape[-1] != 2 * head_dim:
+        raise ValueError(f"exact attention: expected a KV cache [num_blocks, Hkv, block_size, {2 * head_dim}], "
+                         f"got {tuple(kv_cache.shape)}")
+    k = kv_cache[..., :head_dim].transpose(1, 2)
+    v = kv_cache[..., head_dim:].transpose(1, 2)
+    return k, v
+
+
+def _write(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor,
+           head_dim: int) -> None:
+    k_cache, v_cache = kv_cache_views(kv_cache, head_dim)
+    n = slot_mapping.shape[0]
+    write_kv_cache(key[:n], value[:n], k_cache, v_cache, slot_mapping)
+
+
+def _attend(query: torch.Tensor, kv_cache: torch.Tensor, md: ExactAttentionMetadata, scale: float,
+            head_dim: int) -> torch.Tensor:
+    k_cache, v_cache = kv_cache_views(kv_cache, head_dim)
+    return paged_attention(query[: md.num_tokens], k_cache, v_cache, md.block_table, md.cu_seqlens_q,
+                           md.seq_lens, scale)
+
+
+class ExactAttentionImpl(AttentionImpl[ExactAttentionMetadata]):
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int | None = None,
+                 alibi_slopes=None, sliding_window=None, kv_cache_dtype: str = "auto",
+                 logits_soft_cap=None, attn_type: str = AttentionType.DECODER,
+                 kv_sharing_target_layer_name: str | None = None, **extra) -> None:
+        unsupported = [name for name, bad in (
+            ("alibi", alibi_slopes is not None), ("sliding window", sliding_window is not None),
+            ("logits soft-cap", bool(logits_soft_cap)), (f"attn_type={attn_type}", attn_type != AttentionType.DECODER),
+            (f"kv_cache_dtype={kv_cache_dtype}", kv_cache_dtype != "auto")) if bad]
+        if unsupported:
+            raise ValueError(f"exact attention does not support: {', '.join(unsupported)}")
+        if head_size not in SUPPORTED_HEAD_DIMS:
+            raise ValueError(f"exact attention: head_size {head_size} unsupported (supported: {SUPPORTED_HEAD_DIMS})")
+        self.num_heads, self.head_size, self.scale = num_heads, head_size, float(scale)
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.kv_cache_dtype = kv_cache_dtype
+        self.attn_type = attn_type
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+
+    def do_kv_cache_update(self, layer, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
+                           slot_mapping: torch.Tensor) -> None:
+        """key/value [T, Hkv, D] -> the cache, before `forward` reads it."""
+        if self.kv_sharing_target_layer_name is None:
+            _write(key, value, kv_cache, slot_mapping, self.head_size)
+
+    def forward(self, layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
+                attn_metadata: ExactAttentionMetadata | None, output: torch.Tensor | None = None,
+                output_scale=None, output_block_scale=None) -> torch.Tensor:
+        """query [T, Hq, D] -> output [T, Hq, D]; attn_metadata None is vLLM's profiling run."""
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("exact attention: fused output quantization is not supported")
+        if attn_metadata is None:
+            return output
+        out = _attend(query, kv_cache, attn_metadata, self.scale, self.head_size)
+        output[: attn_metadata.num_tokens].copy_(out.view(output[: attn_metadata.num_tokens].shape))
+        return output
+
+
+class ExactAttentionBackend(AttentionBackend):
+    forward_includes_kv_cache_update: bool = False  # vLLM calls do_kv_cache_update first
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.bfloat16, torch.float16, torch.float32]
+    supported_kv_cache_dtypes: ClassVar[list] = ["auto"]
+
+    @staticmethod
+    def get_name() -> str:
+        return BACKEND_NAME
+
+    @staticmethod
+    def get_impl_cls() -> type[ExactAttentionImpl]:
+        return ExactAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[ExactMetadataBuilder]:
+        return ExactMetadataBuilder
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec=None) -> list:
+        # The kernels take any page size; 16 keeps vLLM's block arithmetic simple.
+        return [MultipleOf(16)]
+
+    @classmethod
+    def get_supported_head_sizes(cls) -> list[int]:
+        return list(SUPPORTED_HEAD_DIMS)
+
+    @classmethod
+    def supported_kv_cache_layouts(cls) -> tuple[KVCacheLayout, ...]:
+        return (KVCacheLayout.LBNHC, KVCacheLayout.LBHNC)
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type == AttentionType.DECODER

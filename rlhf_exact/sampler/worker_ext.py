@@ -1,0 +1,115 @@
+"""Worker-side weight updates for the exact sampler: mixed into vLLM's worker with
+`LLM(..., worker_extension_cls="rlhf_exact.sampler.worker_ext.ExactWorkerExtension")`
+and called through `LLM.collective_rpc`.
+
+Protocol (driven by `engine.Sampler.update_weights`):
+1. `exact_begin_update(manifest)`: manifest = {name: [shape, dtype]} for EVERY tensor
+   of the update. It is checked whole against the model (known parameter name, equal
+   shape, equal dtype, no duplicates) BEFORE any data is sent or copied; any mismatch
+   rejects the whole update and the weights stay as they were.
+2. `exact_load_bucket(blob)`: one bucket = `safetensors.torch.save({name: tensor})`
+   bytes (vLLM's msgpack RPC carries bytes inline and bit-exact; tensors above 256 B do
+   not survive it, see the notes). Each tensor must be one announced in the manifest,
+   with its announced shape and dtype, and is staged (not yet copied).
+3. `exact_commit_update()`: every announced tensor must have arrived; then all are
+   copied in place into the existing parameters (storage kept) in one pass.
+   `exact_abort_update()` drops the staged tensors.
+The driver then calls `LLM.reset_prefix_cache()`: cached KV blocks were computed with
+the old weights, and reusing them mixes policies (VERIFIED in the notes).
+
+Staging costs one extra copy of the updated tensors in the worker's memory; it is what
+makes a bucket that fails mid-way (after the manifest passed) leave no partial update.
+"""
+from __future__ import annotations
+
+import torch
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_manifest(params: dict[str, torch.Tensor], manifest: dict[str, list]) -> list[str]:
+    """Every problem of the manifest against the model's parameters (empty = valid)."""
+    errors = []
+    if not manifest:
+        errors.append("empty update")
+    for name, (shape, dtype) in manifest.items():
+        p = params.get(name)
+        if p is None:
+            errors.append(f"unknown parameter {name!r}")
+            continue
+        if tuple(shape) != tuple(p.shape):
+            errors.append(f"{name}: shape {tuple(shape)}, expected {tuple(p.shape)}")
+        if dtype != dtype_name(p.dtype):
+            errors.append(f"{name}: dtype {dtype}, expected {dtype_name(p.dtype)}")
+    return errors
+
+
+class ExactWorkerExtension:
+    """Methods callable with `llm.collective_rpc("exact_...")` (see module docstring)."""
+
+    def _exact_params(self) -> dict[str, torch.Tensor]:
+        return dict(self.model_runner.get_model().named_parameters())
+
+    def exact_model_class(self) -> str:
+        return type(self.model_runner.get_model()).__name__
+
+    def exact_param_info(self) -> dict[str, list]:
+        """{name: [shape, dtype]} of every parameter (HF names)."""
+        return {n: [list(p.shape), dtype_name(p.dtype)] for n, p in self._exact_params().items()}
+
+    def exact_begin_update(self, manifest: dict[str, list]) -> list[str]:
+        """Validate the whole update; returns the errors (empty: accepted, staging opened)."""
+        self._exact_staged = None
+        errors = check_manifest(self._exact_params(), manifest)
+        if not errors:
+            self._exact_manifest = {n: (tuple(s), d) for n, (s, d) in manifest.items()}
+            self._exact_staged = {}
+        return errors
+
+    def exact_load_bucket(self, blob: bytes) -> list[str]:
+        from safetensors.torch import load
+
+        if getattr(self, "_exact_staged", None) is None:
+            return ["no update in progress (exact_begin_update first)"]
+        tensors = load(blob)
+        errors = []
+        for name, t in tensors.items():
+            want = self._exact_manifest.get(name)
+            if want is None or name in self._exact_staged:
+                errors.append(f"{name}: not announced in the manifest" if want is None else f"{name}: sent twice")
+            elif (tuple(t.shape), dtype_name(t.dtype)) != want:
+                errors.append(f"{name}: got {tuple(t.shape)} {dtype_name(t.dtype)}, announced {want}")
+        if errors:
+            self._exact_staged = None  # the update is dead: nothing was copied
+            return errors
+        self._exact_staged.update(tensors)
+        return []
+
+    def exact_commit_update(self) -> list[str]:
+        staged = getattr(self, "_exact_staged", None)
+        if staged is None:
+            return ["no update in progress"]
+        missing = sorted(set(self._exact_manifest) - set(staged))
+        if missing:
+            self._exact_staged = None
+            return [f"missing tensors {missing[:5]}"]
+        params = self._exact_params()
+        with torch.no_grad():
+            for name, t in staged.items():
+                params[name].copy_(t)
+        self._exact_staged = None
+        return []
+
+    def exact_abort_update(self) -> None:
+        self._exact_staged = None
+
+    def exact_get_weights(self, names: list[str]) -> bytes:
+        """safetensors bytes of the named parameters (tests check updates bitwise)."""
+        from safetensors.torch import save
+
+        params = self._exact_params()
+        return save({n: params[n].detach().contiguous().clone() for n in names})
