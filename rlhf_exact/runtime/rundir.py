@@ -1,0 +1,90 @@
+"""The run directory: where it is, whether it may be reused, which checkpoint to resume.
+
+    run_dir = prepare_run_dir(cfg)               # creates it; sets cfg.run.name
+    save_config(cfg, run_dir / "config.yaml")
+    ckpt = resume_checkpoint(cfg, run_dir)       # None: start at step 0
+
+Rules (run.output_dir = OUT):
+  run.name set           OUT/<name>. resume=never refuses a directory that already holds
+                         a run (config.yaml, metrics.jsonl or checkpoints/).
+  run.name null          resume=never: a new OUT/<recipe>-<YYYYmmdd-HHMMSS>;
+                         resume=auto: the newest existing OUT/<recipe>-<timestamp>, else new.
+  run.resume=<path>      a run directory (its latest complete checkpoint) or a checkpoint
+                         directory .../checkpoints/step_NNNNNN; the run continues in that
+                         run directory.
+
+Layout of a run directory: config.yaml, metrics.jsonl, checkpoints/step_NNNNNN/,
+wandb/, plots/ (python -m rlhf_exact.plot RUN_DIR), and whatever the loop adds
+(tiny_model/).
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from rlhf_exact.config.schema import ConfigError, TrainConfig
+
+from .checkpoint import COMPLETE, latest_checkpoint
+
+_RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
+
+
+def _holds_run(d: Path) -> bool:
+    return d.is_dir() and any((d / m).exists() for m in _RUN_MARKERS)
+
+
+def _is_checkpoint_dir(p: Path) -> bool:
+    return p.parent.name == "checkpoints" and re.fullmatch(r"step_\d+", p.name) is not None
+
+
+def prepare_run_dir(cfg: TrainConfig, now: float | None = None) -> Path:
+    """Create (or pick, when resuming) the run directory per the module rules; sets
+    cfg.run.name (and cfg.run.output_dir for a resume path) to match it."""
+    out = Path(cfg.run.output_dir)
+    resume = cfg.run.resume
+    if resume not in ("never", "auto"):
+        path = Path(resume)
+        run_dir = path.parent.parent if _is_checkpoint_dir(path) else path
+        if not _holds_run(run_dir):
+            raise ConfigError(f"run.resume={resume!r}: {run_dir} is not a run directory (no "
+                              f"{', '.join(_RUN_MARKERS)})")
+    elif cfg.run.name:
+        run_dir = out / cfg.run.name
+        if resume == "never" and _holds_run(run_dir):
+            raise ConfigError(f"run directory {run_dir} already holds a run: continue it with run.resume=auto, "
+                              f"or start another with run.name=NEW_NAME")
+    else:
+        stem = Path(cfg.recipe).stem
+        previous = sorted(p for p in out.glob(f"{stem}-*")
+                          if p.is_dir() and re.fullmatch(re.escape(stem) + r"-\d{8}-\d{6}(-\d+)?", p.name))
+        if resume == "auto" and previous:
+            run_dir = previous[-1]
+        else:
+            base = out / f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+            run_dir, n = base, 1
+            while run_dir.exists():
+                n += 1
+                run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.run.name = run_dir.name
+    cfg.run.output_dir = str(run_dir.parent)
+    return run_dir.resolve()
+
+
+def resume_checkpoint(cfg: TrainConfig, run_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: None for resume=never or a fresh resume=auto."""
+    resume = cfg.run.resume
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(resume)
+    if _is_checkpoint_dir(path):
+        if not (path / COMPLETE).is_file():
+            raise ConfigError(f"run.resume={resume!r} is an incomplete checkpoint (no {COMPLETE} marker)")
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise ConfigError(f"run.resume={resume!r}: the run directory has no complete checkpoint")
+    return found

@@ -1,0 +1,57 @@
+"""metrics.jsonl -> PNGs + one self-contained HTML page, on a synthetic run."""
+import base64
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+
+from rlhf_exact.runtime.plot import render
+
+
+def _synthetic_run(run_dir, steps=30, exact=True):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "metrics.jsonl", "w") as f:
+        for s in range(1, steps + 1):
+            rec = {"step": s, "time": 1.7e9 + 10 * s, "elapsed": 10.0 * s,
+                   "reward/mean": 1 - math.exp(-s / 10), "reward/std": 0.1,
+                   "parity/kl": 0.0 if exact else 1e-5 / s, "parity/logprob_abs_diff_max": 0.0 if exact else 0.01,
+                   "time/sample": 4.0, "time/reward": 0.2, "time/train": 3.0 + s % 3, "time/sync": 0.5,
+                   "loss": 1.0 / s, "grad_norm": 0.3}
+            f.write(json.dumps(rec) + "\n")
+    return run_dir
+
+
+def _png_ok(path):
+    data = path.read_bytes()
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_render(tmp_path, exact):
+    run = _synthetic_run(tmp_path / "run", exact=exact)
+    report = render(run)
+    out = run / "plots"
+    assert report == out / "report.html"
+    for name in ("reward", "parity", "step_time", "all_metrics"):
+        assert _png_ok(out / f"{name}.png"), name
+    page = report.read_text()
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(imgs) == 4 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in imgs)
+    assert "<td>reward/mean</td><td>30</td>" in page and "<td>time/sync</td>" in page
+    assert "http" not in page.replace("http-equiv", "")  # self-contained
+
+
+def test_sparse_metrics_and_cli(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0, "time/train": 3.0}\n')
+    p = subprocess.run([sys.executable, "-m", "rlhf_exact.plot", str(run), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "o" / "report.html").is_file() and _png_ok(tmp_path / "o" / "parity.png")
+    p = subprocess.run([sys.executable, "-m", "rlhf_exact.plot", str(tmp_path / "missing")],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "metrics.jsonl does not exist" in p.stderr
