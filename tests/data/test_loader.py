@@ -1,0 +1,73 @@
+"""load_prompt_rows: config -> tokenized rows, with the tiny model's tokenizer and
+chat template (trained locally, no download).
+
+    .venv/bin/python -m pytest -q tests/data/test_loader.py
+"""
+import json
+import pathlib
+from types import SimpleNamespace
+
+import pytest
+
+from rlhf_exact.data import SyntheticTask, load_prompt_rows, read_chat_template, render_chat_prompt
+from rlhf_exact.models.tiny import CHAT_TEMPLATE, train_tokenizer
+
+GSM8K_DIR = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k"
+
+
+def data_cfg(**kw):
+    d = dict(name="gsm8k", train_files=[], prompt_key="question", answer_key="answer", on_malformed="error",
+             max_prompt_tokens=256, synthetic_num_prompts=16, synthetic_num_targets=16, synthetic_prompt_len=8,
+             synthetic_num_target_sets=1)
+    d.update(kw)
+    return SimpleNamespace(data=SimpleNamespace(**d))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(512)
+
+
+def test_render_tiny_chat_template():
+    assert render_chat_prompt(CHAT_TEMPLATE, "2+2?") == "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(ValueError, match="chat template: no system"):
+        render_chat_prompt("{{ raise_exception('no system') }}", "x")
+
+
+def test_read_chat_template(tmp_path):
+    assert read_chat_template(tmp_path) is None
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "default", "template": "T"}]}))
+    assert read_chat_template(tmp_path) == "T"
+    (tmp_path / "chat_template.jinja").write_text("J")
+    assert read_chat_template(tmp_path) == "J"
+
+
+def test_gsm8k_rows(tok, tmp_path):
+    f = tmp_path / "g.jsonl"
+    f.write_text('{"question": "Ann has 3 pens. How many?", "answer": "#### 3"}\n'
+                 '{"question": "' + "very long question " * 40 + '", "answer": "#### 1"}\n')
+    rows = load_prompt_rows(data_cfg(train_files=[str(f)], max_prompt_tokens=1000), tok, CHAT_TEMPLATE)
+    r = rows[0]
+    assert r["prompt_text"].startswith("<|im_start|>user\nAnn has 3 pens. How many?\n") and "'#### <number>'" in r["prompt_text"]
+    assert r["prompt_ids"] == tok.encode(r["prompt_text"], add_special_tokens=False).ids
+    assert r["prompt_ids"][0] == tok.token_to_id("<|im_start|>")  # the template's special token, one id
+    assert r["answer"] == "#### 3" and r["row_id"] == f"{f}:1"
+    n0 = len(r["prompt_ids"])
+    with pytest.raises(ValueError, match=f"{f}:2: prompt has \\d+ tokens > data.max_prompt_tokens={n0}"):
+        load_prompt_rows(data_cfg(train_files=[str(f)], max_prompt_tokens=n0), tok, CHAT_TEMPLATE)
+    rows = load_prompt_rows(data_cfg(train_files=[str(f)], max_prompt_tokens=n0, on_malformed="skip"), tok,
+                            CHAT_TEMPLATE)
+    assert [x["row_id"] for x in rows] == [f"{f}:1"]
+
+
+def test_gsm8k_test_split(tok):
+    if not (GSM8K_DIR / "test.jsonl").exists():
+        pytest.skip(f"GSM8K not found at {GSM8K_DIR}")
+    rows = load_prompt_rows(data_cfg(train_files=[str(GSM8K_DIR / "test.jsonl")], max_prompt_tokens=4096), tok)
+    assert len(rows) == 1319 and all(r["prompt_ids"] for r in rows)
+
+
+def test_synthetic_rows(tok):
+    rows = load_prompt_rows(data_cfg(name="synthetic", synthetic_num_prompts=5), tok)
+    assert [r["prompt_ids"] for r in rows] == [r["prompt_ids"] for r in SyntheticTask(seed=0).rows(5)]
+    assert rows[0]["row_id"] == "synthetic:0" and isinstance(rows[0]["prompt"], str)
