@@ -131,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlhf_exact import loop
 
-    loop.run(cfg, run_dir)
+    try:
+        result = loop.run(cfg, run_dir)
+    except (loop.ParityError, loop.NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    print(loop.summarize(result))
+    print(f"metrics: {run_dir / 'metrics.jsonl'}  plots: python -m rlhf_exact.plot {run_dir}")
     return 0
 
 

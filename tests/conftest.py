@@ -11,3 +11,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for one test module, on loopback, no dashboard (as the loop starts it)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1",
+                 log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -26,6 +26,12 @@ class SamplerActor:
     """The actor's body (plain Python; `sampler_actor` wraps it with ray.remote)."""
 
     def __init__(self, model: str, **sampler_kwargs):
+        if sampler_kwargs.get("exact", True):
+            from exact_kernels import enable_exact_mode
+
+            # The one switch, before vLLM starts its workers and their process group: they
+            # inherit the NCCL variables it sets (its aten routing covers this process).
+            self.exact_mode_report = enable_exact_mode()
         self.sampler = Sampler(model, **sampler_kwargs)
 
     def ready(self) -> dict:

@@ -92,8 +92,8 @@ class Sampler:
 
     def __init__(self, model: str | os.PathLike, *, temperature: float = 1.0, dtype: str = "bfloat16",
                  max_model_len: int = 512, max_num_seqs: int = 16, max_num_batched_tokens: int | None = None,
-                 enable_prefix_caching: bool = True, block_size: int = 16,
-                 num_gpu_blocks_override: int | None = None, kv_cache_memory_bytes: int = 64 << 20,
+                 enable_prefix_caching: bool = True, block_size: int | None = None,
+                 num_gpu_blocks_override: int | None = None, kv_cache_memory_bytes: int | None = 64 << 20,
                  seed: int = 0, exact: bool = True, **engine_kwargs):
         """exact=False runs stock vLLM (start the process with VLLM_PLUGINS=none; the
         training loop's kernels=default, seed_experiment.py): vLLM's own model, kernels
@@ -107,9 +107,16 @@ class Sampler:
         self.max_model_len = max_model_len
         self.exact = exact
         kw = dict(model=str(model), dtype=dtype, enforce_eager=True, max_model_len=max_model_len,
-                  max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching, block_size=block_size,
+                  max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
                   seed=seed, **engine_kwargs)
         from vllm.platforms import current_platform
+
+        # exact: 16, the block size the kernels and their tests use (vLLM's layout); stock:
+        # vLLM's choice (its CPU attention needs a multiple of 32)
+        if block_size is None and exact:
+            block_size = 16
+        if block_size is not None:
+            kw["block_size"] = block_size
 
         budget = max_num_seqs * max_model_len  # no prompt is ever split
         if max_num_batched_tokens is not None:
@@ -120,7 +127,9 @@ class Sampler:
         self.seeds_supported = not current_platform.is_cpu() or budget >= max_num_seqs * max_model_len
         if num_gpu_blocks_override is not None:
             kw["num_gpu_blocks_override"] = num_gpu_blocks_override
-        if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:  # the env var (GiB) would override it
+        # None: vLLM sizes the cache (gpu_memory_utilization on CUDA); the CPU env var (GiB)
+        # would override a byte count
+        if kv_cache_memory_bytes is not None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kw["kv_cache_memory_bytes"] = kv_cache_memory_bytes
         kw["worker_extension_cls"] = EXTENSION
         if exact:
@@ -247,8 +256,6 @@ class Sampler:
         then reset the prefix cache. The whole update is validated (names, shapes, dtypes)
         before anything is copied; ValueError lists every problem and the weights stay
         unchanged. Returns the seconds it took."""
-        if not self.exact:
-            raise RuntimeError("update_weights needs the exact plugin")
         t0 = time.perf_counter()
         items = list(named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors)
         from .worker_ext import dtype_name

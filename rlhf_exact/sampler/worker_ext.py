@@ -31,8 +31,9 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def check_manifest(params: dict[str, torch.Tensor], manifest: dict[str, list]) -> list[str]:
-    """Every problem of the manifest against the model's parameters (empty = valid)."""
+def check_manifest(params: dict[str, torch.Tensor | tuple], manifest: dict[str, list]) -> list[str]:
+    """Every problem of the manifest against the model's parameters (empty = valid).
+    params: {HF name: tensor, or (shape, dtype name)}."""
     errors = []
     if not manifest:
         errors.append("empty update")
@@ -41,10 +42,11 @@ def check_manifest(params: dict[str, torch.Tensor], manifest: dict[str, list]) -
         if p is None:
             errors.append(f"unknown parameter {name!r}")
             continue
-        if tuple(shape) != tuple(p.shape):
-            errors.append(f"{name}: shape {tuple(shape)}, expected {tuple(p.shape)}")
-        if dtype != dtype_name(p.dtype):
-            errors.append(f"{name}: dtype {dtype}, expected {dtype_name(p.dtype)}")
+        want_shape, want_dtype = (tuple(p.shape), dtype_name(p.dtype)) if isinstance(p, torch.Tensor) else p
+        if tuple(shape) != tuple(want_shape):
+            errors.append(f"{name}: shape {tuple(shape)}, expected {tuple(want_shape)}")
+        if dtype != want_dtype:
+            errors.append(f"{name}: dtype {dtype}, expected {want_dtype}")
     return errors
 
 
@@ -61,10 +63,24 @@ class ExactWorkerExtension:
         """{name: [shape, dtype]} of every parameter (HF names)."""
         return {n: [list(p.shape), dtype_name(p.dtype)] for n, p in self._exact_params().items()}
 
+    def _exact_is_ours(self) -> bool:
+        return self.exact_model_class() == "ExactQwen3ForCausalLM"
+
+    def _exact_targets(self) -> dict:
+        """What an update may contain: our model's parameters (HF names); for vLLM's own
+        Qwen3 (kernels=default: fused qkv/gate_up parameters) the HF checkpoint names
+        and shapes of its config, in the engine's dtype."""
+        if self._exact_is_ours():
+            return self._exact_params()
+        from rlhf_exact.models.checkpoint import expected_tensors, read_config
+
+        mc = self.model_runner.model_config
+        return {n: (s, dtype_name(mc.dtype)) for n, s in expected_tensors(read_config(mc.model)).items()}
+
     def exact_begin_update(self, manifest: dict[str, list]) -> list[str]:
         """Validate the whole update; returns the errors (empty: accepted, staging opened)."""
         self._exact_staged = None
-        errors = check_manifest(self._exact_params(), manifest)
+        errors = check_manifest(self._exact_targets(), manifest)
         if not errors:
             self._exact_manifest = {n: (tuple(s), d) for n, (s, d) in manifest.items()}
             self._exact_staged = {}
@@ -97,10 +113,13 @@ class ExactWorkerExtension:
         if missing:
             self._exact_staged = None
             return [f"missing tensors {missing[:5]}"]
-        params = self._exact_params()
         with torch.no_grad():
-            for name, t in staged.items():
-                params[name].copy_(t)
+            if self._exact_is_ours():
+                params = self._exact_params()
+                for name, t in staged.items():
+                    params[name].copy_(t)
+            else:  # vLLM's own model maps HF names onto its fused parameters
+                self.model_runner.get_model().load_weights(list(staged.items()))
         self._exact_staged = None
         return []
 

@@ -15,14 +15,6 @@ from rlhf_exact.sampler.engine import SamplingConfig  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_ray_sampler_actor_samples_and_updates(local_ray, tmp_path):
     from rlhf_exact.sampler.actor import sampler_actor
 

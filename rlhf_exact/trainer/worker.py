@@ -1,0 +1,312 @@
+"""One FSDP2 trainer rank: the policy (fp32 master weights, bf16 compute), its AdamW
+optimizer and LR schedule, the trainer-side logprob recompute, the GRPO update, the
+full-weight gather for the sampler, and the rank's part of a run checkpoint.
+
+Plain Python (no Ray): `trainer/group.py` wraps it in Ray actors, and tests can drive
+it with torch.multiprocessing. Every rank runs the same sequence of collective calls:
+the driver hands each rank a plan with the SAME number of micro-batches (empty slots
+are filled with a one-token dummy sequence of weight 0), because each FSDP2 forward
+all-gathers parameters from every rank.
+
+Numerics (DESIGN.md): `enable_exact_mode()` runs before `init_process_group` when
+kernels=exact. The forward in bf16 compute from fp32 masters through
+MixedPrecisionPolicy equals the sampler's bf16 model bit for bit (tests/models,
+FSDP2 1 vs 2 ranks); gradients are reduced in fp32.
+
+Loss scaling: each micro-batch's `policy_loss` is aggregated with the WHOLE minibatch's
+sequence and token counts (from the driver), so the micro-batch losses of all ranks sum
+to the minibatch loss. FSDP2 averages gradients over ranks, so each rank scales its
+local sum by world_size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+
+
+@dataclasses.dataclass
+class TrainerSpec:
+    """What every rank needs to build the same trainer (a plain dict crosses Ray)."""
+
+    model_path: str
+    exact: bool = True
+    device: str = "cpu"
+    compute_dtype: str = "bfloat16"
+    temperature: float = 1.0
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    activation_checkpointing: bool = False
+    seed: int = 0
+    num_threads: int = 1
+
+
+@dataclasses.dataclass
+class SeqSlot:
+    """One sequence in a micro-batch: prompt + completion token ids and, for training,
+    per-completion-token data (all [L] with L = len(completion))."""
+
+    prompt: list[int]
+    completion: list[int]
+    old_logprobs: list[float] | None = None  # the ratio's denominator
+    advantages: float = 0.0  # the sequence's advantage (every token gets it)
+    tis: list[float] | None = None  # truncated importance weights (kernels=default), else None
+    ref_logprobs: list[float] | None = None  # reference policy (kl_coef > 0)
+
+
+# Fills an empty micro-batch slot (its loss is multiplied by 0); it carries every
+# per-token field a real slot may carry, so the same loss code runs on it.
+DUMMY = SeqSlot(prompt=[0], completion=[0], old_logprobs=[0.0], advantages=0.0, ref_logprobs=[0.0])
+
+
+class TrainerWorker:
+    def __init__(self, rank: int, world_size: int, master_port: int, spec: dict):
+        self.spec = TrainerSpec(**spec)
+        self.rank, self.world_size = rank, world_size
+        torch.set_num_threads(self.spec.num_threads)
+        if self.spec.exact:
+            from exact_kernels import enable_exact_mode
+
+            enable_exact_mode()  # before the process group: NCCL variables are read at init
+        else:
+            from rlhf_exact.models.stock import use_stock_ops
+
+            use_stock_ops()  # kernels=default: the comparison run on stock torch kernels
+        import torch.distributed as dist
+
+        backend = "nccl" if self.spec.device == "cuda" else "gloo"
+        if self.spec.device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{master_port}", rank=rank,
+                                world_size=world_size)
+        self.device = torch.device(self.spec.device, torch.cuda.current_device()) \
+            if self.spec.device == "cuda" else torch.device("cpu")
+        self.model, self.config = self._build_policy()
+        self.ref = self._build_reference() if self.spec.kl_coef > 0 else None
+        s = self.spec
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr, betas=tuple(s.betas), eps=s.eps,
+                                           weight_decay=s.weight_decay, foreach=False)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / (s.warmup_steps + 1)) if s.warmup_steps else 1.0)
+        self.steps_done = 0
+
+    def ready(self) -> int:
+        return self.rank
+
+    # ------------------------------------------------------------------ construction
+
+    def _build_policy(self):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        from rlhf_exact.models.checkpoint import load_model
+
+        model, config = load_model(self.spec.model_path, dtype=torch.float32, device=self.device,
+                                   activation_checkpointing=self.spec.activation_checkpointing)
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        mp = MixedPrecisionPolicy(param_dtype=getattr(torch, self.spec.compute_dtype), reduce_dtype=torch.float32,
+                                  cast_forward_inputs=False)
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
+        return model, config
+
+    def _build_reference(self):
+        from rlhf_exact.models.checkpoint import load_model
+
+        ref, _ = load_model(self.spec.model_path, dtype=getattr(torch, self.spec.compute_dtype), device=self.device)
+        ref.requires_grad_(False)
+        return ref
+
+    # ------------------------------------------------------------------ forward
+
+    def _forward(self, model, slots: Sequence[SeqSlot], entropy: bool = False):
+        """Per slot: the logprobs [L] of its completion tokens (fp32, grad if enabled);
+        with entropy=True also the entropy [L] of each of those tokens' distributions.
+        Both come from the same logits and the same `token_logprobs` call, so asking
+        for the entropy does not change a logprob bit."""
+        from rlhf_exact.models import qwen3, stock
+        from rlhf_exact.models.qwen3 import pack_sequences
+
+        batch = pack_sequences([s.prompt + s.completion for s in slots]).to(self.device)
+        starts = batch.cu_seqlens.tolist()
+        spans = [(a + len(s.prompt) - 1, len(s.completion)) for a, s in zip(starts, slots)]
+        T = self.spec.temperature
+        if not entropy:
+            lp = model(batch.input_ids, batch.positions, batch.context, targets=batch.targets, temperature=T)
+            return [lp[a:a + n] for a, n in spans]
+        logits = model(batch.input_ids, batch.positions, batch.context)
+        lp = qwen3.token_logprobs(logits, batch.targets, T)  # the op the model itself uses
+        if self.spec.exact:
+            from exact_kernels.logprobs import log_softmax
+
+            lsm = log_softmax(logits, T)
+        else:
+            lsm = stock.log_softmax(logits, T)
+        ent = -(lsm.exp() * lsm).sum(-1)
+        return [lp[a:a + n] for a, n in spans], [ent[a:a + n] for a, n in spans]
+
+    def _slots(self, micro: Sequence[dict | SeqSlot]) -> list[SeqSlot]:
+        slots = [s if isinstance(s, SeqSlot) else SeqSlot(**s) for s in micro]
+        return slots or [DUMMY]
+
+    @torch.no_grad()
+    def logprobs(self, plan: Sequence[Sequence[dict]], reference: bool = False) -> list[list[torch.Tensor]]:
+        """plan: micro-batches of slots (this rank's). Returns, per micro-batch, the
+        completion logprobs of each slot ([L] fp32 on CPU), from the policy or the frozen
+        reference."""
+        model = self.ref if reference else self.model
+        out = []
+        for micro in plan:
+            res = self._forward(model, self._slots(micro))
+            out.append([t.float().cpu() for t in res[:len(micro)]])
+        return out
+
+    # ------------------------------------------------------------------ update
+
+    def train_minibatch(self, plan: Sequence[Sequence[dict]], agg: dict, check_finite: bool = True) -> dict:
+        """One optimizer step over this rank's micro-batches of one minibatch.
+
+        agg: {"num_seqs", "aggregation", "loss_scale_tokens"} of the WHOLE minibatch
+        (all ranks), so the per-micro-batch `policy_loss` values sum to the minibatch
+        loss. Returns this rank's metric sums and, per micro-batch, the logprobs its
+        forward computed (the driver reports the first minibatch's importance ratio
+        against the sampler from them). A non-finite loss or gradient on any rank skips
+        the optimizer step on every rank."""
+        import torch.distributed as dist
+
+        from rlhf_exact.algo.grpo import aggregate, kl_penalty, policy_loss
+
+        s = self.spec
+        self.model.train()
+        sums = {"loss": 0.0, "clip_frac": 0.0, "tokens": 0.0, "kl": 0.0, "entropy": 0.0}
+        forward_logprobs = []
+        for micro in plan:
+            slots = self._slots(micro)
+            real = len(micro) > 0
+            if s.entropy_coef > 0:
+                lps, ents = self._forward(self.model, slots, entropy=True)
+            else:
+                lps, ents = self._forward(self.model, slots), None
+            forward_logprobs.append([t.detach().float().cpu() for t in lps[:len(micro)]])
+            lp = torch.cat(lps)
+            dev = lp.device
+            seq_ids = torch.cat([torch.full((len(sl.completion),), k, dtype=torch.int64) for k, sl in enumerate(slots)])
+            seq_ids = seq_ids.to(dev)
+            cat = lambda name: torch.tensor(  # noqa: E731
+                [x for sl in slots for x in getattr(sl, name)], dtype=torch.float32, device=dev)
+            adv = torch.tensor([sl.advantages for sl in slots], dtype=torch.float32, device=dev)[seq_ids]
+            tis = cat("tis") if slots[0].tis is not None else None
+            num_seqs, how, scale = agg["num_seqs"], agg["aggregation"], agg.get("loss_scale_tokens")
+            loss, m = policy_loss(lp, cat("old_logprobs"), adv, seq_ids, num_seqs, s.clip_eps_low, s.clip_eps_high,
+                                  how, scale, tis_weights=tis)
+            if self.ref is not None and s.kl_coef > 0:
+                kl = kl_penalty(lp, cat("ref_logprobs"), s.kl_estimator)
+                loss = loss + s.kl_coef * aggregate(kl, seq_ids, num_seqs, how, scale)
+                sums["kl"] += float(kl.detach().sum()) if real else 0.0
+            if ents is not None:  # entropy bonus: the loss falls as entropy rises
+                ent = torch.cat(ents)
+                loss = loss - s.entropy_coef * aggregate(ent, seq_ids, num_seqs, how, scale)
+                sums["entropy"] += float(ent.detach().sum()) if real else 0.0
+            if not real:
+                loss = loss * 0.0  # the dummy keeps this rank in step with the others' collectives
+            else:
+                n = float(lp.numel())
+                sums["loss"] += float(loss.detach())
+                sums["clip_frac"] += m["clip_frac"] * n
+                sums["tokens"] += n
+            (loss * self.world_size).backward()  # FSDP2 averages gradients over ranks
+        bad = not math.isfinite(sums["loss"]) or any(
+            not bool(torch.isfinite(p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad).all())
+            for p in self.model.parameters() if p.grad is not None)
+        flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
+        dist.all_reduce(flag)
+        out = {"sums": sums, "forward_logprobs": forward_logprobs, "nonfinite": bool(flag.item() > 0)}
+        if check_finite and out["nonfinite"]:
+            self.optimizer.zero_grad(set_to_none=True)
+            return out
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
+        out["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return out
+
+    def end_step(self) -> float:
+        """After the step's minibatches: advance the LR schedule. Returns the new LR."""
+        self.scheduler.step()
+        self.steps_done += 1
+        return self.scheduler.get_last_lr()[0]
+
+    # ------------------------------------------------------------------ weights out
+
+    def full_weights(self, dtype: str | None = "bfloat16") -> dict[str, torch.Tensor] | None:
+        """All-gathers the policy; rank 0 returns HF-named tensors on CPU (cast to dtype;
+        None keeps fp32 masters; lm_head left out when tied), other ranks None. Every
+        rank must call it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return None
+        if self.config.tie_word_embeddings:
+            sd.pop("lm_head.weight", None)
+        cast = getattr(torch, dtype) if dtype else None
+        return {k: (v.to(cast) if cast is not None else v).contiguous() for k, v in sd.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """Rank 0: (tensors, meta) of the full training state: fp32 master weights
+        ("model/<name>"), optimizer moments ("optim/<name>/<key>"), LR schedule.
+        Every rank must call it (gathers)."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        msd = get_model_state_dict(self.model, options=opts)
+        osd = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        if self.rank != 0:
+            return None
+        tensors = {f"model/{k}": v.contiguous() for k, v in msd.items()}
+        for name, st in osd["state"].items():
+            for key, v in st.items():
+                tensors[f"optim/{name}/{key}"] = torch.as_tensor(v).contiguous()
+        groups = [{k: v for k, v in g.items()} for g in osd["param_groups"]]
+        meta = {"param_groups": groups, "scheduler": self.scheduler.state_dict(), "steps_done": self.steps_done}
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Inverse of state(); every rank gets the full tensors."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        msd = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+        state: dict[str, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim/"):
+                name, key = k[len("optim/"):].rsplit("/", 1)
+                state.setdefault(name, {})[key] = v
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.model, msd, options=opts)
+        set_optimizer_state_dict(self.model, self.optimizer, {"state": state, "param_groups": meta["param_groups"]},
+                                 options=opts)
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.steps_done = meta["steps_done"]
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
