@@ -215,10 +215,6 @@ class Loop:
         from rlhf_exact.trainer.group import TrainerGroup
 
         cfg = self.cfg
-        if self.exact:
-            from exact_kernels import enable_exact_mode
-
-            enable_exact_mode()  # the driver computes nothing, but one switch everywhere
         self.model_path = prepare_model(cfg, self.run_dir)
         self.tokenizer = _load_tokenizer(self.model_path)
         self.rows, self.stream = _load_data(cfg, self.tokenizer, self.model_path)
@@ -419,6 +415,17 @@ class Loop:
                           dtype=getattr(torch, self.cfg.model.dtype), tokenizer_from=self.model_path)
 
     def run(self) -> dict:
+        """The whole run. The driver is switched to exact mode too (one switch on every
+        process; its parity arithmetic is elementwise) and restored afterwards, so a
+        caller's process (a test, a notebook) gets its stock kernels back."""
+        import contextlib
+
+        from exact_kernels import exact_mode
+
+        with exact_mode() if self.exact else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> dict:
         cfg = self.cfg
         self.setup()
         first = last = None

@@ -22,3 +22,16 @@ def local_ray():
                  log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _exact_mode_does_not_leak():
+    """Exact mode is process-wide (aten overrides): a test that leaves it on changes the
+    stock reference path of every later test, so leaving it on is a failure here."""
+    from exact_kernels import disable_exact_mode, is_exact_mode
+
+    was_on = is_exact_mode()
+    yield
+    if is_exact_mode() and not was_on:
+        disable_exact_mode()
+        pytest.fail("the test left exact mode on (use exact_mode() or disable_exact_mode())")

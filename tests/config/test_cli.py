@@ -84,6 +84,9 @@ def test_main_makes_run_dir_and_calls_loop(tmp_path, monkeypatch):
     fake.ParityError = fake.NonFiniteLossError = type("Never", (Exception,), {})
     fake.__spec__ = importlib.machinery.ModuleSpec("rlhf_exact.loop", None)
     monkeypatch.setitem(sys.modules, "rlhf_exact.loop", fake)
+    import rlhf_exact
+
+    monkeypatch.setattr(rlhf_exact, "loop", fake, raising=False)  # `from rlhf_exact import loop` reads this first
     assert train.main([f"run.output_dir={tmp_path}", "run.name=demo"]) == 0
     (cfg, run_dir), = calls
     assert run_dir == tmp_path / "demo" and cfg.run.name == "demo"
