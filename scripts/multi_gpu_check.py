@@ -44,7 +44,6 @@ import math
 import os
 import pathlib
 import pickle
-import socket
 import statistics
 import sys
 import tempfile
@@ -111,12 +110,6 @@ def _bootstrap() -> None:
         mod = importlib.util.module_from_spec(spec)
         sys.modules["exact_kernels"] = mod
         spec.loader.exec_module(mod)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _log(who: str, msg: str) -> None:
@@ -456,7 +449,9 @@ def run_once(world: int, tag: str, spec: dict, job: dict, timeout_s: float) -> N
     """W trainer ranks + 1 sampler, spawned; raises if any process fails or times out."""
     import torch.multiprocessing as mp
 
-    ports = (_free_port(), _free_port())
+    from rlhf_exact.trainer.group import free_port
+
+    ports = (free_port(), free_port())
     ctx = mp.start_processes(_proc, args=(world, ports, spec, job), nprocs=world + 1, join=False,
                              start_method="spawn")
     deadline = time.monotonic() + timeout_s

@@ -35,3 +35,16 @@ def _exact_mode_does_not_leak():
     if is_exact_mode() and not was_on:
         disable_exact_mode()
         pytest.fail("the test left exact mode on (use exact_mode() or disable_exact_mode())")
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir():
+    """../shared/data/gsm8k beside the repository (where CI and the recipes read it);
+    tests that need it skip, saying so, where it is absent."""
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
+    if not ((path / "train.jsonl").is_file() and (path / "test.jsonl").is_file()):
+        pytest.skip(reason=f"GSM8K (train.jsonl, test.jsonl) not found at {path}: the shared data "
+                           "directory is expected next to the repository")
+    return path

@@ -72,10 +72,13 @@ class ExactWorkerExtension:
         and shapes of its config, in the engine's dtype."""
         if self._exact_is_ours():
             return self._exact_params()
-        from rlhf_exact.models.checkpoint import expected_tensors, read_config
+        if getattr(self, "_exact_hf_targets", None) is None:  # fixed by the checkpoint: read once
+            from rlhf_exact.models.checkpoint import expected_tensors, read_config
 
-        mc = self.model_runner.model_config
-        return {n: (s, dtype_name(mc.dtype)) for n, s in expected_tensors(read_config(mc.model)).items()}
+            mc = self.model_runner.model_config
+            self._exact_hf_targets = {n: (s, dtype_name(mc.dtype))
+                                      for n, s in expected_tensors(read_config(mc.model)).items()}
+        return self._exact_hf_targets
 
     def exact_begin_update(self, manifest: dict[str, list]) -> list[str]:
         """Validate the whole update; returns the errors (empty: accepted, staging opened)."""

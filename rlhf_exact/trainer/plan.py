@@ -50,3 +50,18 @@ def plan(lengths: Sequence[int], world_size: int, max_tokens: int) -> list[list[
     per_rank = [micro_batches(ix, lengths, max_tokens) for ix in assign_ranks(lengths, world_size)]
     n = max(1, max(len(p) for p in per_rank))
     return [p + [[] for _ in range(n - len(p))] for p in per_rank]
+
+
+def scatter(plan_: list[list[list[int]]], make) -> list[list[list]]:
+    """Per rank, per micro-batch: make(i) for every sequence index i of the plan."""
+    return [[[make(i) for i in micro] for micro in rank] for rank in plan_]
+
+
+def gather(plan_: list[list[list[int]]], results: list[list[list]], n: int) -> list:
+    """Inverse of `scatter` on the ranks' results: the n per-sequence values in order."""
+    out = [None] * n
+    for rank, rank_res in zip(plan_, results):
+        for micro, res in zip(rank, rank_res):
+            for i, v in zip(micro, res):
+                out[i] = v
+    return out

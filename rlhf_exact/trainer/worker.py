@@ -49,7 +49,6 @@ class TrainerSpec:
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
     activation_checkpointing: bool = False
-    seed: int = 0
     num_threads: int = 1
 
 
@@ -185,8 +184,6 @@ class TrainerWorker:
         forward computed (the driver reports the first minibatch's importance ratio
         against the sampler from them). A non-finite loss or gradient on any rank skips
         the optimizer step on every rank."""
-        import torch.distributed as dist
-
         from rlhf_exact.algo.grpo import aggregate, kl_penalty, policy_loss
 
         s = self.spec
@@ -228,17 +225,16 @@ class TrainerWorker:
                 sums["clip_frac"] += m["clip_frac"] * n
                 sums["tokens"] += n
             (loss * self.world_size).backward()  # FSDP2 averages gradients over ranks
-        bad = not math.isfinite(sums["loss"]) or any(
-            not bool(torch.isfinite(p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad).all())
-            for p in self.model.parameters() if p.grad is not None)
-        flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
-        dist.all_reduce(flag)
-        out = {"sums": sums, "forward_logprobs": forward_logprobs, "nonfinite": bool(flag.item() > 0)}
-        if check_finite and out["nonfinite"]:
-            self.optimizer.zero_grad(set_to_none=True)
-            return out
+        # The global gradient norm is one reduction over every rank's shards: it is NaN/inf
+        # on every rank as soon as any gradient element is (a non-finite loss gives
+        # non-finite gradients, the dummy's too: NaN * 0 = NaN), so all ranks agree.
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
-        out["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        out = {"sums": sums, "forward_logprobs": forward_logprobs, "nonfinite": not math.isfinite(grad_norm),
+               "grad_norm": grad_norm}
+        if check_finite and out["nonfinite"]:
+            self.optimizer.zero_grad(set_to_none=True)  # the step is not applied
+            return out
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return out
@@ -267,41 +263,37 @@ class TrainerWorker:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state(self) -> tuple[dict[str, torch.Tensor], dict] | None:
-        """Rank 0: (tensors, meta) of the full training state: fp32 master weights
-        ("model/<name>"), optimizer moments ("optim/<name>/<key>"), LR schedule.
-        Every rank must call it (gathers)."""
+    def state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict] | None:
+        """Rank 0: ({"model": fp32 master weights by HF name, "optimizer": AdamW moments},
+        meta with the optimizer's JSON part, the LR schedule and the step count). Every
+        rank must call it (gathers)."""
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
+
+        from rlhf_exact.runtime.checkpoint import flatten_optimizer_state
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         msd = get_model_state_dict(self.model, options=opts)
         osd = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
         if self.rank != 0:
             return None
-        tensors = {f"model/{k}": v.contiguous() for k, v in msd.items()}
-        for name, st in osd["state"].items():
-            for key, v in st.items():
-                tensors[f"optim/{name}/{key}"] = torch.as_tensor(v).contiguous()
-        groups = [{k: v for k, v in g.items()} for g in osd["param_groups"]]
-        meta = {"param_groups": groups, "scheduler": self.scheduler.state_dict(), "steps_done": self.steps_done}
+        opt_tensors, opt_meta = flatten_optimizer_state(osd)
+        tensors = {"model": {k: v.contiguous() for k, v in msd.items()},
+                   "optimizer": {k: torch.as_tensor(v).contiguous() for k, v in opt_tensors.items()}}
+        meta = {"optimizer": opt_meta, "scheduler": self.scheduler.state_dict(), "steps_done": self.steps_done}
         return tensors, meta
 
-    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    def load_state(self, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> None:
         """Inverse of state(); every rank gets the full tensors."""
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
 
-        msd = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-        state: dict[str, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim/"):
-                name, key = k[len("optim/"):].rsplit("/", 1)
-                state.setdefault(name, {})[key] = v
+        from rlhf_exact.runtime.checkpoint import unflatten_optimizer_state
+
         opts = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.model, msd, options=opts)
-        set_optimizer_state_dict(self.model, self.optimizer, {"state": state, "param_groups": meta["param_groups"]},
-                                 options=opts)
+        set_model_state_dict(self.model, tensors["model"], options=opts)
+        set_optimizer_state_dict(self.model, self.optimizer,
+                                 unflatten_optimizer_state(tensors["optimizer"], meta["optimizer"]), options=opts)
         self.scheduler.load_state_dict(meta["scheduler"])
         self.steps_done = meta["steps_done"]
 

@@ -4,7 +4,6 @@ chat template (trained locally, no download).
     .venv/bin/python -m pytest -q tests/data/test_loader.py
 """
 import json
-import pathlib
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +11,6 @@ import pytest
 from rlhf_exact.data import SyntheticTask, load_prompt_rows, read_chat_template, render_chat_prompt
 from rlhf_exact.models.tiny import CHAT_TEMPLATE, train_tokenizer
 
-GSM8K_DIR = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k"
 
 
 def data_cfg(**kw):
@@ -60,10 +58,8 @@ def test_gsm8k_rows(tok, tmp_path):
     assert [x["row_id"] for x in rows] == [f"{f}:1"]
 
 
-def test_gsm8k_test_split(tok):
-    if not (GSM8K_DIR / "test.jsonl").exists():
-        pytest.skip(f"GSM8K not found at {GSM8K_DIR}")
-    rows = load_prompt_rows(data_cfg(train_files=[str(GSM8K_DIR / "test.jsonl")], max_prompt_tokens=4096), tok)
+def test_gsm8k_test_split(tok, gsm8k_dir):
+    rows = load_prompt_rows(data_cfg(train_files=[str(gsm8k_dir / "test.jsonl")], max_prompt_tokens=4096), tok)
     assert len(rows) == 1319 and all(r["prompt_ids"] for r in rows)
 
 

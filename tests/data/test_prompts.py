@@ -4,20 +4,10 @@ the GSM8K prompt formatter.
     .venv/bin/python -m pytest -q tests/data
 """
 import json
-import pathlib
 
 import pytest
 
 from rlhf_exact.data import GSM8K_ANSWER_KEY, GSM8K_PROMPT_KEY, format_gsm8k_prompt, load_prompts
-
-GSM8K_DIR = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k"
-
-
-@pytest.fixture
-def gsm8k_dir():
-    if not (GSM8K_DIR / "train.jsonl").exists():
-        pytest.skip(f"GSM8K not found at {GSM8K_DIR} (expected ../shared/data/gsm8k next to the repo)")
-    return GSM8K_DIR
 
 
 def test_load_gsm8k(gsm8k_dir):

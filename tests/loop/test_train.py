@@ -136,14 +136,11 @@ def test_default_kernels_with_tis(tmp_path):
             assert k in m and m[k] == m[k], (k, m)  # present and not NaN
 
 
-def test_gsm8k_recipe_on_a_tiny_checkpoint(tmp_path):
+def test_gsm8k_recipe_on_a_tiny_checkpoint(tmp_path, gsm8k_dir):
     """The GPU recipe's data path on CPU: GSM8K from ../shared/data/gsm8k through the
     chat template and the tokenizer of a local checkpoint, the math-verify reward."""
-    from rlhf_exact.config.compose import repo_root
     from rlhf_exact.models.tiny import make_tiny_model_dir
 
-    if not (repo_root().parent / "shared" / "data" / "gsm8k" / "train.jsonl").is_file():
-        pytest.skip("../shared/data/gsm8k/train.jsonl not found")
     model = make_tiny_model_dir(tmp_path / "tiny", seed=0, std=0.05, num_hidden_layers=2)
     cfg = load_config(["recipe=grpo_qwen3", f"model.path={model}", "cluster=cpu", f"run.output_dir={tmp_path}",
                        "run.name=gsm8k", "run.steps=1", "run.save_every=0", "logging.wandb_mode=disabled",

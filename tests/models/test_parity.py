@@ -21,7 +21,6 @@ Qwen3-0.6B-shaped model and a Qwen3-8B-shaped layer stack with random bf16 weigh
 """
 import os
 import random
-import socket
 
 import pytest
 import torch
@@ -30,6 +29,7 @@ import torch.multiprocessing as mp
 from rlhf_exact.models.checkpoint import load_model
 from rlhf_exact.models.generate import GenerationRequest, generate
 from rlhf_exact.models.qwen3 import Qwen3Config, Qwen3ForCausalLM, pack_sequences, packed_logprobs
+from rlhf_exact.trainer.group import free_port
 
 from .conftest import random_sequences
 
@@ -103,12 +103,6 @@ def test_trainer_bitwise_activation_checkpointing(tiny_dir, device):
 
 # ---------------------------------------------------------------------------------- 1b. FSDP2
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _fsdp_worker(rank: int, world: int, port: int, model_dir: str, seqs: list, out_dir: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
@@ -142,7 +136,7 @@ def _run_fsdp(world: int, model_dir, seqs, out_dir) -> list[torch.Tensor]:
     from safetensors.torch import load_file
 
     os.makedirs(out_dir)
-    mp.start_processes(_fsdp_worker, args=(world, _free_port(), str(model_dir), seqs, str(out_dir)),
+    mp.start_processes(_fsdp_worker, args=(world, free_port(), str(model_dir), seqs, str(out_dir)),
                        nprocs=world, join=True, start_method="spawn")
     merged = {}
     for r in range(world):

@@ -6,7 +6,6 @@ synthetic, the registry and the weighted combination with its error policy.
 import concurrent.futures
 import json
 import math
-import pathlib
 import threading
 
 import pytest
@@ -15,7 +14,6 @@ from rlhf_exact.rewards import REWARDS, compute_rewards, get_reward, register_re
 from rlhf_exact.rewards.gsm8k import extract_answer, format_reward, gold_answer, gsm8k_reward
 from rlhf_exact.rewards.synthetic import synthetic_reward
 
-GSM8K_DIR = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k"
 GOLD = {"answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 1,072"}
 
 
@@ -45,10 +43,8 @@ def test_extraction_helpers():
     assert extract_answer("nothing here") is None
 
 
-def test_gsm8k_on_real_rows():
-    if not (GSM8K_DIR / "test.jsonl").exists():
-        pytest.skip(f"GSM8K not found at {GSM8K_DIR}")
-    with open(GSM8K_DIR / "test.jsonl") as f:
+def test_gsm8k_on_real_rows(gsm8k_dir):
+    with open(gsm8k_dir / "test.jsonl") as f:
         rows = [json.loads(next(f)) for _ in range(20)]
     for row in rows:
         gold = row["answer"].rsplit("####", 1)[1].strip()

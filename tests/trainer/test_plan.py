@@ -1,7 +1,7 @@
 """The trainer's micro-batch plan (pure functions; hand-checked values)."""
 import pytest
 
-from rlhf_exact.trainer.plan import assign_ranks, micro_batches, plan
+from rlhf_exact.trainer.plan import assign_ranks, gather, micro_batches, plan, scatter
 
 
 def test_assign_ranks_balances_tokens_in_order():
@@ -27,3 +27,10 @@ def test_plan_pads_ranks_to_equal_micro_batch_counts():
     p = plan([5, 1], world_size=3, max_tokens=8)
     assert p == [[[0]], [[1]], [[]]]  # rank 2 gets an empty slot (the worker runs a dummy)
     assert all(len(r) == len(p[0]) for r in p)
+
+
+def test_scatter_gather_round_trip():
+    p = plan([5, 5, 5, 1], world_size=2, max_tokens=5)  # [[[0], [2]], [[1], [3]]]
+    per_rank = scatter(p, lambda i: 10 * i)
+    assert per_rank == [[[0], [20]], [[10], [30]]]
+    assert gather(p, per_rank, 4) == [0, 10, 20, 30]

@@ -17,7 +17,7 @@ from rlhf_exact.models.checkpoint import load_model  # noqa: E402
 from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs  # noqa: E402
 from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
 from rlhf_exact.trainer.group import TrainerGroup  # noqa: E402
-from rlhf_exact.trainer.plan import plan  # noqa: E402
+from rlhf_exact.trainer.plan import gather, plan, scatter  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
@@ -36,21 +36,12 @@ def group(model_dir, world, **spec):
 
 
 def per_rank(p, **extra):
-    return [[[dict(prompt=SEQS[i][0], completion=SEQS[i][1], **{k: v(i) for k, v in extra.items()})
-              for i in micro] for micro in rank] for rank in p]
-
-
-def gather(p, results):
-    out = {}
-    for rank, res in zip(p, results):
-        for micro, r in zip(rank, res):
-            out.update(zip(micro, r))
-    return [out[i] for i in range(len(SEQS))]
+    return scatter(p, lambda i: dict(prompt=SEQS[i][0], completion=SEQS[i][1], **{k: v(i) for k, v in extra.items()}))
 
 
 def recompute(g, world, max_tokens=16):
     p = plan([len(a) + len(b) for a, b in SEQS], world, max_tokens)
-    return p, gather(p, g.call("logprobs", per_rank(p)))
+    return p, gather(p, g.call("logprobs", per_rank(p)), len(SEQS))
 
 
 def train(g, p, old, adv=lambda i: 1.0 - i, **extra):
@@ -72,7 +63,7 @@ def test_recompute_one_vs_two_ranks_and_ratio_one(model_dir):
             for i in range(len(SEQS)):
                 assert torch.equal(got[i], want[i]), (world, i)
             out = train(g, p, got)
-            fwd = gather(p, [o["forward_logprobs"] for o in out])
+            fwd = gather(p, [o["forward_logprobs"] for o in out], len(SEQS))
             for i in range(len(SEQS)):
                 assert torch.equal(fwd[i], got[i]), ("training forward != recompute", world, i)
         finally:
@@ -84,7 +75,7 @@ def test_nonfinite_loss_skips_step_and_kl_entropy_terms(model_dir):
     try:
         before = g.call_same("full_weights", None)[0]
         p, old = recompute(g, 2)
-        ref = gather(p, g.call("logprobs", per_rank(p), reference=True))
+        ref = gather(p, g.call("logprobs", per_rank(p), reference=True), len(SEQS))
         out = train(g, p, old, adv=lambda i: float("nan"), ref_logprobs=lambda i: ref[i].tolist())
         assert all(o["nonfinite"] for o in out)
         after = g.call_same("full_weights", None)[0]
