@@ -610,7 +610,7 @@ def _main(args, device, ngpu, worlds, repeat_world, shape, work, out_path) -> in
                  f"vocab {config.vocab_size}) ready in {time.perf_counter() - t0:.1f} s")
     workload = WORKLOADS[shape]
     spec = {"model_path": str(model_dir), "device": device, "temperature": args.temperature, "lr": args.lr,
-            "seed": args.seed, "num_threads": 1}
+            "num_threads": 1}
     sampler_gpu = ngpu - 1 if device == "cuda" else None
     # NCCL needs the two members on different GPUs; one GPU (a smoke test) syncs over gloo
     sync_backend = "nccl" if ngpu >= 2 else "gloo"
