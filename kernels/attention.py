@@ -449,7 +449,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
 # ----------------------------------------------------------------------------- paged
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
-                    cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+                    cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                    max_q_len: int | None = None) -> torch.Tensor:
     """Causal GQA attention of new queries against a paged KV cache (forward only).
 
     Args:
@@ -463,6 +464,12 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         cu_seqlens_q: [B+1] int32.
         seq_lens: [B] int32, context length including the new tokens (>= q_len_b).
         scale: softmax scale.
+        max_q_len: None: the metadata (cu_seqlens_q, seq_lens, block_table) is read back
+            and validated on the host (three device-to-host syncs). An int (>= every
+            q_len): the caller has validated the metadata already (vLLM's metadata
+            builder, once per step for all layers); nothing is read back, so the call
+            is free of host syncs and can be captured in a CUDA graph. The bits do not
+            depend on which: max_q_len only sizes the grid.
     Returns:
         [Tq, Hq, D] in q's dtype, each row bitwise equal to the same row of
         `varlen_attention` over the whole sequence.
@@ -473,6 +480,18 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
           f"expected q [Tq, Hq, D], caches [num_blocks, block_size, Hkv, D]: {shapes(q=q, k_cache=k_cache)}")
     check_same_device(op, q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
                       cu_seqlens_q=cu_seqlens_q, seq_lens=seq_lens)
+    num_blocks, page = k_cache.shape[0], k_cache.shape[1]
+    if max_q_len is not None:
+        B = cu_seqlens_q.numel() - 1
+        check(seq_lens.dtype == torch.int32 and seq_lens.shape == (B,) and block_table.dtype == torch.int32
+              and block_table.dim() == 2 and block_table.shape[0] == B and block_table.stride(1) == 1, op,
+              f"expected int32 seq_lens [B={B}] and block_table [B, max_blocks]: "
+              f"{shapes(seq_lens=seq_lens, block_table=block_table)}")
+        if q.is_cuda:
+            out, _ = _triton_fwd(op, q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_table, page,
+                                 int(max_q_len), float(scale), paged=True, want_lse=False)
+            return out
+        return _cpu_ops().attn_paged_fwd(q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens, float(scale))
     cq = _check_cu(op, "cu_seqlens_q", cu_seqlens_q, q.shape[0])
     B = len(cq) - 1
     check(seq_lens.dtype == torch.int32 and seq_lens.shape == (B,) and seq_lens.is_contiguous(), op,
@@ -481,7 +500,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
           and block_table.stride(1) == 1, op,
           f"block_table must be int32 [B={B}, max_blocks] with contiguous rows, got "
           f"{block_table.dtype} {tuple(block_table.shape)}")
-    num_blocks, page = k_cache.shape[0], k_cache.shape[1]
     sl = seq_lens.tolist()
     q_lens = [b - a for a, b in zip(cq, cq[1:])]
     for b in range(B):
@@ -504,10 +522,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 
 
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                   slot_mapping: torch.Tensor) -> None:
+                   slot_mapping: torch.Tensor, check_slots: bool = True) -> None:
     """Copy k, v [T, Hkv, D] into the caches [num_blocks, block_size, Hkv, D] in place:
     token t goes to block slot_mapping[t] // block_size, offset slot_mapping[t] % block_size.
-    A negative slot (vLLM's padding marker) is skipped. A pure copy: bits unchanged."""
+    A negative slot (vLLM's padding marker) is skipped. A pure copy: bits unchanged.
+    check_slots=False skips the upper-bound check of the slots (one device-to-host sync)
+    for callers whose slots come from a validated source (vLLM's scheduler): the call is
+    then free of host syncs and can be captured in a CUDA graph."""
     op = "write_kv_cache"
     for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
         check_float(op, name, t)
@@ -526,7 +547,7 @@ def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_ca
     n_slots = k_cache.shape[0] * k_cache.shape[1]
     if k.shape[0] == 0:
         return
-    check(int(slot_mapping.max()) < n_slots, op, f"slot_mapping has slots >= {n_slots} (num_blocks * block_size)")
+    check(not check_slots or int(slot_mapping.max()) < n_slots, op, f"slot_mapping has slots >= {n_slots} (num_blocks * block_size)")
     if k.is_cuda:
         slots = slot_mapping.contiguous()
         _write_kv_cache_kernel[(k.shape[0],)](

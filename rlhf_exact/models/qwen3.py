@@ -193,6 +193,10 @@ class PagedContext:
     cu_seqlens_q: torch.Tensor  # [B+1] int32, boundaries of the new tokens
     seq_lens: torch.Tensor  # [B] int32, context length including the new tokens
     slot_mapping: torch.Tensor  # [T] int64, cache slot (block * block_size + offset) of each new token
+    # The longest q_len, given by a caller that validated the metadata itself (vLLM's
+    # metadata builder, once per step): the kernels then read nothing back to the host,
+    # so a decode step can be captured in a CUDA graph. None: the kernels validate.
+    max_q_len: int | None = None
 
 
 AttentionContext = VarlenContext | PagedContext
@@ -290,9 +294,10 @@ class Qwen3Attention(nn.Module):
             o = varlen_attention(q, k, v, ctx.cu_seqlens, ctx.max_seqlen, self.scale)
         else:
             k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-            write_kv_cache(k, v, k_cache, v_cache, ctx.slot_mapping)  # written before it is read
+            # written before it is read
+            write_kv_cache(k, v, k_cache, v_cache, ctx.slot_mapping, check_slots=ctx.max_q_len is None)
             o = paged_attention(q, k_cache, v_cache, ctx.block_table, ctx.cu_seqlens_q, ctx.seq_lens,
-                                   self.scale)
+                                self.scale, max_q_len=ctx.max_q_len)
         return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
 
 

@@ -94,11 +94,15 @@ class Sampler:
                  max_model_len: int = 512, max_num_seqs: int = 16, max_num_batched_tokens: int | None = None,
                  enable_prefix_caching: bool = True, block_size: int | None = None,
                  num_gpu_blocks_override: int | None = None, kv_cache_memory_bytes: int | None = 64 << 20,
-                 seed: int = 0, exact: bool = True, **engine_kwargs):
+                 seed: int = 0, exact: bool = True, cuda_graphs: bool = False, **engine_kwargs):
         """exact=False runs stock vLLM (start the process with VLLM_PLUGINS=none; the
         training loop's kernels=default, seed_experiment.py): vLLM's own model, kernels
         and logprobs (`processed_logprobs`: log_softmax of the tempered logits after
-        top-k/top-p masking, which is our definition only while top-k/top-p are off)."""
+        top-k/top-p masking, which is our definition only while top-k/top-p are off).
+
+        cuda_graphs=True (CUDA only): exact: decode steps captured whole in CUDA graphs,
+        no torch.compile (the trainer runs the model uncompiled; vllm_attention.py);
+        stock: vLLM's default compile + CUDA graphs."""
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"Sampler: temperature must be finite and > 0, got {temperature!r}")
         from vllm import LLM
@@ -106,7 +110,7 @@ class Sampler:
         self.temperature = float(temperature)
         self.max_model_len = max_model_len
         self.exact = exact
-        kw = dict(model=str(model), dtype=dtype, enforce_eager=True, max_model_len=max_model_len,
+        kw = dict(model=str(model), dtype=dtype, enforce_eager=not cuda_graphs, max_model_len=max_model_len,
                   max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
                   seed=seed, **engine_kwargs)
         from vllm.platforms import current_platform
@@ -134,6 +138,8 @@ class Sampler:
         kw["worker_extension_cls"] = EXTENSION
         if exact:
             kw.update(logprobs_mode="raw_logits", additional_config={"rlhf_exact": {"temperature": self.temperature}})
+            if cuda_graphs:
+                kw.setdefault("compilation_config", {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"})
         else:
             kw.update(logprobs_mode="processed_logprobs")
         self.llm = LLM(**kw)

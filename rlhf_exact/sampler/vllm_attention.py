@@ -1,10 +1,11 @@
-"""The exact attention backend for vLLM 0.32: metadata from vLLM's backend-independent
+"""The exact attention backend for vLLM (0.26 to 0.32; the differences between those
+releases are in vllm_compat.py): metadata from vLLM's backend-independent
 `CommonAttentionMetadata`, K/V written to the cache before attention reads it, and the
 kernel library's `paged_attention` (batch invariant; bitwise equal to the trainer's
 `varlen_attention` per query row, see kernels/attention.py).
 
-How it is wired (no fork): `vllm_plugin.register()` adds the enum member
-`AttentionBackendEnum.EXACT_ATTN` pointing at `ExactAttentionBackend`, and the exact
+How it is wired (no fork): `vllm_plugin.register()` points an attention backend enum
+member (`EXACT_ATTN` on 0.32, `CUSTOM` on 0.26) at `ExactAttentionBackend`, and the exact
 model (`vllm_model.py`) builds its `Attention` layers with
 `attn_backend=ExactAttentionBackend`, which skips vLLM's platform selector (the CPU
 platform would otherwise always pick CPU_ATTN, whose scheduler metadata and optional
@@ -12,11 +13,11 @@ KV split depend on the batch). vLLM then allocates one KV tensor per layer from 
 declared layout and binds it to `Attention.kv_cache`, and builds our metadata once per
 step with `ExactMetadataBuilder`.
 
-KV cache layout. vLLM 0.32 has no `get_kv_cache_shape`: every layer's cache is the
-logical 4D view [num_blocks, Hkv, block_size, 2 * D] (K in the first D channels, V in
-the last D), whose strides follow the resolved `KVCacheLayout`. We prefer LBNHC
-(physically [num_blocks, block_size, Hkv, 2D]: the flash layout the kernels were
-written for) and accept LBHNC. `kv_cache_views` returns K and V as strided views
+KV cache layout. Every layer's cache is the logical 4D view [num_blocks, Hkv,
+block_size, 2 * D] (K in the first D channels, V in the last D). We ask for physical
+[num_blocks, block_size, Hkv, 2D] (the flash layout the kernels were written for; 0.32
+may also give the identity layout), declared per release by `KVLayoutMixin`
+(vllm_compat.py). `kv_cache_views` returns K and V as strided views
 [num_blocks, block_size, Hkv, D] of that one tensor, whatever the layout, with the head
 dim contiguous, which is all `write_kv_cache` and `paged_attention` need: no copy.
 
@@ -27,6 +28,16 @@ views above. `ExactAttentionImpl` does the same two calls for anything that goes
 through vLLM's `Attention.forward` (vLLM calls `do_kv_cache_update` before `forward`
 because `forward_includes_kv_cache_update` is False), so the backend is complete on its
 own; the two paths are one function each (`_write`, `_attend`).
+
+Host syncs and CUDA graphs. The builder validates the step's metadata once, on the
+host copies vLLM already has, and hands the kernels `max_q_len`: the per-layer kernels
+then read nothing back (kernels/attention.py), and the builder declares
+`UNIFORM_SINGLE_TOKEN_DECODE` CUDA-graph support, so with
+`compilation_config={"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}` vLLM captures
+whole decode steps (prefill and mixed steps run eagerly). The metadata's tensors are
+vLLM's persistent buffers themselves (no dtype conversion copies), which a replayed
+graph requires. Padded requests of a captured batch have zero-length queries and
+slot -1: nothing is written for them and their rows are discarded by vLLM.
 
 Not supported (rejected at construction): alibi, sliding window, logits soft-cap,
 non-decoder attention, quantized KV caches.
@@ -42,15 +53,15 @@ from exact_kernels.attention import SUPPORTED_HEAD_DIMS, paged_attention, write_
 
 from vllm.v1.attention.backend import (
     AttentionBackend,
+    AttentionCGSupport,
     AttentionImpl,
     AttentionMetadataBuilder,
     AttentionType,
     CommonAttentionMetadata,
     MultipleOf,
 )
-from vllm.v1.kv_cache_layout import KVCacheLayout
 
-BACKEND_NAME = "EXACT_ATTN"
+from .vllm_compat import BACKEND_NAME, KVLayoutMixin
 
 
 @dataclasses.dataclass
@@ -62,9 +73,18 @@ class ExactAttentionMetadata:
     seq_lens: torch.Tensor  # [B] int32, context length including the new tokens
     block_table: torch.Tensor  # [B, max_blocks] int32
     slot_mapping: torch.Tensor  # [num_tokens] int64, cache slot of each new token
+    max_q_len: int  # longest new-token count of a request (sizes the kernel grid)
+
+
+def _same_or_cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t itself when it already has `dtype` (vLLM's buffers do: a captured CUDA graph
+    must see the same storage at replay), else a converted copy."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 class ExactMetadataBuilder(AttentionMetadataBuilder[ExactAttentionMetadata]):
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
 
@@ -75,13 +95,21 @@ class ExactMetadataBuilder(AttentionMetadataBuilder[ExactAttentionMetadata]):
         c = common_attn_metadata
         b = c.num_reqs
         # num_actual_tokens may include padding; the real count is the last boundary.
-        n = int(c.query_start_loc_cpu[b])
+        # The query boundaries are checked here, once per step, on vLLM's host copy; the
+        # rest (seq_lens >= q_len, block ids) is vLLM's scheduler's own invariant, which
+        # every vLLM backend trusts. The kernels then do no host reads (module docstring).
+        cu_cpu = c.query_start_loc_cpu[: b + 1]
+        q_lens = cu_cpu[1:] - cu_cpu[:-1]
+        if b and (int(cu_cpu[0]) != 0 or bool((q_lens < 0).any())):
+            raise ValueError(f"exact attention: query_start_loc must rise from 0, got {cu_cpu.tolist()[:8]}")
+        n = int(cu_cpu[b])
         return ExactAttentionMetadata(
             num_tokens=n,
-            cu_seqlens_q=c.query_start_loc[: b + 1].to(torch.int32).contiguous(),
-            seq_lens=c.seq_lens[:b].to(torch.int32).contiguous(),
-            block_table=c.block_table_tensor[:b].to(torch.int32),
-            slot_mapping=c.slot_mapping[:n].to(torch.int64),
+            cu_seqlens_q=_same_or_cast(c.query_start_loc[: b + 1], torch.int32),
+            seq_lens=_same_or_cast(c.seq_lens[:b], torch.int32),
+            block_table=_same_or_cast(c.block_table_tensor[:b], torch.int32),
+            slot_mapping=_same_or_cast(c.slot_mapping[:n], torch.int64),
+            max_q_len=max(int(q_lens.max()) if b else 0, 1),
         )
 
 
@@ -100,14 +128,14 @@ def _write(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_
            head_dim: int) -> None:
     k_cache, v_cache = kv_cache_views(kv_cache, head_dim)
     n = slot_mapping.shape[0]
-    write_kv_cache(key[:n], value[:n], k_cache, v_cache, slot_mapping)
+    write_kv_cache(key[:n], value[:n], k_cache, v_cache, slot_mapping, check_slots=False)
 
 
 def _attend(query: torch.Tensor, kv_cache: torch.Tensor, md: ExactAttentionMetadata, scale: float,
             head_dim: int) -> torch.Tensor:
     k_cache, v_cache = kv_cache_views(kv_cache, head_dim)
     return paged_attention(query[: md.num_tokens], k_cache, v_cache, md.block_table, md.cu_seqlens_q,
-                           md.seq_lens, scale)
+                           md.seq_lens, scale, max_q_len=md.max_q_len)
 
 
 class ExactAttentionImpl(AttentionImpl[ExactAttentionMetadata]):
@@ -148,7 +176,7 @@ class ExactAttentionImpl(AttentionImpl[ExactAttentionMetadata]):
         return output
 
 
-class ExactAttentionBackend(AttentionBackend):
+class ExactAttentionBackend(KVLayoutMixin, AttentionBackend):
     forward_includes_kv_cache_update: bool = False  # vLLM calls do_kv_cache_update first
     supported_dtypes: ClassVar[list[torch.dtype]] = [torch.bfloat16, torch.float16, torch.float32]
     supported_kv_cache_dtypes: ClassVar[list] = ["auto"]
@@ -173,10 +201,6 @@ class ExactAttentionBackend(AttentionBackend):
     @classmethod
     def get_supported_head_sizes(cls) -> list[int]:
         return list(SUPPORTED_HEAD_DIMS)
-
-    @classmethod
-    def supported_kv_cache_layouts(cls) -> tuple[KVCacheLayout, ...]:
-        return (KVCacheLayout.LBNHC, KVCacheLayout.LBHNC)
 
     @classmethod
     def supports_attn_type(cls, attn_type: str) -> bool:

@@ -16,8 +16,9 @@ imports the model, the kernels or torch-heavy code for it):
 - `Qwen3ForCausalLM` -> `rlhf_exact.sampler.vllm_model:ExactQwen3ForCausalLM`
   (overrides vLLM's built-in Qwen3 for every Qwen3 checkpoint while the plugin is on);
 - `ExactQwen3ForCausalLM` -> the same, for `hf_overrides={"architectures": [...]}`;
-- the attention backend enum member `EXACT_ATTN` -> `ExactAttentionBackend`, which the
-  model passes to its `Attention` layers explicitly (vllm_attention.py).
+- the attention backend -> `ExactAttentionBackend`, which the model passes to its
+  `Attention` layers explicitly (vllm_attention.py), under the enum member `EXACT_ATTN`
+  (vLLM 0.32) or `CUSTOM` (0.26): vllm_compat.py.
 """
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ ARCHITECTURES = ("Qwen3ForCausalLM", "ExactQwen3ForCausalLM")
 def register() -> None:
     """Idempotent: safe to call any number of times in one process."""
     from vllm import ModelRegistry
-    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    from .vllm_compat import register_attention_backend
 
     for arch in ARCHITECTURES:  # re-registering the same string is harmless
         ModelRegistry.register_model(arch, MODEL_CLASS)
-    if "EXACT_ATTN" not in AttentionBackendEnum.__members__:  # register() raises on a second call
-        AttentionBackendEnum.register("EXACT_ATTN", BACKEND_CLASS)
+    register_attention_backend(BACKEND_CLASS)
