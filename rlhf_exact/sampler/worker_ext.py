@@ -121,8 +121,21 @@ class ExactWorkerExtension:
                 params = self._exact_params()
                 for name, t in staged.items():
                     params[name].copy_(t)
-            else:  # vLLM's own model maps HF names onto its fused parameters
-                self.model_runner.get_model().load_weights(list(staged.items()))
+            else:
+                # vLLM's own model: its linear layers may have repacked their weights for a
+                # CPU GEMM kernel chosen by CPU features (oneDNN/AMX drop `.weight`), so a plain
+                # `load_weights` works on some machines only. The engine's in-place reload
+                # restores the checkpoint-format parameters, maps the HF names onto its fused
+                # ones and repeats the post-load processing (the repacking included).
+                self.model_runner.reload_weights(weights_iterator=list(staged.items()),
+                                                 is_checkpoint_format=True)
+                # The reload processes the layers that received weights. A tied lm_head
+                # receives none (it shares the embedding's parameter), so its packed GEMM
+                # operand would still hold the old embedding: repack it from the new one.
+                model = self.model_runner.get_model()
+                lm_head = getattr(model, "lm_head", None)
+                if getattr(model.config, "tie_word_embeddings", False) and hasattr(lm_head, "quant_method"):
+                    lm_head.quant_method.process_weights_after_loading(lm_head)
         self._exact_staged = None
         return []
 
