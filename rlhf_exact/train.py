@@ -5,15 +5,26 @@
     python -m rlhf_exact.train recipe=grpo_qwen3_tiny --print-config   # resolved YAML, then exit
     python -m rlhf_exact.train --help [SECTION|all]                    # recipes, blocks, fields
 
-Parses the arguments, composes and validates the config (rlhf_exact/config), creates
-the run directory (rlhf_exact/runtime/rundir.py), saves config.yaml there and calls
+Parses the arguments, composes and validates the config (rlhf_exact/config), checks
+every name and file it refers to (rlhf_exact/preflight.py: rewards, model directory,
+data files, checkpoints to resume), creates the run directory
+(rlhf_exact/runtime/rundir.py), saves config.yaml there and calls
 `rlhf_exact.loop.run(cfg, run_dir)`. Nothing heavy is imported before the arguments
 are parsed: --help reads only recipes/, configs/ and schema.py (no torch, Hydra, Ray,
-vLLM or W&B). A config error prints one line and exits with status 2.
+vLLM or W&B).
+
+What the user sees, by exit status:
+  0    the run finished (or a resumed run was already finished: one line says so)
+  2    a config error, found before anything starts: one line naming the key, file, line;
+       no run directory is left behind
+  3    exact mode violated, or a non-finite loss: one line naming the step
+  130  Ctrl-C (SIGINT): "interrupted after step N; resume with run.resume=auto run.name=..."
+  1    anything else: its traceback, once
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 USAGE = """usage: python -m rlhf_exact.train [recipe=NAME|FILE.yaml] [GROUP=OPTION ...] [SECTION.KEY=VALUE ...]
@@ -30,6 +41,20 @@ def _summary(path) -> str:
         words.append(line.lstrip("#").strip())
     text = " ".join(words)
     return text.split(". ")[0].rstrip(".") + "." if text else ""
+
+
+def _first_paragraph(doc: str | None) -> str:
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
+def _print(text: str) -> None:
+    """print to stdout; a reader that went away (`--help | head`) is not an error."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the interpreter flushes stdout again at exit: point it at /dev/null first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def help_text(topic: str | None = None) -> str:
@@ -59,7 +84,7 @@ def help_text(topic: str | None = None) -> str:
         if name not in sections:
             raise KeyError(f"no config section {name!r} (sections: {', '.join(sections)}, all)")
         cls = sections[name]
-        out.append(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        out.append(f"{name}: {_first_paragraph(cls.__doc__)}")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             if isinstance(default, list) and default and dataclasses.is_dataclass(default[0]):
@@ -101,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config_args, print_config, topic = parse_args(argv)
         if topic is not None:
-            print(help_text(topic))
+            _print(help_text(topic))
             return 0
     except (ValueError, KeyError) as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
@@ -113,21 +138,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose.load_config(config_args, check_files=not print_config)
         if print_config:
-            print(compose.config_to_yaml(cfg), end="")
+            _print(compose.config_to_yaml(cfg).rstrip("\n"))
             return 0
-        import importlib.util
+        from rlhf_exact.preflight import preflight
+        from rlhf_exact.runtime.rundir import locate_run_dir
 
-        if importlib.util.find_spec("rlhf_exact.loop") is None:
-            print("error: the training loop (rlhf_exact.loop) is not installed in this checkout", file=sys.stderr)
-            return 1
-        from rlhf_exact.runtime.rundir import prepare_run_dir
-
-        run_dir = prepare_run_dir(cfg)
+        report = preflight(cfg, locate_run_dir(cfg))
+        for note in report.notes:
+            print(f"note: {note}", file=sys.stderr)
+        if report.finished:
+            print(report.finished, file=sys.stderr)
+            return 0
+        run_dir = report.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
         compose.save_config(cfg, run_dir / "config.yaml")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"run directory: {run_dir}", file=sys.stderr)
+    # The loop raises the first failure of a group of actor calls itself; Ray would
+    # print the others (the same failure, seen by the ranks it took down) a second time.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
 
     from rlhf_exact import loop
 
@@ -136,9 +167,26 @@ def main(argv: list[str] | None = None) -> int:
     except (loop.ParityError, loop.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print(interrupted_message(cfg, run_dir), file=sys.stderr)
+        return 130
     print(loop.summarize(result))
     print(f"metrics: {run_dir / 'metrics.jsonl'}  plots: python -m rlhf_exact.plot {run_dir}")
     return 0
+
+
+def interrupted_message(cfg, run_dir) -> str:
+    """Where an interrupted run stopped and the command line that continues it."""
+    from rlhf_exact.runtime.checkpoint import latest_checkpoint
+    from rlhf_exact.runtime.metrics import METRICS_FILE, read_metrics
+
+    steps = [r["step"] for r in read_metrics(run_dir)] if (run_dir / METRICS_FILE).is_file() else []
+    ckpt = latest_checkpoint(run_dir)
+    where = (f" (it continues from checkpoint {ckpt.name})" if ckpt else
+             " (no checkpoint yet: it starts again at step 0)")
+    out = "" if cfg.run.output_dir == os.path.abspath("runs") else f" run.output_dir={cfg.run.output_dir}"
+    return (f"interrupted after step {max(steps, default=0)}; resume with run.resume=auto run.name={cfg.run.name}"
+            f"{out}{where}")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,8 @@ class RunConfig:
     keep_last: int = 2  # run checkpoints kept (older ones are deleted); >= 1
     on_parity_mismatch: str = "stop"  # kernels=exact only: a sampler/trainer logprob that differs in any bit
     # is a bug; "warn": log it and go on, "stop": raise after logging the step's metrics
+    imports: list[str] = field(default_factory=list)  # Python modules imported before the run starts (e.g.
+    # [my_pkg.rewards]: its @register_reward functions become reward names); checked at config time
 
     def validate(self, p: str = "run") -> None:
         if self.name is not None and (not self.name or os.sep in self.name or self.name in (".", "..")):
@@ -104,6 +106,9 @@ class RunConfig:
         _int(f"{p}.save_every", self.save_every, 0)
         _int(f"{p}.keep_last", self.keep_last, 1)
         _choice(f"{p}.on_parity_mismatch", self.on_parity_mismatch, ("warn", "stop"))
+        for i, m in enumerate(self.imports):
+            if not m or not all(part.isidentifier() for part in m.split(".")):
+                _fail(f"{p}.imports[{i}]", m, "a dotted module name (my_pkg.rewards)")
 
 
 @dataclass
@@ -207,7 +212,8 @@ class DataConfig:
 class RewardFunctionConfig:
     """One term of the reward: total reward = sum of weight * function(sample)."""
 
-    name: str = ""  # reward function name in rlhf_exact.rewards (e.g. "gsm8k", "format", "synthetic")
+    name: str = ""  # a registered reward ("gsm8k", "format", "synthetic", or one a run.imports module
+    # registers) or an import path "my_pkg.rewards:score"; resolved at config time
     weight: float = 1.0  # multiplier of this term; any finite number (negative: a penalty)
 
 
@@ -223,6 +229,8 @@ class RewardConfig:
     # names unique
     on_error: str = "stop"  # a reward function raising on a sample: "skip": count it and drop the
     # sample, "stop": raise
+    timeout_s: float = 60.0  # seconds an async reward function may take per sample; past it the sample's
+    # reward is an error (on_error); > 0
 
     def validate(self, p: str = "reward") -> None:
         if not self.functions:
@@ -236,6 +244,7 @@ class RewardConfig:
             seen.add(f.name)
             _num(f"{p}.functions[{i}].weight", f.weight)
         _choice(f"{p}.on_error", self.on_error, ("skip", "stop"))
+        _num(f"{p}.timeout_s", self.timeout_s, 0, lo_open=True)
 
 
 @dataclass

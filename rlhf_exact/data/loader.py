@@ -68,7 +68,14 @@ def render_chat_prompt(chat_template: str, user_text: str) -> str:
                                                  add_generation_prompt=True)
 
 
-def load_prompt_rows(cfg, tokenizer, chat_template: str | None = None) -> list[dict]:
+class PromptRows(list):
+    """The rows (a list), with `skipped`: the malformed or too-long rows dropped
+    (data.on_malformed=skip)."""
+
+    skipped: int = 0
+
+
+def load_prompt_rows(cfg, tokenizer, chat_template: str | None = None) -> PromptRows:
     """Rows with "prompt_ids" for `PromptStream` (see the module docstring)."""
     d = cfg.data
     if d.name == "synthetic":
@@ -78,7 +85,7 @@ def load_prompt_rows(cfg, tokenizer, chat_template: str | None = None) -> list[d
         rows = task.rows(d.synthetic_num_prompts)
         for i, row in enumerate(rows):
             row.update(prompt=tokenizer.decode(row["prompt_ids"]), row_id=f"synthetic:{i}")
-        return rows
+        return PromptRows(rows)
     if d.name != "gsm8k":
         raise ValueError(f"data.name={d.name!r}: load_prompt_rows knows 'gsm8k' and 'synthetic'")
 
@@ -89,7 +96,7 @@ def load_prompt_rows(cfg, tokenizer, chat_template: str | None = None) -> list[d
     # The template already holds the special tokens as text; plain prompts get the
     # tokenizer's own (e.g. a BOS), as transformers does.
     encoded = tokenizer.encode_batch(texts, add_special_tokens=chat_template is None)
-    out, too_long = [], 0
+    out, too_long = PromptRows(), 0
     for row, text, enc in zip(rows, texts, encoded):
         if len(enc.ids) > d.max_prompt_tokens:
             problem = f"{row['row_id']}: prompt has {len(enc.ids)} tokens > data.max_prompt_tokens={d.max_prompt_tokens}"
@@ -103,4 +110,5 @@ def load_prompt_rows(cfg, tokenizer, chat_template: str | None = None) -> list[d
     if not out:
         raise ValueError(f"no prompt of {d.train_files} fits data.max_prompt_tokens={d.max_prompt_tokens} "
                          f"({skipped} malformed rows skipped before)")
+    out.skipped = skipped + too_long
     return out

@@ -11,8 +11,8 @@ the rest of the framework reads: "prompt" (= row[prompt_key], a non-empty str),
 A malformed row, i.e. for JSON lines a line that is not valid UTF-8 JSON, not an
 object, lacks either key, has a non-string or empty prompt or a null answer (blank
 lines are ignored); for Parquet a row with a null/non-string/empty prompt or a null
-answer, raises ValueError naming the file and the 1-based line (0-based row index for
-Parquet), or with on_malformed="skip" is dropped and counted. A Parquet file without
+answer, raises MalformedRowError (a ValueError) naming the file and the 1-based line
+(0-based row index for Parquet), or with on_malformed="skip" is dropped and counted. A Parquet file without
 the prompt or answer column is always an error (a wrong key, not a bad row), as is
 ending with no rows at all.
 
@@ -46,39 +46,49 @@ def _nearest(key: str, keys) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _check_row(row: Any, prompt_key: str, answer_key: str) -> str | None:
-    """Why the row is malformed, or None when it is usable."""
+class MalformedRowError(ValueError):
+    """A row (or a Parquet file's columns) without a usable prompt or answer. `field` is
+    "prompt_key" or "answer_key" when the row lacks that key (the caller's setting
+    may name the wrong field), else None."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def _check_row(row: Any, prompt_key: str, answer_key: str) -> tuple[str, str | None] | None:
+    """(why the row is malformed, the missing key's role or None), or None when it is usable."""
     if not isinstance(row, dict):
-        return f"expected a JSON object, got {type(row).__name__}"
-    for key in (prompt_key, answer_key):
+        return f"expected a JSON object, got {type(row).__name__}", None
+    for key, role in ((prompt_key, "prompt_key"), (answer_key, "answer_key")):
         if key not in row:
-            return f"no key {key!r} (keys: {', '.join(map(str, row))}){_nearest(key, row)}"
+            return f"no key {key!r} (keys: {', '.join(map(str, row))}){_nearest(key, row)}", role
     prompt = row[prompt_key]
     if not isinstance(prompt, str):
-        return f"{prompt_key!r} must be a string, got {type(prompt).__name__}"
+        return f"{prompt_key!r} must be a string, got {type(prompt).__name__}", None
     if not prompt.strip():
-        return f"{prompt_key!r} is empty"
+        return f"{prompt_key!r} is empty", None
     if row[answer_key] is None:
-        return f"{answer_key!r} is null"
+        return f"{answer_key!r} is null", None
     return None
 
 
 def _jsonl_rows(path: pathlib.Path):
-    """(where, parsed row or None, problem or None) per non-blank line."""
+    """(where, parsed row or None, (problem, None) or None) per non-blank line."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield where, None, f"not valid UTF-8 ({e})"
+                yield where, None, (f"not valid UTF-8 ({e})", None)
                 continue
             if not line.strip():
                 continue
             try:
                 yield where, json.loads(line), None
             except json.JSONDecodeError as e:
-                yield where, None, f"not valid JSON ({e})"
+                yield where, None, (f"not valid JSON ({e})", None)
 
 
 def _parquet_rows(path: pathlib.Path, prompt_key: str, answer_key: str):
@@ -87,10 +97,10 @@ def _parquet_rows(path: pathlib.Path, prompt_key: str, answer_key: str):
     with tempfile.TemporaryDirectory(prefix="rlhf_exact_datasets_") as cache:
         ds = datasets.load_dataset("parquet", data_files=[str(path)], split="train", cache_dir=cache,
                                    keep_in_memory=True)
-        for key in (prompt_key, answer_key):
+        for key, role in ((prompt_key, "prompt_key"), (answer_key, "answer_key")):
             if key not in ds.column_names:
-                raise ValueError(f"{path}: no column {key!r} (columns: {', '.join(ds.column_names)})"
-                                 f"{_nearest(key, ds.column_names)}")
+                raise MalformedRowError(f"{path}: no column {key!r} (columns: {', '.join(ds.column_names)})"
+                                        f"{_nearest(key, ds.column_names)}", role)
         rows = ds.to_list()
     for i, row in enumerate(rows):
         yield f"{path}:row {i}", row, None
@@ -119,14 +129,14 @@ def load_prompts(files: Sequence[str | os.PathLike], prompt_key: str = "prompt",
             problem = problem or _check_row(row, prompt_key, answer_key)
             if problem is not None:
                 if on_malformed == "error":
-                    raise ValueError(f"{where}: malformed row: {problem}")
+                    raise MalformedRowError(f"{where}: malformed row: {problem[0]}", problem[1])
                 skipped += 1
-                first_problem = first_problem or f"{where}: {problem}"
+                first_problem = first_problem or f"{where}: {problem[0]}"
                 continue
             out.append({**row, "prompt": row[prompt_key], "answer": row[answer_key], "row_id": where})
     if skipped:
         logger.warning("skipped %d malformed prompt rows; first: %s", skipped, first_problem)
     if not out:
         detail = f"; {skipped} malformed rows skipped, first: {first_problem}" if skipped else ""
-        raise ValueError(f"no usable prompt rows in {[str(f) for f in files]}{detail}")
+        raise MalformedRowError(f"no usable prompt rows in {', '.join(map(str, files))}{detail}")
     return out, skipped

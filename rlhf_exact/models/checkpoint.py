@@ -19,6 +19,7 @@ reader sees the old directory or the new one, never a half-written one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -103,7 +104,7 @@ def _weight_files(root: pathlib.Path) -> tuple[dict[str, pathlib.Path], pathlib.
         return files, index
     single = root / SINGLE
     if single.is_file():
-        with safe_open(single, framework="pt") as st:
+        with _open_safetensors(single) as st:
             return {name: single for name in st.keys()}, single
     pickles = sorted(p.name for p in root.glob("*.bin")) + sorted(p.name for p in root.glob("*.pt"))
     hint = ""
@@ -112,14 +113,22 @@ def _weight_files(root: pathlib.Path) -> tuple[dict[str, pathlib.Path], pathlib.
     raise ValueError(f"{root}: no {SINGLE} or {INDEX}{hint}")
 
 
-def read_state_dict(path: str | os.PathLike, config: Qwen3Config | None = None,
-                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Validated tensors of a model directory (CPU), cast to `dtype` if given.
+@contextlib.contextmanager
+def _open_safetensors(f: pathlib.Path):
+    """safe_open, with a damaged file (bad header, truncated data) as a ValueError naming it."""
+    from safetensors import SafetensorError
 
-    Checks, before reading any data: every expected tensor present, none extra, shapes
-    and dtypes right; a tied checkpoint may carry lm_head.weight only if it equals the
-    embedding. ValueError names the file and the tensor."""
-    root = pathlib.Path(path)
+    try:
+        st = safe_open(f, framework="pt")
+    except SafetensorError as e:
+        raise ValueError(f"{f}: not a readable safetensors file ({e}); truncated or damaged?") from None
+    with st:
+        yield st
+
+
+def _check_headers(root: pathlib.Path, config: Qwen3Config | None):
+    """(config, tensor name -> file, file -> names, tied checkpoint carries lm_head) after
+    checking every header against the config (read_state_dict's checks, no data read)."""
     config = config or read_config(root)
     expected = expected_tensors(config)
     files, listing = _weight_files(root)
@@ -140,7 +149,7 @@ def read_state_dict(path: str | os.PathLike, config: Qwen3Config | None = None,
     for name, f in files.items():
         by_file.setdefault(f, []).append(name)
     for f, names in by_file.items():  # headers only: shapes and dtypes
-        with safe_open(f, framework="pt") as st:
+        with _open_safetensors(f) as st:
             present = set(st.keys())
             for name in names:
                 if name not in present:
@@ -154,6 +163,40 @@ def read_state_dict(path: str | os.PathLike, config: Qwen3Config | None = None,
                 if sl.get_dtype() not in _ST_DTYPES:
                     raise ValueError(f"{f}: tensor {name!r} has dtype {sl.get_dtype()}, "
                                      f"expected one of {', '.join(_ST_DTYPES)}")
+    return config, files, by_file, tied_extra
+
+
+def check_model_dir(path: str | os.PathLike) -> Qwen3Config:
+    """Everything a run needs of a model directory, without reading tensor data:
+    config.json (a Qwen3 config with model_type), tokenizer.json (a Hugging Face fast
+    tokenizer that loads, its ids within the embedding), and every safetensors file's
+    header (readable, covering the whole file, so a truncated file is caught; tensors
+    present with the config's shapes). ValueError naming the file otherwise."""
+    from tokenizers import Tokenizer
+
+    root = pathlib.Path(path)
+    config = read_config(root)
+    tok = root / "tokenizer.json"
+    if not tok.is_file():
+        raise ValueError(f"{tok}: not found (the run needs a Hugging Face fast tokenizer file)")
+    try:
+        Tokenizer.from_file(str(tok))
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own Exception type
+        raise ValueError(f"{tok}: not a readable tokenizer ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    check_tokenizer(root, config)
+    _check_headers(root, config)
+    return config
+
+
+def read_state_dict(path: str | os.PathLike, config: Qwen3Config | None = None,
+                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Validated tensors of a model directory (CPU), cast to `dtype` if given.
+
+    Checks, before reading any data: every expected tensor present, none extra, shapes
+    and dtypes right; a tied checkpoint may carry lm_head.weight only if it equals the
+    embedding. ValueError names the file and the tensor."""
+    root = pathlib.Path(path)
+    config, files, by_file, tied_extra = _check_headers(root, config)
 
     out: dict[str, torch.Tensor] = {}
     for f, names in by_file.items():

@@ -10,12 +10,28 @@ Signature of every reward (one for all, so text and token-level tasks mix):
 
 Registered: gsm8k (final answer correct, via math_verify), format (a "#### <number>"
 or \\boxed{} marker present), synthetic (fraction of tokens in the row's target set).
-Add one with `@register_reward("name")`. `compute_rewards` combines several with
-weights and decides what a failing reward does (see there).
+
+User rewards come from the config, no fork needed:
+  - an import path as the name: `reward.functions=[{name: my_pkg.rewards:score}]`
+    (module `my_pkg.rewards`, attribute `score`);
+  - or a module listed in `run.imports=[my_pkg.rewards]` whose functions carry
+    `@register_reward("score")`, then `reward.functions=[{name: score}]`.
+`resolve_rewards` does both; the entry point calls it at config time, so a typo stops
+the run before anything starts.
+
+A reward may be `async def` (a sandbox, a remote judge): the samples of a step are then
+awaited concurrently, each within `timeout_s` (past it the sample's reward is an error,
+handled by `on_error` like a raise). A plain function runs to completion.
+
+`compute_rewards` combines several with weights and decides what a failing reward does
+(see there).
 """
 from __future__ import annotations
 
+import asyncio
 import difflib
+import importlib
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -38,8 +54,42 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     return add
 
 
+def import_reward_modules(modules: Sequence[str]) -> None:
+    """Import each module (run.imports), so its @register_reward functions are in REWARDS.
+    ValueError naming the module when one cannot be imported."""
+    for i, module in enumerate(modules):
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
+            raise ValueError(f"run.imports[{i}]={module!r} cannot be imported: {type(e).__name__}: {e}") from e
+
+
+def _import_path(name: str) -> RewardFn:
+    module, _, attr = name.partition(":")
+    if not module or not attr:
+        raise ValueError(f"reward {name!r}: an import path is 'package.module:function'")
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
+        raise ValueError(f"reward {name!r}: module {module!r} cannot be imported: {type(e).__name__}: {e}") from e
+    fn = mod
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            close = difflib.get_close_matches(part, [n for n in dir(fn) if not n.startswith("_")], n=1)
+            hint = f"; did you mean '{module}:{close[0]}'?" if close else ""
+            raise ValueError(f"reward {name!r}: module {module!r} ({getattr(mod, '__file__', '?')}) has no "
+                             f"attribute {part!r}{hint}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ValueError(f"reward {name!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
 def get_reward(name: str) -> RewardFn:
-    """The reward registered as `name`; ValueError listing the valid names otherwise."""
+    """The reward registered as `name`, or the function at import path 'pkg.module:fn';
+    ValueError listing the valid names otherwise."""
+    if ":" in name:
+        return _import_path(name)
     if name not in REWARDS:
         close = difflib.get_close_matches(name, REWARDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -47,13 +97,44 @@ def get_reward(name: str) -> RewardFn:
     return REWARDS[name]
 
 
+def resolve_rewards(names: Sequence[str], imports: Sequence[str] = ()) -> list[RewardFn]:
+    """The functions behind reward names (after importing `imports`); ValueError naming
+    the first that does not resolve."""
+    import_reward_modules(imports)
+    return [get_reward(name) for name in names]
+
+
+async def _await_all(fn, args: list[tuple], timeout_s: float) -> list:
+    async def one(a):
+        return await asyncio.wait_for(fn(*a), timeout_s)
+
+    return await asyncio.gather(*(one(a) for a in args), return_exceptions=True)
+
+
+def _column(fn, args: list[tuple], timeout_s: float) -> list:
+    """fn over every sample: values, or the exception a sample raised."""
+    if inspect.iscoroutinefunction(fn):
+        out = asyncio.run(_await_all(fn, args, timeout_s))
+        return [TimeoutError(f"no result within reward.timeout_s={timeout_s:g} s")
+                if isinstance(v, (asyncio.TimeoutError, TimeoutError)) else v for v in out]
+    col = []
+    for a in args:
+        try:
+            col.append(fn(*a))
+        except Exception as e:  # noqa: BLE001 - any failure of user reward code is reported per sample
+            col.append(e)
+    return col
+
+
 def compute_rewards(names_weights: Sequence[tuple[str, float]], completions: Sequence[str],
                     completion_ids: Sequence[Sequence[int]], samples: Sequence[Mapping[str, Any]],
-                    on_error: str = "stop") -> tuple[list[float], list[str | None]]:
+                    on_error: str = "stop", timeout_s: float = 60.0) -> tuple[list[float], list[str | None]]:
     """Weighted sum of rewards per completion: r_i = sum_k w_k * fn_k(text_i, ids_i, sample_i).
 
     samples[i] is the row of completion i's prompt (repeat it per group member).
-    A reward that raises or returns a non-finite value:
+    Names are registered names or import paths (see get_reward). An async reward gets
+    timeout_s seconds per sample, all samples awaited together.
+    A reward that raises, returns a non-finite value or times out:
       on_error="stop": RuntimeError naming the reward, the completion index and the error;
       on_error="skip": that completion's total reward is 0.0 (not a partial sum: a
         broken completion earns nothing) and errors[i] holds the message, so the loop
@@ -73,13 +154,17 @@ def compute_rewards(names_weights: Sequence[tuple[str, float]], completions: Seq
             raise ValueError(f"weight of reward {name!r} must be finite, got {weight}")
         fns.append((name, float(weight), get_reward(name)))
 
+    args = list(zip(completions, completion_ids, samples))
+    columns = [(name, weight, _column(fn, args, timeout_s)) for name, weight, fn in fns]
     rewards: list[float] = []
     errors: list[str | None] = []
-    for i, (text, ids, sample) in enumerate(zip(completions, completion_ids, samples)):
+    for i, (_, _, sample) in enumerate(args):
         total, error = 0.0, None
-        for name, weight, fn in fns:
+        for name, weight, col in columns:
             try:
-                value = float(fn(text, ids, sample))
+                if isinstance(col[i], BaseException):
+                    raise col[i]
+                value = float(col[i])
                 if not math.isfinite(value):
                     raise ValueError(f"returned a non-finite value {value}")
             except Exception as e:  # noqa: BLE001 - any failure of user reward code is reported per sample
@@ -95,4 +180,4 @@ def compute_rewards(names_weights: Sequence[tuple[str, float]], completions: Seq
 
 
 __all__ = ["ON_ERROR", "REWARDS", "RewardFn", "compute_rewards", "format_reward", "get_reward", "gsm8k_reward",
-           "register_reward", "synthetic_reward"]
+           "import_reward_modules", "register_reward", "resolve_rewards", "synthetic_reward"]

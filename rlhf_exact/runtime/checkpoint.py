@@ -14,13 +14,18 @@
 Layout of run_dir/checkpoints/step_000123/:
     <group>.safetensors   one per key of `tensors` (model: HF parameter names)
     meta.json             the caller's meta + {"step", "groups", "format"}
-    COMPLETE              written last: JSON {file name: size in bytes}
+    COMPLETE              written last: JSON {file name: {"bytes": size, "sha256": hex digest}}
 
 Atomicity: everything is written (and fsynced) into checkpoints/.tmp-step_000123/, then
 COMPLETE, then the directory is renamed to step_000123 with os.replace and the parent is
 fsynced. A crash leaves a .tmp-* directory (deleted by the next save) and never a
-step_* directory without COMPLETE; latest_checkpoint() ignores both anyway. Loading
-checks COMPLETE's sizes, so a truncated file is named as such.
+step_* directory without COMPLETE; latest_checkpoint() ignores both anyway.
+
+Integrity: loading (and `verify_checkpoint`) checks every file's size and SHA-256
+against COMPLETE, so a truncated file and a same-size corruption (a flipped byte) are
+both named as such before any tensor is used. `newest_intact_checkpoint` walks back from
+the newest checkpoint to the first that verifies (resume=auto's fallback). Checkpoints
+written before checksums existed (COMPLETE holding sizes only) are checked by size.
 
 Tensors are stored as given (dtype, shape; moved to CPU): a DTensor must be gathered or
 saved per rank by the caller (e.g. groups "optimizer_rank0", "optimizer_rank1").
@@ -29,6 +34,7 @@ imported on use: finding checkpoints (latest_checkpoint) does not need it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -146,8 +152,8 @@ def save_run_checkpoint(run_dir: str | os.PathLike, step: int, tensors: dict[str
     for group, named in tensors.items():
         _write_safetensors(tmp / f"{group}.safetensors", named)
     _write_bytes(tmp / META, meta_text.encode())
-    sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
-    _write_bytes(tmp / COMPLETE, json.dumps(sizes, indent=1).encode())
+    sums = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+    _write_bytes(tmp / COMPLETE, json.dumps(sums, indent=1).encode())
     _fsync_dir(tmp)
     if final.exists():  # the same step saved again (a resumed run re-reaching it): swap it out
         old = root / f".old-{name}"
@@ -188,27 +194,62 @@ def _read_json(path: Path):
         raise CheckpointError(f"corrupt checkpoint file {path}: {e}") from None
 
 
-def load_run_checkpoint(path: str | os.PathLike, groups: list[str] | None = None,
-                        device: str = "cpu") -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """(tensors by group, meta) of a checkpoint directory; `groups` restricts which
-    safetensors files are read. Raises CheckpointError naming the bad file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
+
+def verify_checkpoint(path: str | os.PathLike) -> dict:
+    """Check a checkpoint directory against its COMPLETE record (every listed file
+    present, its size and SHA-256 as recorded) and its meta's format; returns the meta.
+    Raises CheckpointError naming the bad file."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a directory")
     complete = path / COMPLETE
     if not complete.is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete: no {COMPLETE} marker (the save was interrupted)")
-    sizes, meta = _read_json(complete), _read_json(path / META)
+    record = _read_json(complete)
+    for fname, want in record.items():
+        want = want if isinstance(want, dict) else {"bytes": want}  # sizes only: written before checksums
+        f = path / fname
+        if not f.is_file() or f.stat().st_size != want["bytes"]:
+            got = f"{f.stat().st_size} bytes" if f.is_file() else "missing"
+            raise CheckpointError(f"corrupt checkpoint file {f}: {got}, {want['bytes']} bytes expected (per "
+                                  f"{complete})")
+        if "sha256" in want and _sha256(f) != want["sha256"]:
+            raise CheckpointError(f"corrupt checkpoint file {f}: its SHA-256 differs from the one recorded in "
+                                  f"{complete} (same size, changed content)")
+    meta = _read_json(path / META)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path / META}: format {meta.get('format')!r} is not {FORMAT!r}")
-    for fname, size in sizes.items():
-        f = path / fname
-        if not f.is_file() or f.stat().st_size != size:
-            got = f.stat().st_size if f.is_file() else "missing"
-            raise CheckpointError(f"corrupt checkpoint file {f}: {got} bytes, {size} expected (per {complete})")
+    return meta
+
+
+def newest_intact_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest complete checkpoint that verifies, or None; [(newer checkpoint that
+    does not verify, why)], newest first)."""
+    bad = []
+    for _, p in reversed(complete_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(p)
+        except CheckpointError as e:
+            bad.append((p, str(e)))
+            continue
+        return p, bad
+    return None, bad
+
+
+def load_run_checkpoint(path: str | os.PathLike, groups: list[str] | None = None,
+                        device: str = "cpu") -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """(tensors by group, meta) of a checkpoint directory, verified first (sizes and
+    checksums, verify_checkpoint); `groups` restricts which safetensors files are read.
+    Raises CheckpointError naming the bad file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = verify_checkpoint(path)
     wanted = meta["groups"] if groups is None else groups
     unknown = set(wanted) - set(meta["groups"])
     if unknown:

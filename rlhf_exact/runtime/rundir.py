@@ -1,6 +1,7 @@
 """The run directory: where it is, whether it may be reused, which checkpoint to resume.
 
-    run_dir = prepare_run_dir(cfg)               # creates it; sets cfg.run.name
+    run_dir = locate_run_dir(cfg)                # where it is (creates nothing); sets cfg.run.name
+    run_dir = prepare_run_dir(cfg)               # the same, created
     save_config(cfg, run_dir / "config.yaml")
     ckpt = resume_checkpoint(cfg, run_dir)       # None: start at step 0
 
@@ -34,18 +35,27 @@ def _holds_run(d: Path) -> bool:
     return d.is_dir() and any((d / m).exists() for m in _RUN_MARKERS)
 
 
-def _is_checkpoint_dir(p: Path) -> bool:
+def is_checkpoint_dir(p: Path) -> bool:
     return p.parent.name == "checkpoints" and re.fullmatch(r"step_\d+", p.name) is not None
 
 
 def prepare_run_dir(cfg: TrainConfig, now: float | None = None) -> Path:
     """Create (or pick, when resuming) the run directory per the module rules; sets
     cfg.run.name (and cfg.run.output_dir for a resume path) to match it."""
+    run_dir = locate_run_dir(cfg, now)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def locate_run_dir(cfg: TrainConfig, now: float | None = None) -> Path:
+    """The run directory prepare_run_dir would create (or pick), without creating it:
+    checks before the run starts look at it and leave nothing behind when they fail.
+    Sets cfg.run.name (and cfg.run.output_dir) like prepare_run_dir."""
     out = Path(cfg.run.output_dir)
     resume = cfg.run.resume
     if resume not in ("never", "auto"):
         path = Path(resume)
-        run_dir = path.parent.parent if _is_checkpoint_dir(path) else path
+        run_dir = path.parent.parent if is_checkpoint_dir(path) else path
         if not _holds_run(run_dir):
             raise ConfigError(f"run.resume={resume!r}: {run_dir} is not a run directory (no "
                               f"{', '.join(_RUN_MARKERS)})")
@@ -66,9 +76,8 @@ def prepare_run_dir(cfg: TrainConfig, now: float | None = None) -> Path:
             while run_dir.exists():
                 n += 1
                 run_dir = base.with_name(f"{base.name}-{n}")
-    run_dir.mkdir(parents=True, exist_ok=True)
     cfg.run.name = run_dir.name
-    cfg.run.output_dir = str(run_dir.parent)
+    cfg.run.output_dir = str(run_dir.parent.resolve())
     return run_dir.resolve()
 
 
@@ -80,7 +89,7 @@ def resume_checkpoint(cfg: TrainConfig, run_dir: str | Path) -> Path | None:
     if resume == "auto":
         return latest_checkpoint(run_dir)
     path = Path(resume)
-    if _is_checkpoint_dir(path):
+    if is_checkpoint_dir(path):
         if not (path / COMPLETE).is_file():
             raise ConfigError(f"run.resume={resume!r} is an incomplete checkpoint (no {COMPLETE} marker)")
         return path

@@ -1,0 +1,166 @@
+"""Checks that run after the config is composed and before anything starts (no run
+directory created, no Ray, no engine): every name and file the config refers to.
+
+    from rlhf_exact.preflight import preflight
+    report = preflight(cfg, run_dir)   # run_dir from runtime.rundir.locate_run_dir (not created)
+    report.finished                    # a message when a resumed run has nothing left to do
+    report.notes                       # lines for the user (checkpoints set aside, rows skipped)
+
+Raises ConfigError: one line that names the key and the file (and the line), which the
+entry point prints with exit status 2. What is checked, in this order:
+
+  rewards  run.imports import; each reward.functions name resolves (a registered name or
+           an import path 'pkg.module:fn') to a function that takes
+           (completion_text, completion_ids, sample).
+  model    model.path (unless model.tiny): config.json is a Qwen3 config with model_type,
+           tokenizer.json loads, every safetensors header is readable, covers its file
+           (a truncated file fails) and has the tensors with the config's shapes
+           (models/checkpoint.check_model_dir; no tensor data is read).
+  data     data.train_files are read row by row (file:line of the first bad row; a missing
+           key says which data.*_key to set) and, when the model's tokenizer is at hand,
+           tokenized with its chat template against data.max_prompt_tokens: the same
+           code the loop runs (data/loader.py), so it cannot fail there later.
+  resume   run.resume=auto or a run directory: a finished run (final_model/ written and
+           metrics.jsonl at run.steps) is reported as finished; otherwise checkpoints are
+           verified newest first (sizes and SHA-256, runtime/checkpoint.py) and a corrupt
+           one is moved aside to checkpoints/corrupt-step_NNNNNN (kept for inspection),
+           so the loop resumes from the newest intact one; a note says so. An explicit
+           checkpoint path that does not verify is an error.
+
+Moving a corrupt checkpoint aside is the only change made to disk.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlhf_exact.config.schema import ConfigError, TrainConfig
+
+
+@dataclass
+class Preflight:
+    run_dir: Path
+    finished: str | None = None  # the run already did run.steps steps: say so and stop
+    notes: list[str] = field(default_factory=list)
+
+
+def preflight(cfg: TrainConfig, run_dir: Path) -> Preflight:
+    report = Preflight(Path(run_dir))
+    if cfg.run.resume != "never":
+        check_resume(cfg, report)
+        if report.finished:
+            return report
+    check_rewards(cfg)
+    tokenizer, template = check_model(cfg)
+    check_data(cfg, tokenizer, template, report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def check_rewards(cfg: TrainConfig) -> None:
+    from rlhf_exact.rewards import get_reward, import_reward_modules
+
+    try:
+        import_reward_modules(cfg.run.imports)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for i, f in enumerate(cfg.reward.functions):
+        key = f"reward.functions[{i}].name"
+        try:
+            fn = get_reward(f.name)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+        try:
+            inspect.signature(fn).bind("text", [0], {})
+        except TypeError:
+            raise ConfigError(f"{key}: reward {f.name!r} has the signature {inspect.signature(fn)}, but rewards "
+                              f"are called as fn(completion_text, completion_ids, sample)") from None
+        except ValueError:  # builtins without a signature: nothing to check
+            pass
+
+
+def check_model(cfg: TrainConfig):
+    """(tokenizer, chat template) of model.path, or (None, None) for the tiny model (built
+    at the start of the run)."""
+    if cfg.model.tiny:
+        return None, None
+    from tokenizers import Tokenizer
+
+    from rlhf_exact.data import read_chat_template
+    from rlhf_exact.models.checkpoint import check_model_dir
+
+    try:
+        check_model_dir(cfg.model.path)
+        template = read_chat_template(cfg.model.path)
+    except ValueError as e:
+        raise ConfigError(f"model.path: {e}") from None
+    return Tokenizer.from_file(os.path.join(cfg.model.path, "tokenizer.json")), template
+
+
+def check_data(cfg: TrainConfig, tokenizer, template, report: Preflight) -> None:
+    d = cfg.data
+    if d.name == "synthetic":
+        return
+    from rlhf_exact.data import load_prompt_rows, load_prompts
+    from rlhf_exact.data.prompts import MalformedRowError
+
+    try:
+        if tokenizer is None:
+            _, skipped = load_prompts(d.train_files, d.prompt_key, d.answer_key, d.on_malformed)
+        else:
+            skipped = load_prompt_rows(cfg, tokenizer, chat_template=template).skipped
+    except MalformedRowError as e:
+        hint = ""
+        if e.field:
+            what = "prompt text" if e.field == "prompt_key" else "reference answer"
+            hint = f" (set data.{e.field}=FIELD, the record field holding the {what})"
+        raise ConfigError(f"data.train_files: {e}{hint}") from None
+    except ValueError as e:
+        raise ConfigError(f"data.train_files: {e}") from None
+    if skipped:
+        report.notes.append(f"data.on_malformed=skip: {skipped} malformed prompt rows skipped "
+                            f"(counted in metrics as data/skipped_rows)")
+
+
+def check_resume(cfg: TrainConfig, report: Preflight) -> None:
+    from rlhf_exact.runtime.checkpoint import CheckpointError, newest_intact_checkpoint, verify_checkpoint
+    from rlhf_exact.runtime.rundir import is_checkpoint_dir
+
+    resume, run_dir = cfg.run.resume, report.run_dir
+    if resume not in ("auto", "never") and is_checkpoint_dir(Path(resume)):
+        try:
+            verify_checkpoint(resume)
+        except CheckpointError as e:
+            raise ConfigError(f"run.resume: {e}") from None
+        return
+    if not run_dir.is_dir():
+        return
+    done = finished_steps(run_dir)
+    if done is not None and done >= cfg.run.steps:
+        report.finished = (f"run {run_dir.name} is finished: {done} of run.steps={cfg.run.steps} steps, final model "
+                           f"in {run_dir / 'final_model'} (train longer with a larger run.steps)")
+        return
+    newest, bad = newest_intact_checkpoint(run_dir)
+    for path, why in bad:
+        aside = path.with_name(f"corrupt-{path.name}")
+        os.replace(path, aside)
+        report.notes.append(f"checkpoint {path.name} does not verify ({why}); moved it to {aside} and skipped it")
+    if bad:
+        if newest is None and resume != "auto":
+            raise ConfigError(f"run.resume={resume!r}: no intact checkpoint left in {run_dir / 'checkpoints'}")
+        report.notes.append(f"resuming from {newest.name}, the newest intact checkpoint" if newest else
+                            "no intact checkpoint left: the run starts again at step 0")
+
+
+def finished_steps(run_dir: Path) -> int | None:
+    """The steps a run directory has completed if it exported its final model, else None."""
+    from rlhf_exact.runtime.metrics import METRICS_FILE, read_metrics
+
+    if not (run_dir / "final_model" / "config.json").is_file() or not (run_dir / METRICS_FILE).is_file():
+        return None
+    records = read_metrics(run_dir)
+    return max((r["step"] for r in records), default=0)

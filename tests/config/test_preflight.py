@@ -1,0 +1,270 @@
+"""Errors found before anything starts (rlhf_exact/preflight.py), as the user sees them:
+`python -m rlhf_exact.train ...` prints one line naming the key and the file (and line),
+exits with status 2 and leaves no run directory behind. Covers reward names and user
+reward functions (import paths, run.imports), the model directory (config.json,
+tokenizer, safetensors headers), data files and keys, and checkpoints to resume
+(checksums, fallback to the newest intact one, a finished run).
+
+    .venv/bin/python -m pytest -q tests/config/test_preflight.py
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from rlhf_exact import train
+from rlhf_exact.config import load_config
+from rlhf_exact.config.compose import repo_root
+from rlhf_exact.runtime.checkpoint import latest_checkpoint, save_run_checkpoint
+
+
+def cli(*args, env=None):
+    """`python -m rlhf_exact.train ARGS` -> (exit status, stderr lines, seconds)."""
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "rlhf_exact.train", *args], capture_output=True, text=True,
+                       cwd=repo_root(), env={**os.environ, **(env or {})}, timeout=300)
+    return p.returncode, p.stderr.strip().splitlines(), time.perf_counter() - t
+
+
+def one_line_exit_2(tmp_path, *args, env=None) -> str:
+    out = tmp_path / "runs"
+    rc, err, _ = cli(f"run.output_dir={out}", "run.name=x", *args, env=env)
+    assert rc == 2, err
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert not out.exists(), "a failed start left a run directory behind"
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from rlhf_exact.models.tiny import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny", seed=0, std=0.05, num_hidden_layers=2)
+
+
+def gsm8k_args(model, data):
+    return ["recipe=grpo_qwen3", f"model.path={model}", "cluster=cpu", f"data.train_files=[{data}]",
+            "data.max_prompt_tokens=512", "sampler.max_model_len=2048", "trainer.micro_batch_tokens=2048"]
+
+
+# ---------------------------------------------------------------------------- rewards
+
+
+def test_reward_typo(tmp_path):
+    line = one_line_exit_2(tmp_path, "reward.functions=[{name:synthetc,weight:1.0}]")
+    assert line == ("error: reward.functions[0].name: unknown reward 'synthetc' (valid: format, gsm8k, synthetic); "
+                    "did you mean 'synthetic'?")
+
+
+@pytest.fixture
+def user_pkg(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(textwrap.dedent("""
+        import asyncio
+        from rlhf_exact.rewards import register_reward
+
+        def score(text, ids, sample):
+            return float(len(ids))
+
+        @register_reward("length_bonus")
+        def length_bonus(text, ids, sample):
+            return 0.5
+
+        async def judge(text, ids, sample):
+            await asyncio.sleep(float(sample.get("delay", 0)))
+            return 1.0
+
+        def wrong_args(text):
+            return 0.0
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    from rlhf_exact.rewards import REWARDS
+
+    REWARDS.pop("length_bonus", None)
+    sys.modules.pop("my_rewards", None)
+
+
+def test_user_rewards_by_import_path_and_run_imports(tmp_path, user_pkg):
+    env = {"PYTHONPATH": f"{user_pkg}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    line = one_line_exit_2(tmp_path, "reward.functions=[{name:'my_rewards:scroe'}]", env=env)
+    assert "reward.functions[0].name: reward 'my_rewards:scroe': module 'my_rewards'" in line
+    assert "has no attribute 'scroe'; did you mean 'my_rewards:score'?" in line
+    line = one_line_exit_2(tmp_path, "reward.functions=[{name:'my_rewrds:score'}]", env=env)
+    assert "module 'my_rewrds' cannot be imported: ModuleNotFoundError" in line
+    line = one_line_exit_2(tmp_path, "reward.functions=[{name:'my_rewards:wrong_args'}]", env=env)
+    assert "has the signature (text), but rewards are called as fn(completion_text, completion_ids, sample)" in line
+    line = one_line_exit_2(tmp_path, "reward.functions=[{name:length_bonus}]", env=env)  # not imported
+    assert "unknown reward 'length_bonus'" in line
+    line = one_line_exit_2(tmp_path, "run.imports=[my_rewardz]", env=env)
+    assert line.startswith("error: run.imports[0]='my_rewardz' cannot be imported: ModuleNotFoundError")
+
+    # resolvable: the entry point gets past the checks (the loop is not started here)
+    from rlhf_exact.preflight import check_rewards
+
+    cfg = load_config(["run.imports=[my_rewards]",
+                       "reward.functions=[{name:length_bonus},{name:'my_rewards:score'},{name:'my_rewards:judge'}]"])
+    check_rewards(cfg)
+
+
+def test_async_reward_timeout_is_an_error(user_pkg):
+    from rlhf_exact.rewards import compute_rewards
+
+    samples = [{"delay": 0}, {"delay": 5}, {"delay": 0}]
+    t = time.perf_counter()
+    r, err = compute_rewards([("my_rewards:judge", 1.0), ("my_rewards:score", 0.5)], ["a"] * 3,
+                             [[1, 2]] * 3, samples, on_error="skip", timeout_s=0.5)
+    assert time.perf_counter() - t < 3  # awaited together, cut at the timeout
+    assert r[0] == r[2] == 2.0 and err[0] is None and err[2] is None
+    assert err[1] == ("reward 'my_rewards:judge' failed on sample 1: TimeoutError: no result within "
+                      "reward.timeout_s=0.5 s")
+    with pytest.raises(RuntimeError, match="TimeoutError: no result within reward.timeout_s=0.5 s"):
+        compute_rewards([("my_rewards:judge", 1.0)], ["a"] * 3, [[1]] * 3, samples, timeout_s=0.5)
+
+
+# ---------------------------------------------------------------------------- model directory
+
+
+@pytest.mark.parametrize("damage, expect", [
+    ("no_tokenizer", "tokenizer.json: not found"),
+    ("no_model_type", "config.json: model_type=None"),
+    ("truncated", "model.safetensors: not a readable safetensors file"),
+    ("wrong_shape", "model.safetensors: tensor 'model.embed_tokens.weight' has shape"),
+])
+def test_unusable_model_dir(tmp_path, tiny_dir, damage, expect):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    if damage == "no_tokenizer":
+        (model / "tokenizer.json").unlink()
+    elif damage == "no_model_type":
+        cfg = json.loads((model / "config.json").read_text())
+        del cfg["model_type"]
+        (model / "config.json").write_text(json.dumps(cfg))
+    elif damage == "truncated":
+        f = model / "model.safetensors"
+        f.write_bytes(f.read_bytes()[:-1000])
+    else:
+        cfg = json.loads((model / "config.json").read_text())
+        cfg["vocab_size"] *= 2
+        (model / "config.json").write_text(json.dumps(cfg))
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    line = one_line_exit_2(tmp_path, *gsm8k_args(model, data))
+    assert line.startswith(f"error: model.path: {model}/") and expect in line, line
+
+
+# ---------------------------------------------------------------------------- data files
+
+
+@pytest.mark.parametrize("content, expect", [
+    ('{"question": "a", "answer": "1"}\n' * 4 + '{"question": "b", answer: 2}\n',
+     "d.jsonl:5: malformed row: not valid JSON"),
+    ('{"q": "a", "a": "1"}\n',
+     "d.jsonl:1: malformed row: no key 'question' (keys: q, a) (set data.prompt_key=FIELD, the record field "
+     "holding the prompt text)"),
+    ('{"question": "a", "solution": "1"}\n',
+     "d.jsonl:1: malformed row: no key 'answer' (keys: question, solution) (set data.answer_key=FIELD, the record "
+     "field holding the reference answer)"),
+    ("", "no usable prompt rows in"),
+])
+def test_bad_data_file(tmp_path, tiny_dir, content, expect):
+    data = tmp_path / "d.jsonl"
+    data.write_text(content)
+    line = one_line_exit_2(tmp_path, *gsm8k_args(tiny_dir, data))
+    assert line.startswith("error: data.train_files: ") and str(data) in line and expect in line, line
+
+
+def test_prompt_too_long_is_found_with_the_models_tokenizer(tmp_path, tiny_dir):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "short", "answer": "1"}\n' + json.dumps({"question": "x " * 600, "answer": "2"}))
+    line = one_line_exit_2(tmp_path, *gsm8k_args(tiny_dir, data))
+    assert f"{data}:2: prompt has" in line and "> data.max_prompt_tokens=512" in line
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+def fake_run(tmp_path, steps_done, ckpt_steps, final=False):
+    """A run directory as the loop leaves it (config, metrics, checkpoints, final model)."""
+    run_dir = tmp_path / "runs" / "r"
+    cfg = load_config([f"run.output_dir={tmp_path / 'runs'}", "run.name=r", "run.steps=4"])
+    from rlhf_exact.config import save_config
+    from rlhf_exact.runtime.metrics import METRICS_FILE
+
+    run_dir.mkdir(parents=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / METRICS_FILE).write_text("".join(json.dumps({"step": s, "reward/mean": 0.1 * s}) + "\n"
+                                                for s in range(1, steps_done + 1)))
+    for s in ckpt_steps:
+        save_run_checkpoint(run_dir, s, {"model": {"w": torch.full((256,), float(s))}}, {"data": {}})
+    if final:
+        (run_dir / "final_model").mkdir()
+        (run_dir / "final_model" / "config.json").write_text("{}")
+    return run_dir
+
+
+@pytest.mark.parametrize("how", ["size", "content"])
+def test_corrupt_newest_checkpoint_falls_back(tmp_path, how, capsys):
+    from rlhf_exact.preflight import preflight
+    from rlhf_exact.runtime.rundir import locate_run_dir, resume_checkpoint
+
+    run_dir = fake_run(tmp_path, 4, [2, 4])
+    f = run_dir / "checkpoints" / "step_000004" / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    if how == "size":
+        del data[-100:]
+    else:
+        data[-8] ^= 0x01  # a flipped bit in the tensor data: same size, still a valid file
+    f.write_bytes(bytes(data))
+    cfg = load_config([f"run.output_dir={tmp_path / 'runs'}", "run.name=r", "run.steps=4", "run.resume=auto"])
+    report = preflight(cfg, locate_run_dir(cfg))
+    assert report.finished is None
+    why = "bytes expected" if how == "size" else "SHA-256 differs"
+    assert len(report.notes) == 2 and why in report.notes[0], report.notes
+    assert report.notes[0].startswith("checkpoint step_000004 does not verify (corrupt checkpoint file ")
+    assert f"moved it to {run_dir / 'checkpoints' / 'corrupt-step_000004'}" in report.notes[0]
+    assert report.notes[1] == "resuming from step_000002, the newest intact checkpoint"
+    assert resume_checkpoint(cfg, run_dir) == run_dir / "checkpoints" / "step_000002"
+    assert (run_dir / "checkpoints" / "corrupt-step_000004" / "model.safetensors").read_bytes() == bytes(data)
+
+
+def test_explicit_corrupt_checkpoint_is_an_error(tmp_path):
+    run_dir = fake_run(tmp_path, 4, [2])
+    f = run_dir / "checkpoints" / "step_000002" / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-8] ^= 0x01
+    f.write_bytes(bytes(data))
+    rc, err, _ = cli(f"run.resume={run_dir / 'checkpoints' / 'step_000002'}")
+    assert rc == 2 and len(err) == 1, err
+    assert err[0] == (f"error: run.resume: corrupt checkpoint file {f}: its SHA-256 differs from the one recorded in "
+                      f"{f.parent / 'COMPLETE'} (same size, changed content)")
+
+
+def test_resume_auto_on_a_finished_run(tmp_path):
+    run_dir = fake_run(tmp_path, 4, [2, 4], final=True)
+    rc, err, seconds = cli(f"run.output_dir={tmp_path / 'runs'}", "run.name=r", "run.steps=4", "run.resume=auto")
+    assert rc == 0, err
+    assert err == [f"run r is finished: 4 of run.steps=4 steps, final model in {run_dir / 'final_model'} "
+                   f"(train longer with a larger run.steps)"]
+    print(f"finished run answered in {seconds:.2f} s (interpreter start included)")
+    assert seconds < 10
+    assert latest_checkpoint(run_dir).name == "step_000004"  # nothing touched
+    # a larger run.steps continues it (the loop is not started here: only the checks)
+    from rlhf_exact.preflight import preflight
+
+    cfg = load_config([f"run.output_dir={tmp_path / 'runs'}", "run.name=r", "run.steps=6", "run.resume=auto"])
+    assert preflight(cfg, run_dir).finished is None
+
+
+def test_help_pipe_and_section_title():
+    p = subprocess.run(f"{sys.executable} -m rlhf_exact.train --help algorithm | true", shell=True,
+                       capture_output=True, text=True, cwd=repo_root())
+    assert p.returncode == 0 and p.stderr == "", p.stderr  # no BrokenPipeError traceback
+    title = train.help_text("algorithm").splitlines()[4]
+    assert title == ("algorithm: The policy-gradient objective and the optimizer. configs/algorithm/{grpo,dr_grpo,"
+                     "dapo}.yaml are presets of these fields (`algorithm=dapo`); each field stays overridable.")
