@@ -1,0 +1,69 @@
+"""Environments by name or import path.
+
+    get_env("gsm8k_calculator")              # a registered name
+    get_env("my_project.envs:SandboxEnv")    # an import path: "module:Class" or "module.Class"
+    env = make_env("gsm8k_calculator", {"max_calls": 4}, tokenizer)
+
+Registered: `synthetic_calculator` (envs/arithmetic.py: the tiny CPU recipe's task) and
+`gsm8k_calculator` (envs/gsm8k.py). Add one with `@register_env("name")` on an
+`Environment` subclass, or name it by import path in the config (the module is imported
+in every process that runs the environment, so it must be importable there).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .base import Environment
+
+ENVS: dict[str, type[Environment]] = {}
+
+
+def register_env(name: str) -> Callable[[type[Environment]], type[Environment]]:
+    """Class decorator adding an Environment subclass to ENVS under `name` (a duplicate
+    name is an error)."""
+    def add(cls: type[Environment]) -> type[Environment]:
+        if name in ENVS:
+            raise ValueError(f"environment {name!r} is already registered ({ENVS[name]!r})")
+        if not (isinstance(cls, type) and issubclass(cls, Environment)):
+            raise TypeError(f"register_env({name!r}): {cls!r} is not an Environment subclass")
+        ENVS[name] = cls
+        return cls
+    return add
+
+
+def _builtin() -> None:
+    from . import arithmetic, gsm8k  # noqa: F401 - registers the shipped environments
+
+
+def get_env(name: str) -> type[Environment]:
+    """The Environment class registered as `name`, or at import path `name` (any string
+    with a "." or ":"); ValueError naming the valid names or the import failure."""
+    _builtin()
+    if name in ENVS:
+        return ENVS[name]
+    if ":" not in name and "." not in name:
+        close = difflib.get_close_matches(name, ENVS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown environment {name!r} (registered: {', '.join(sorted(ENVS))}; or give an "
+                         f"import path 'module:Class'){hint}")
+    module, _, attr = name.rpartition(":") if ":" in name else name.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"environment {name!r}: cannot import {attr!r} from {module!r} ({e})") from e
+    if not (isinstance(obj, type) and issubclass(obj, Environment)):
+        raise ValueError(f"environment {name!r} is {obj!r}, not an rlhf_exact.envs.Environment subclass")
+    return obj
+
+
+def make_env(name: str, kwargs: Mapping[str, Any] | None = None, tokenizer=None) -> Environment:
+    """An instance of environment `name` built with the config's keyword arguments and the
+    run's tokenizer (a TypeError from an unknown keyword names the environment)."""
+    cls = get_env(name)
+    try:
+        return cls(tokenizer=tokenizer, **dict(kwargs or {}))
+    except TypeError as e:
+        raise ValueError(f"environment {name!r} ({cls.__module__}.{cls.__qualname__}): {e}") from e
