@@ -1,19 +1,20 @@
 """Environments by name or import path.
 
     get_env("gsm8k_calculator")              # a registered name
-    get_env("my_project.envs:SandboxEnv")    # an import path: "module:Class" or "module.Class"
+    get_env("my_project.envs:SandboxEnv")    # an import path: "package.module:Class"
     env = make_env("gsm8k_calculator", {"max_calls": 4}, tokenizer)
 
 Registered: `synthetic_calculator` (envs/arithmetic.py: the tiny CPU recipe's task) and
-`gsm8k_calculator` (envs/gsm8k.py). Add one with `@register_env("name")` on an
-`Environment` subclass, or name it by import path in the config (the module is imported
-in every process that runs the environment, so it must be importable there).
+`gsm8k_calculator` (envs/gsm8k.py). User environments, as for rewards
+(rlhf_exact/rewards): name one by import path, or list its module in `run.imports` and
+put `@register_env("name")` on the `Environment` subclass (`make_env(..., imports=...)`
+imports those modules first, in every process that builds the environment).
 """
 from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .base import Environment
@@ -39,29 +40,37 @@ def _builtin() -> None:
 
 
 def get_env(name: str) -> type[Environment]:
-    """The Environment class registered as `name`, or at import path `name` (any string
-    with a "." or ":"); ValueError naming the valid names or the import failure."""
+    """The Environment class registered as `name`, or at import path 'package.module:Class';
+    ValueError naming the valid names or the import failure."""
     _builtin()
     if name in ENVS:
         return ENVS[name]
-    if ":" not in name and "." not in name:
+    if ":" not in name:
         close = difflib.get_close_matches(name, ENVS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown environment {name!r} (registered: {', '.join(sorted(ENVS))}; or give an "
-                         f"import path 'module:Class'){hint}")
-    module, _, attr = name.rpartition(":") if ":" in name else name.rpartition(".")
+                         f"import path 'package.module:Class'){hint}")
+    module, _, attr = name.partition(":")
     try:
         obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"environment {name!r}: cannot import {attr!r} from {module!r} ({e})") from e
+    except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
+        raise ValueError(f"environment {name!r}: cannot import {attr!r} from {module!r} "
+                         f"({type(e).__name__}: {e})") from e
     if not (isinstance(obj, type) and issubclass(obj, Environment)):
         raise ValueError(f"environment {name!r} is {obj!r}, not an rlhf_exact.envs.Environment subclass")
     return obj
 
 
-def make_env(name: str, kwargs: Mapping[str, Any] | None = None, tokenizer=None) -> Environment:
+def make_env(name: str, kwargs: Mapping[str, Any] | None = None, tokenizer=None,
+             imports: Sequence[str] = ()) -> Environment:
     """An instance of environment `name` built with the config's keyword arguments and the
-    run's tokenizer (a TypeError from an unknown keyword names the environment)."""
+    run's tokenizer, after importing the modules `imports` (run.imports: they register
+    environments). A bad keyword or import is a ValueError naming the environment."""
+    for module in imports:
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
+            raise ValueError(f"run.imports: {module!r} cannot be imported: {type(e).__name__}: {e}") from e
     cls = get_env(name)
     try:
         return cls(tokenizer=tokenizer, **dict(kwargs or {}))

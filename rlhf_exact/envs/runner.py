@@ -53,11 +53,11 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _worker_main(conn, name: str, kwargs: Mapping[str, Any], tokenizer) -> None:
+def _worker_main(conn, name: str, kwargs: Mapping[str, Any], tokenizer, imports: Sequence[str]) -> None:
     """A pool process: build the environment, then answer (id, kind, args) requests with
     (id, "ok", result) or (id, "exception", message) until the pipe closes."""
     try:
-        env = make_env(name, kwargs, tokenizer)
+        env = make_env(name, kwargs, tokenizer, imports)
     except BaseException as e:  # noqa: BLE001 - reported to the driver, which raises it
         conn.send(("init", "exception", _describe(e)))
         return
@@ -78,9 +78,9 @@ def _worker_main(conn, name: str, kwargs: Mapping[str, Any], tokenizer) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx, name, kwargs, tokenizer, start_timeout_s: float):
+    def __init__(self, ctx, name, kwargs, tokenizer, imports, start_timeout_s: float):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, name, kwargs, tokenizer), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, name, kwargs, tokenizer, imports), daemon=True)
         self.proc.start()
         child.close()
         if not self.conn.poll(start_timeout_s):
@@ -106,22 +106,25 @@ class EnvRunner:
     """Environment calls with timeouts, in the driver or in worker processes (module docstring)."""
 
     def __init__(self, name: str, kwargs: Mapping[str, Any] | None, tokenizer, *, vocab_size: int,
-                 num_workers: int = 0, timeout_s: float = 30.0, start_timeout_s: float = 120.0):
+                 num_workers: int = 0, timeout_s: float = 30.0, start_timeout_s: float = 120.0,
+                 imports: Sequence[str] = ()):
+        """name, kwargs, imports: as registry.make_env; vocab_size: observation ids must lie
+        in [0, vocab_size); start_timeout_s: for a worker process to build its environment."""
         if num_workers < 0 or not timeout_s > 0 or vocab_size < 1:
             raise ValueError(f"EnvRunner: num_workers={num_workers} must be >= 0, timeout_s={timeout_s} > 0, "
                              f"vocab_size={vocab_size} >= 1")
-        self.name, self.kwargs, self.tokenizer = name, dict(kwargs or {}), tokenizer
+        self.name, self.kwargs, self.tokenizer, self.imports = name, dict(kwargs or {}), tokenizer, tuple(imports)
         self.vocab_size, self.timeout_s, self.start_timeout_s = vocab_size, float(timeout_s), start_timeout_s
         self.workers: list[_Worker] = []
         self.env = None
         if num_workers == 0:
-            self.env = make_env(name, self.kwargs, tokenizer)  # a config error surfaces here
+            self.env = make_env(name, self.kwargs, tokenizer, self.imports)  # a config error surfaces here
         else:
             self._ctx = mp.get_context("spawn")
             self.workers = [self._new_worker() for _ in range(num_workers)]
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self._ctx, self.name, self.kwargs, self.tokenizer, self.start_timeout_s)
+        return _Worker(self._ctx, self.name, self.kwargs, self.tokenizer, self.imports, self.start_timeout_s)
 
     # -------------------------------------------------------------------- public
 
@@ -167,7 +170,7 @@ class EnvRunner:
             t.join(self.timeout_s)
             if t.is_alive():
                 out.append(EnvFailure("timeout", f"{kind}() gave no answer within {self.timeout_s:g} s"))
-                self.env = make_env(self.name, self.kwargs, self.tokenizer)  # the hung call keeps the old one
+                self.env = make_env(self.name, self.kwargs, self.tokenizer, self.imports)  # the hung call keeps the old
             elif "err" in box:
                 out.append(EnvFailure("exception", f"{kind}() raised {box['err']}"))
             else:
@@ -196,7 +199,8 @@ class EnvRunner:
             for w in list(busy):
                 i, deadline = busy[w]
                 conn = self.workers[w].conn
-                if conn in ready:
+                # poll: a reply may have come while another worker was being replaced
+                if conn in ready or conn.poll(0):
                     try:
                         cid, status, payload = conn.recv()
                     except (EOFError, OSError):

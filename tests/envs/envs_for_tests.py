@@ -4,7 +4,7 @@ A module of its own so that spawned worker processes import them by path."""
 import os
 import time
 
-from rlhf_exact.envs import Environment, Observation, Start
+from rlhf_exact.envs import Environment, Observation, Start, register_env
 
 OBS = [70, 71]  # every observation's ids
 
@@ -48,3 +48,8 @@ class Bad(Echo):
         if how == "unpicklable":
             return Observation(token_ids=[1], state=lambda: None)
         return super().step(row, turn, state)
+
+
+@register_env("echo_for_tests")
+class RegisteredEcho(Echo):
+    """Echo under a registered name: resolved after importing this module (run.imports)."""

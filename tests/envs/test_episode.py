@@ -200,3 +200,18 @@ def test_start_failures_and_config_errors():
         EnvRunner("no_such_module:Env", {}, None, vocab_size=8)
     with pytest.raises(ValueError, match="not an rlhf_exact.envs.Environment"):
         EnvRunner("collections:OrderedDict", {}, None, vocab_size=8)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_registered_by_an_imported_module(num_workers):
+    """A name registered by a module of run.imports resolves in the driver and in workers."""
+    module = ECHO.partition(":")[0]
+    r = EnvRunner("echo_for_tests", {"turns": 1}, None, vocab_size=512, num_workers=num_workers, imports=[module])
+    try:
+        (e,) = run_episodes(r, [{"prompt_ids": [5]}], ScriptedSampler(), limits=Limits(), params=Params(), seeds=[0],
+                            decode=decode)
+        assert e.finish_reason == "done" and e.turn_rewards == [0.5]
+    finally:
+        r.close()
+    with pytest.raises(ValueError, match="run.imports: 'no_such_module' cannot be imported"):
+        EnvRunner("echo_for_tests", {}, None, vocab_size=8, imports=["no_such_module"])
