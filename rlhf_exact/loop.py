@@ -65,17 +65,11 @@ def request_seed(run_seed: int, step: int, prompt: int, group_size: int) -> int:
 
 
 def init_ray(cfg) -> None:
-    import ray
+    """A private local Ray that leaves nothing behind, or the cluster at cluster.ray_address
+    (runtime/cluster.py)."""
+    from rlhf_exact.runtime.cluster import start_ray
 
-    if ray.is_initialized():
-        return
-    c = cfg.cluster
-    kw = dict(include_dashboard=c.ray_dashboard, log_to_driver=True, logging_level=logging.WARNING)
-    if c.ray_address:
-        ray.init(address=c.ray_address, **kw)
-        return
-    ray.init(_node_ip_address=c.ray_host, num_cpus=c.num_cpus, num_gpus=c.num_gpus,
-             runtime_env={"env_vars": {"RAY_DEDUP_LOGS": "1"}}, **kw)
+    start_ray(cfg.cluster)
 
 
 class Samplers:

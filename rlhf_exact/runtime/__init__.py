@@ -4,4 +4,5 @@
     checkpoint.py  atomic run checkpoints (safetensors + JSON, never pickle)
     metrics.py     metrics.jsonl (+ W&B) per step
     plot.py        metrics.jsonl -> PNGs + HTML (`python -m rlhf_exact.plot RUN_DIR`)
+    cluster.py     a private local Ray that leaves nothing behind, or an existing cluster
 """

@@ -1,0 +1,166 @@
+"""Faults as a user meets them, with real processes: `python -m rlhf_exact.train` on the
+tiny recipe in a process group of its own, as a terminal runs it.
+
+  test_ctrl_c_resume_and_a_corrupt_checkpoint
+        an uninterrupted run, and the same run interrupted by SIGINT to its process
+        group (Ctrl-C): exit 130, "interrupted after step N; resume with
+        run.resume=auto run.name=...", no traceback; then its newest checkpoint is
+        corrupted by content (same size) and `run.resume=auto` says so, falls back to
+        the previous checkpoint and ends with metrics and final weights equal to the
+        uninterrupted run's. After each run no Ray process and no Ray temp dir is left.
+  test_killed_driver_leaves_nothing
+        SIGKILL of the driver mid-run: every process of its Ray (GCS, raylet, agents,
+        actors, vLLM engine processes) is gone within seconds and its temp dir deleted.
+
+    python -m pytest tests/loop/test_faults.py -q
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("vllm")
+pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+
+from rlhf_exact.config.compose import repo_root  # noqa: E402
+from rlhf_exact.runtime.cluster import TEMP_PREFIX  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TIMING = ("time/", "perf/", "sync/")
+STEPS = 12
+
+
+def launch(tmp_path, name, *args):
+    log = open(tmp_path / f"{name}.err", "w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "rlhf_exact.train", f"run.output_dir={tmp_path}", f"run.name={name}",
+         f"run.steps={STEPS}", "run.save_every=1", "run.keep_last=20", "logging.wandb_mode=disabled",
+         "logging.progress_bars=false", *args],
+        cwd=repo_root(), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+
+
+def wait_for_step(run_dir, proc, step, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        f = run_dir / "metrics.jsonl"
+        if f.exists() and f.read_text().count("\n") >= step:
+            return
+        assert proc.poll() is None, f"the run ended (status {proc.returncode}) before step {step}"
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+def ray_of(proc):
+    """The driver's Ray: its descendant processes now, and its temp dir."""
+    procs = psutil.Process(proc.pid).children(recursive=True)
+    dirs = {m.group(0) for p in procs for m in [re.search(rf"/tmp/{TEMP_PREFIX}\w+", " ".join(_cmd(p)))] if m}
+    assert len(dirs) == 1, dirs
+    return procs, dirs.pop()
+
+
+def _cmd(p):
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
+def assert_nothing_left(procs, temp_dir, timeout=30):
+    t = time.time()
+    while time.time() - t < timeout:
+        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive and not os.path.exists(temp_dir):
+            print(f"all {len(procs)} Ray processes gone and {temp_dir} deleted {time.time() - t:.1f} s after the end")
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"left behind after {timeout} s: {[(p.pid, p.name()) for p in alive]}, "
+                         f"temp dir exists: {os.path.exists(temp_dir)}")
+
+
+def finish(proc, timeout=900):
+    rc = proc.wait(timeout)
+    return rc
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run_dir):
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted((run_dir / "final_model").glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def assert_same_run(a_dir, b_dir):
+    import torch
+
+    a, b = metrics(a_dir), metrics(b_dir)
+    assert [m["step"] for m in a] == [m["step"] for m in b] == list(range(1, STEPS + 1))
+    for x, y in zip(a, b):
+        assert x["parity/kl"] == 0.0 and y["parity/kl"] == 0.0
+        for k in x:
+            if not k.startswith(TIMING) and k not in ("elapsed", "time"):
+                assert x[k] == y[k], (x["step"], k, x[k], y[k])
+    wa, wb = final_weights(a_dir), final_weights(b_dir)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_ctrl_c_resume_and_a_corrupt_checkpoint(tmp_path):
+    whole = launch(tmp_path, "whole")
+    wait_for_step(tmp_path / "whole", whole, 1)
+    procs, temp_dir = ray_of(whole)
+    assert finish(whole) == 0, (tmp_path / "whole.err").read_text()[-3000:]
+    assert_nothing_left(procs, temp_dir)
+
+    run = launch(tmp_path, "cut")
+    wait_for_step(tmp_path / "cut", run, 3)
+    procs, temp_dir = ray_of(run)
+    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    assert finish(run, timeout=120) == 130
+    err = (tmp_path / "cut.err").read_text()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    m = re.fullmatch(rf"interrupted after step (\d+); resume with run.resume=auto run.name=cut "
+                     rf"run.output_dir={tmp_path} \(it continues from checkpoint step_(\d+)\)", last)
+    assert m, last
+    done, ckpt = int(m.group(1)), int(m.group(2))
+    assert 3 <= done < STEPS and done - 1 <= ckpt <= done
+    assert [r["step"] for r in metrics(tmp_path / "cut")] == list(range(1, done + 1))
+    assert_nothing_left(procs, temp_dir)
+
+    # the newest checkpoint changed on disk, same size: resume=auto falls back to the one before
+    newest = tmp_path / "cut" / "checkpoints" / f"step_{ckpt:06d}" / "model.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-8] ^= 0x01
+    newest.write_bytes(bytes(data))
+    run = launch(tmp_path, "cut", "run.resume=auto")
+    assert finish(run) == 0, (tmp_path / "cut.err").read_text()[-3000:]
+    err = (tmp_path / "cut.err").read_text()
+    assert (f"note: checkpoint step_{ckpt:06d} does not verify (corrupt checkpoint file {newest}: its SHA-256 "
+            f"differs") in err, err[-3000:]
+    assert f"note: resuming from step_{ckpt - 1:06d}, the newest intact checkpoint" in err
+    assert "Traceback" not in err
+    assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_killed_driver_leaves_nothing(tmp_path):
+    run = launch(tmp_path, "killed")
+    wait_for_step(tmp_path / "killed", run, 1)
+    procs, temp_dir = ray_of(run)
+    assert any(p.name().startswith("VLLM") for p in procs) and any("raylet" in p.name() for p in procs)
+    os.kill(run.pid, signal.SIGKILL)
+    assert finish(run, timeout=30) == -signal.SIGKILL
+    assert_nothing_left(procs, temp_dir)
