@@ -7,9 +7,13 @@ without W&B.
 Panels: reward/mean (with reward/std as a band when logged); the sampler/trainer parity
 metrics parity/kl and parity/logprob_abs_diff_max (exact kernels: exactly 0 at every
 step, said on the panel); the step time split time/sample, time/reward, time/train,
-time/sync (stacked); and small multiples of every metric. report.html embeds the PNGs
-as base64 and lists each metric's last value. Metrics that were never logged are left
-out of their panel. matplotlib runs with the Agg backend (no display needed).
+time/sync (stacked), without the first step after each start (engine warm-up and
+compilation: one such step would flatten the rest; its time is given in the title); and
+small multiples of every metric, each with its axes labelled. Every panel marks where
+the run was resumed (a dashed line: the metrics logger restarts its clock, "elapsed", on
+each start). report.html embeds the PNGs as base64 and lists each metric's last value.
+Metrics that were never logged are left out of their panel. matplotlib runs with the Agg
+backend (no display needed).
 """
 from __future__ import annotations
 
@@ -43,11 +47,36 @@ def _metric_keys(records: list[dict]) -> list[str]:
     return sorted(keys)
 
 
+def session_starts(records: list[dict]) -> list[int]:
+    """Steps at which a (re)started process logged its first record: the first record and
+    every record whose "elapsed" is below its predecessor's."""
+    starts = []
+    for i, r in enumerate(records):
+        prev = records[i - 1].get("elapsed") if i else None
+        if i == 0 or (isinstance(prev, (int, float)) and isinstance(r.get("elapsed"), (int, float))
+                      and r["elapsed"] < prev):
+            starts.append(r["step"])
+    return starts
+
+
+def _mark_resumes(ax, records) -> None:
+    for i, s in enumerate(session_starts(records)[1:]):
+        ax.axvline(s - 0.5, color="gray", ls="--", lw=1, label="resumed" if i == 0 else None)
+
+
+def _unit(key: str) -> str:
+    if key.startswith("time/") or key.endswith("_s"):
+        return "seconds"
+    if key.endswith("_per_s"):
+        return "tokens / s"
+    return key.rsplit("/", 1)[-1]
+
+
 def _no_data(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} logged", ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
-def _plot_reward(plt, records, path):
+def _plot_reward(plt, records):
     fig, ax = plt.subplots(figsize=(7, 4))
     steps, mean = _series(records, REWARD)
     if steps:
@@ -56,17 +85,17 @@ def _plot_reward(plt, records, path):
         if s_steps == steps:
             ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             alpha=0.2, label=f"± {REWARD_STD}")
+        _mark_resumes(ax, records)
         ax.legend()
     else:
         _no_data(ax, REWARD)
     ax.set(title="Reward", xlabel="step", ylabel="reward")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def _plot_parity(plt, records, path):
+def _plot_parity(plt, records):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key in zip(axes, PARITY):
         steps, vals = _series(records, key)
@@ -80,48 +109,69 @@ def _plot_parity(plt, records, path):
                         color="tab:green", fontsize=11)
             else:  # small positive numbers spanning decades
                 ax.set_yscale("symlog", linthresh=1e-8)
-        ax.set(title=key, xlabel="step")
+            _mark_resumes(ax, records)
+        ax.set(title=key, xlabel="step", ylabel=_unit(key))
         ax.grid(alpha=0.3)
     fig.suptitle("Sampler vs trainer logprobs")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def _plot_step_time(plt, records, path):
+def _plot_step_time(plt, records):
     fig, ax = plt.subplots(figsize=(7, 4))
     present = [k for k in STEP_TIME if any(isinstance(r.get(k), (int, float)) for r in records)]
+    title = "Step time"
     if present:
-        steps = sorted({r["step"] for r in records if any(k in r for k in present)})
         by_step = {r["step"]: r for r in records}
+        steps = sorted(s for s, r in by_step.items() if any(k in r for k in present))
+        warm = [s for s in session_starts(records) if s in steps]
+        if len(warm) < len(steps):  # leave the warm-up steps out, unless nothing else is left
+            secs = [sum(float(by_step[s].get(k, 0.0)) for k in present) for s in warm]
+            title += (f" (first step after each start left out: warm-up, "
+                      f"{', '.join(f'{x:.1f}' for x in secs)} s)")
+            steps = [s for s in steps if s not in warm]
         ys = [[float(by_step[s].get(k, 0.0)) for s in steps] for k in present]
         ax.stackplot(steps, *ys, labels=present, alpha=0.8)
         ax.set_ylim(0, 1.25 * max(map(sum, zip(*ys))))  # headroom for the legend
-        ax.legend(loc="upper center", ncol=len(present), fontsize=8)
+        _mark_resumes(ax, records)
+        ax.legend(loc="upper center", ncol=len(present) + 1, fontsize=8)
     else:
         _no_data(ax, "time/*")
-    ax.set(title="Step time", xlabel="step", ylabel="seconds")
+    ax.set_title(title, fontsize=10)
+    ax.set(xlabel="step", ylabel="seconds")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def _plot_all(plt, records, keys, path):
+def _plot_all(plt, records, keys):
     cols = 4
     rows = max(1, math.ceil(len(keys) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         steps, vals = _series(records, key)
         ax.plot(steps, vals, lw=1)
+        _mark_resumes(ax, records)
         ax.set_title(key, fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.set_ylabel(_unit(key), fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    return fig
+
+
+def figures(records: list[dict]) -> dict:
+    """name -> matplotlib Figure of each panel (the caller saves and closes them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return {"reward": _plot_reward(plt, records), "parity": _plot_parity(plt, records),
+            "step_time": _plot_step_time(plt, records), "all_metrics": _plot_all(plt, records, _metric_keys(records))}
 
 
 def _fmt(v) -> str:
@@ -131,9 +181,6 @@ def _fmt(v) -> str:
 def render(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
     """Write the PNGs and report.html for run_dir/metrics.jsonl into out_dir (default
     run_dir/plots); returns the HTML path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
@@ -144,12 +191,11 @@ def render(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None)
     out = Path(out_dir) if out_dir is not None else run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
     keys = _metric_keys(records)
-    pngs = {"reward": out / "reward.png", "parity": out / "parity.png", "step_time": out / "step_time.png",
-            "all_metrics": out / "all_metrics.png"}
-    _plot_reward(plt, records, pngs["reward"])
-    _plot_parity(plt, records, pngs["parity"])
-    _plot_step_time(plt, records, pngs["step_time"])
-    _plot_all(plt, records, keys, pngs["all_metrics"])
+    pngs = {}
+    for name, fig in figures(records).items():
+        pngs[name] = out / f"{name}.png"
+        fig.savefig(pngs[name], dpi=80 if name == "all_metrics" else 100)
+        plt.close(fig)
 
     last = {}
     for r in records:

@@ -240,3 +240,25 @@ def test_no_heavy_imports():
            "print(sorted(m for m in ('torch', 'ray', 'vllm', 'wandb') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_tiny_parameter_count_in_the_recipe_is_true():
+    """The tiny recipe and its model block state the model's size; it must be the size of
+    the model their values build."""
+    import re
+
+    from rlhf_exact.config.compose import configs_dir, recipes_dir
+    from rlhf_exact.models.qwen3 import Qwen3ForCausalLM
+    from rlhf_exact.models.tiny import tiny_config
+
+    m = load_config(["recipe=grpo_qwen3_tiny"]).model
+    model = Qwen3ForCausalLM(tiny_config(
+        vocab_size=m.tiny_vocab_size, hidden_size=m.tiny_hidden_size, intermediate_size=m.tiny_intermediate_size,
+        num_hidden_layers=m.tiny_num_hidden_layers, num_attention_heads=m.tiny_num_attention_heads,
+        num_key_value_heads=m.tiny_num_key_value_heads, head_dim=m.tiny_head_dim,
+        tie_word_embeddings=m.tiny_tie_word_embeddings, max_position_embeddings=m.tiny_max_position_embeddings),
+        device="meta")
+    count = sum(p.numel() for p in model.parameters())
+    for f in (recipes_dir() / "grpo_qwen3_tiny.yaml", configs_dir() / "model" / "tiny.yaml"):
+        stated = re.findall(r"(\d+)k parameters", f.read_text())
+        assert stated and all(int(s) == round(count / 1000) for s in stated), (f, stated, count)

@@ -55,3 +55,34 @@ def test_sparse_metrics_and_cli(tmp_path):
     p = subprocess.run([sys.executable, "-m", "rlhf_exact.plot", str(tmp_path / "missing")],
                        capture_output=True, text=True)
     assert p.returncode == 1 and "metrics.jsonl does not exist" in p.stderr
+
+
+def test_step_time_resumes_and_labels(tmp_path):
+    """A warm-up step per start (37 s) must not flatten the panel; resumes are marked;
+    every small multiple has axis labels."""
+    import matplotlib.pyplot as plt
+
+    from rlhf_exact.runtime.metrics import read_metrics
+    from rlhf_exact.runtime.plot import figures, session_starts
+
+    run = _synthetic_run(tmp_path / "run", steps=12)
+    records = read_metrics(run)
+    for r in records:  # killed after step 8, resumed from the checkpoint at step 6: a new clock
+        r["elapsed"] = 10.0 * (r["step"] - 6) if r["step"] > 6 else r["elapsed"]
+    records = [r for r in records if r["step"] <= 6] + [r for r in records if r["step"] > 6]
+    for s in (1, 7):
+        records[s - 1]["time/sample"] = 37.0
+    assert session_starts(records) == [1, 7]
+    figs = figures(records)
+    ax = figs["step_time"].axes[0]
+    assert ax.get_ylim()[1] < 37.0  # the warm-up steps are out
+    assert ax.get_title() == "Step time (first step after each start left out: warm-up, 41.7, 41.7 s)"
+    for name in ("reward", "step_time"):
+        resumes = [ln for ln in figs[name].axes[0].get_lines() if ln.get_linestyle() == "--"]
+        assert [ln.get_xdata()[0] for ln in resumes] == [6.5], name
+    for ax in figs["all_metrics"].axes:
+        if ax.get_title():
+            assert ax.get_xlabel() == "step" and ax.get_ylabel(), ax.get_title()
+    assert [a.get_ylabel() for a in figs["all_metrics"].axes if a.get_title() == "time/train"] == ["seconds"]
+    for f in figs.values():
+        plt.close(f)
