@@ -18,8 +18,19 @@ the metrics' step must use the same numbering.
 W&B (imported only when enabled): wandb.init(dir=run_dir, mode=cfg.logging.wandb_mode,
 config=the resolved config). "online" without WANDB_API_KEY or a netrc entry for the
 W&B host falls back to "offline" with a printed note. The W&B run id is kept in
-run_dir/wandb_run_id so a resumed run continues the same W&B run (W&B drops steps it
-has already seen; see `wandb sync` for offline runs).
+run_dir/wandb_run_id so a resumed run continues the same W&B run.
+
+W&B after a resume: a killed process may not have handed its last steps to W&B, and
+W&B refuses steps below the highest one it has. So a resumed logger first re-sends the
+kept metrics.jsonl records (steps <= resume_step) from the W&B run's next step on
+(online: the step W&B reports; offline: every kept step, each process writing its own
+offline file, and `wandb sync` keeps the first copy of each step), and later does not
+send steps W&B already has (a resumed run recomputes them bit for bit). So W&B ends
+with every step once, as metrics.jsonl does.
+
+Sample completions: `log_samples(step, rows)` appends rows of {prompt, completion,
+reward, ...} to run_dir/samples.jsonl (truncated on resume like metrics.jsonl) and, with
+W&B, adds them to the `samples` table (columns: step and the rows' keys).
 """
 from __future__ import annotations
 
@@ -30,6 +41,7 @@ import time
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -105,12 +117,21 @@ class MetricsLogger:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         truncate_metrics(self.path, resume_step)
+        truncate_metrics(self.run_dir / SAMPLES_FILE, resume_step)
         self._file = open(self.path, "a")
         self._t0 = time.time()
         self._wandb = None
+        self._wandb_next = 0  # W&B refuses steps below this
+        self._samples_table = None
         self.wandb_mode = cfg.logging.wandb_mode
         if self.wandb_mode != "disabled":
             self._wandb = self._init_wandb(cfg)
+            self._wandb_next = self._wandb.step if self.wandb_mode == "online" else 0
+            for r in read_metrics(self.path):  # the kept steps W&B may lack (module docstring)
+                if r["step"] >= self._wandb_next:
+                    self._wandb.log({k: v for k, v in r.items() if k not in ("step", "time", "elapsed")},
+                                    step=r["step"])
+                    self._wandb_next = r["step"] + 1
 
     def _init_wandb(self, cfg):
         if self.wandb_mode == "online" and not wandb_credentials_present():
@@ -136,9 +157,28 @@ class MetricsLogger:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
-        if self._wandb is not None:
+        if self._wandb is not None and step >= self._wandb_next:
             self._wandb.log(values, step=int(step))
+            self._wandb_next = int(step) + 1
         return record
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        """Sample completions of a step: samples.jsonl, and W&B's `samples` table (call it
+        before `log(step, ...)`: the table joins that step's W&B row)."""
+        with open(self.run_dir / SAMPLES_FILE, "a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": int(step), **row}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self._wandb is not None and rows and step >= self._wandb_next:
+            import wandb
+
+            columns = ["step", *rows[0]]
+            if self._samples_table is None:  # one table that grows; W&B logs a snapshot each time
+                self._samples_table = wandb.Table(columns=columns, log_mode="INCREMENTAL")
+            for row in rows:
+                self._samples_table.add_data(int(step), *(row.get(c) for c in columns[1:]))
+            self._wandb.log({"samples": self._samples_table}, step=int(step), commit=False)
 
     def close(self) -> None:
         if not self._file.closed:

@@ -91,3 +91,44 @@ def test_credentials_detection(tmp_path, wandb_env, monkeypatch):
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     assert wandb_credentials_present()
+
+
+def test_wandb_after_resume_gets_every_step_once(tmp_path, wandb_env):
+    """Killed at step 8 with a checkpoint at 6: the resumed logger re-sends the kept steps
+    to W&B (the killed process may not have handed them over) and the run goes on, so the
+    resumed process's W&B history holds steps 1..10 once each, in order. What reaches W&B
+    is recorded at the real (offline) run's `log`."""
+    cfg = load_config(["logging.wandb_mode=offline", "run.name=w"])
+    first = MetricsLogger(tmp_path, cfg)
+    for s in range(1, 9):
+        first.log(s, {"reward/mean": s / 10})
+    first._file.close()  # the process dies here: no close(), W&B may have lost anything after step 3
+
+    sent = []
+    real_init = MetricsLogger._init_wandb
+
+    def spy_init(self, cfg):
+        run = real_init(self, cfg)
+        log = run.log
+        run.log = lambda data, step=None, commit=None: (sent.append((step, sorted(data))), log(data, step=step,
+                                                                                               commit=commit))[1]
+        return run
+
+    MetricsLogger._init_wandb = spy_init
+    try:
+        second = MetricsLogger(tmp_path, cfg, resume_step=6)
+        for s in range(7, 11):
+            second.log_samples(s, [{"prompt": "p", "completion": f"c{s}", "reward": 0.5}])
+            second.log(s, {"reward/mean": s / 10})
+        second.close()
+    finally:
+        MetricsLogger._init_wandb = real_init
+    metric_steps = [step for step, keys in sent if "reward/mean" in keys]
+    assert metric_steps == list(range(1, 11))
+    assert [step for step, keys in sent if keys == ["samples"]] == [7, 8, 9, 10]
+    assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 11))
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["completion"]) for r in samples] == [(s, f"c{s}") for s in range(7, 11)]
+    # a second resume truncates samples.jsonl with the metrics
+    MetricsLogger(tmp_path, load_config(["logging.wandb_mode=disabled"]), resume_step=8).close()
+    assert [json.loads(line)["step"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()] == [7, 8]
