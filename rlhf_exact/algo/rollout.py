@@ -1,0 +1,91 @@
+"""Pure arithmetic over one step's rollout (a group-major list of `Episode`s): the
+request seeds, scoring (group advantages and the DAPO equal-reward filter), the
+minibatch split, the loss normaliser of a minibatch, and the step's metrics.
+
+No Ray, no engine, no trainer: each function is a few lines over tensors and records,
+tested on CPU with hand-computed values (tests/algo/test_rollout.py). The objective
+itself (advantages, losses, KL) is grpo.py's.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from rlhf_exact.types import Episode, LossNorm, MinibatchResult
+
+from .grpo import equal_reward_groups, group_advantages, minibatches
+
+
+def request_seed(run_seed: int, step: int, prompt: int, group_size: int) -> int:
+    """Seed of sample 0 of a prompt (sample j uses seed + j): distinct per (step, prompt),
+    a function of the config and the step only, so a resumed run draws the same samples."""
+    return ((run_seed * 1_000_003 + step) * 65_537 + prompt) * group_size % (2 ** 31 - group_size)
+
+
+def score(episodes: Sequence[Episode], rewards: Sequence[float], errors: Sequence[str | None], group_size: int,
+          normalize_std: bool = True, filter_equal_reward_groups: bool = False) -> list[Episode]:
+    """The episodes with their reward, reward error, group advantage and `kept` flag
+    (False for every episode of a group whose rewards are all equal, when filtering)."""
+    r = torch.tensor(list(rewards), dtype=torch.float32)
+    adv = group_advantages(r, group_size, normalize_std=normalize_std)
+    keep = torch.ones(r.numel() // group_size, dtype=torch.bool)
+    if filter_equal_reward_groups:
+        keep = ~equal_reward_groups(r, group_size)
+    return [dataclasses.replace(e, reward=float(r[i]), reward_error=errors[i], advantage=float(adv[i]),
+                                kept=bool(keep[i // group_size]))
+            for i, e in enumerate(episodes)]
+
+
+def minibatch_split(episodes: Sequence[Episode], group_size: int, num_minibatches: int) -> list[list[int]]:
+    """Indices of the kept episodes per minibatch, whole groups together, in order (at
+    most one minibatch per kept group); [] when no group is kept."""
+    kept = [i for i, e in enumerate(episodes) if e.kept]
+    num_groups = len(kept) // group_size
+    if not num_groups:
+        return []
+    return [[kept[int(k)] for k in m] for m in minibatches(len(kept), min(num_minibatches, num_groups), group_size)]
+
+
+def loss_norm(episodes: Sequence[Episode], aggregation: str, max_tokens: int) -> LossNorm:
+    """The minibatch's normaliser: token_mean divides by its completion tokens, the
+    seq-means by its sequence count (seq_mean_token_sum also by max_tokens, Dr. GRPO's L)."""
+    tokens = sum(e.completion.numel() for e in episodes)
+    return LossNorm(num_seqs=len(episodes), aggregation=aggregation,
+                    loss_scale_tokens=tokens if aggregation == "token_mean" else max_tokens)
+
+
+def ratio_range(logprobs: Sequence[torch.Tensor], sampler_logprobs: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """(min, max) over all tokens of the importance ratio exp(logprob - sampler logprob);
+    exactly (1.0, 1.0) when the two are bitwise equal."""
+    r = torch.cat([torch.exp(a - b) for a, b in zip(logprobs, sampler_logprobs)])
+    return float(r.min()), float(r.max())
+
+
+def rollout_metrics(episodes: Sequence[Episode], group_size: int) -> dict[str, float]:
+    """reward/*, response_length/* and the kept-group counts of a scored rollout."""
+    rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
+    lengths = torch.tensor([e.completion.numel() for e in episodes], dtype=torch.float32)
+    kept = sum(e.kept for e in episodes) // group_size
+    return {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
+            "reward/errors": float(sum(e.reward_error is not None for e in episodes)),
+            "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
+            "response_length/min": float(lengths.min()),
+            "train/groups_kept": float(kept), "train/groups": float(len(episodes) // group_size)}
+
+
+def update_metrics(updates: Sequence[MinibatchResult], lr: float, kl: bool = False,
+                   entropy: bool = False) -> dict[str, float]:
+    """train/* over a step's minibatch updates: loss and gradient norm averaged over the
+    updates, clip fraction (and KL to the reference, entropy when asked) per token."""
+    n = max(1, len(updates))
+    tokens = max(sum(u.tokens for u in updates), 1.0)
+    out = {"train/loss": sum(u.loss for u in updates) / n,
+           "train/clip_frac": sum(u.clipped_tokens for u in updates) / tokens,
+           "train/grad_norm": sum(u.grad_norm for u in updates) / n, "train/lr": lr}
+    if kl:
+        out["train/kl_ref"] = sum(u.kl for u in updates) / tokens
+    if entropy:
+        out["train/entropy"] = sum(u.entropy for u in updates) / tokens
+    return out

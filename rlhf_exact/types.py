@@ -1,0 +1,96 @@
+"""The records that cross component boundaries: what the loop hands the sampler group
+and the trainer group, and what they hand back.
+
+    prompts --SamplerGroup.sample--> Episode (prompt, completion, sampler logprobs,
+        finish reason)  --algo.rollout.score--> Episode with reward, advantage, kept
+    Episode --> TrainSeq (+ old / reference logprobs, TIS weights)
+        --TrainerGroup.logprobs--> [L] logprobs per sequence
+        --TrainerGroup.train_minibatch(seqs, LossNorm)--> MinibatchResult
+
+Per-token fields are tensors: token ids int64 [P] / [L], logprobs and weights fp32 [L]
+(L = completion length). Records are frozen; a phase that adds to one returns a new
+one (`dataclasses.replace`). This module imports torch only, so the trainer ranks, the
+sampler actors and the multi-GPU check can all use it.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """One sampled completion of one prompt, and what the step learned about it.
+    A step's episodes are group-major: `group_size` consecutive episodes per prompt."""
+
+    group: int  # index of the prompt within the step (the group the advantage is relative to)
+    prompt: torch.Tensor  # [P] int64 prompt token ids
+    completion: torch.Tensor  # [L] int64 generated token ids
+    sampler_logprobs: torch.Tensor  # [L] fp32, the sampler's logprob of each generated token
+    finish_reason: str  # "stop" (EOS or a stop token) or "length"
+    reward: float = 0.0  # total weighted reward (0.0 for a completion whose reward failed, on_error=skip)
+    reward_error: str | None = None  # why a reward function failed on it (on_error=skip), else None
+    advantage: float = 0.0  # group-relative advantage (every token of the completion gets it)
+    kept: bool = True  # False: its group was dropped before the update (equal-reward filter)
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt + completion tokens: what the trainer packs for it."""
+        return self.prompt.numel() + self.completion.numel()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSeq:
+    """One sequence for the trainer: tokens and, for an update, its per-token targets."""
+
+    prompt: torch.Tensor  # [P] int64
+    completion: torch.Tensor  # [L] int64; the trainer computes the logprobs of these tokens
+    old_logprobs: torch.Tensor | None = None  # [L] fp32, the PPO ratio's denominator (update only)
+    advantage: float = 0.0  # the sequence's advantage (update only)
+    tis: torch.Tensor | None = None  # [L] fp32 truncated importance weights (kernels=default + TIS), else None
+    ref_logprobs: torch.Tensor | None = None  # [L] fp32 reference-policy logprobs (kl_coef > 0), else None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt.numel() + self.completion.numel()
+
+
+@dataclasses.dataclass(frozen=True)
+class LossNorm:
+    """The WHOLE minibatch's counts, given to every rank, so that the per-micro-batch
+    losses of all ranks sum to the minibatch loss (algo/grpo.py `token_weights`)."""
+
+    num_seqs: int  # sequences of the minibatch (all ranks)
+    aggregation: str  # "token_mean" | "seq_mean_token_mean" | "seq_mean_token_sum"
+    loss_scale_tokens: int | None = None  # token_mean: the minibatch's completion tokens; seq_mean_token_sum:
+    # the constant L (max response length); seq_mean_token_mean: unused
+
+
+@dataclasses.dataclass
+class MinibatchResult:
+    """One optimizer step over a minibatch: sums over its real (not padding) tokens, and
+    the logprobs the training forward computed, per sequence in the order given."""
+
+    loss: float = 0.0  # sum of the micro-batch losses (= the minibatch loss)
+    clipped_tokens: float = 0.0  # tokens whose ratio was clipped
+    tokens: float = 0.0  # completion tokens
+    kl: float = 0.0  # sum over tokens of the KL-to-reference estimate (kl_coef > 0)
+    entropy: float = 0.0  # sum over tokens of the policy entropy (entropy_coef > 0)
+    grad_norm: float = 0.0  # global gradient L2 norm before clipping
+    nonfinite: bool = False  # the loss or a gradient was not finite: the step was not applied
+    forward_logprobs: list[torch.Tensor] = dataclasses.field(default_factory=list)  # per sequence [L] fp32
+
+    @staticmethod
+    def merge(ranks: list[MinibatchResult], forward_logprobs: list[torch.Tensor]) -> MinibatchResult:
+        """The group's result from its ranks' (sums added in rank order; the gradient norm is
+        global, so every rank holds the same one)."""
+        total = MinibatchResult(grad_norm=ranks[0].grad_norm, nonfinite=any(r.nonfinite for r in ranks),
+                                forward_logprobs=forward_logprobs)
+        for r in ranks:
+            total.loss += r.loss
+            total.clipped_tokens += r.clipped_tokens
+            total.tokens += r.tokens
+            total.kl += r.kl
+            total.entropy += r.entropy
+        return total

@@ -1,0 +1,90 @@
+"""algo/rollout.py with hand-computed values: scoring (GRPO advantages, the equal-reward
+filter), the minibatch split, the loss normaliser, the importance-ratio range, and the
+step metrics.
+
+    python -m pytest tests/algo/test_rollout.py -q
+"""
+import math
+
+import pytest
+import torch
+
+from rlhf_exact.algo.rollout import (loss_norm, minibatch_split, ratio_range, request_seed, rollout_metrics, score,
+                                     update_metrics)
+from rlhf_exact.types import Episode, LossNorm, MinibatchResult
+
+
+def ep(group, completion_len, prompt_len=3):
+    return Episode(group=group, prompt=torch.arange(prompt_len), completion=torch.arange(completion_len),
+                   sampler_logprobs=torch.zeros(completion_len), finish_reason="length")
+
+
+def test_request_seed_values():
+    assert request_seed(0, 0, 0, 4) == 0
+    assert request_seed(0, 1, 2, 4) == (65_537 + 2) * 4  # (0 * 1_000_003 + 1) * 65_537 + 2, times g
+    assert request_seed(1, 0, 0, 2) == 1_000_003 * 65_537 * 2 % (2 ** 31 - 2)
+    seeds = {request_seed(0, s, p, 8) for s in range(5) for p in range(5)}
+    assert len(seeds) == 25  # distinct per (step, prompt)
+
+
+def test_score_grpo_and_filter():
+    eps = [ep(0, 2), ep(0, 2), ep(1, 2), ep(1, 2)]
+    out = score(eps, [1.0, 0.0, 0.5, 0.5], [None, None, "boom", None], group_size=2, normalize_std=False,
+                filter_equal_reward_groups=True)
+    assert [e.reward for e in out] == [1.0, 0.0, 0.5, 0.5]
+    assert [e.advantage for e in out] == [0.5, -0.5, 0.0, 0.0]  # r - group mean (Dr. GRPO)
+    assert [e.kept for e in out] == [True, True, False, False]  # group 1: all rewards equal
+    assert [e.reward_error for e in out] == [None, None, "boom", None]
+    assert eps[0].reward == 0.0  # the input records are not changed
+
+    out = score(eps, [1.0, 0.0, 0.5, 0.5], [None] * 4, group_size=2)  # GRPO: / (unbiased std + 1e-6)
+    std = math.sqrt(0.5)  # of (1, 0): ((0.5^2 + 0.5^2) / (2 - 1)) ** 0.5
+    assert out[0].advantage == pytest.approx(0.5 / (std + 1e-6), rel=1e-6)
+    assert all(e.kept for e in out)
+
+
+def test_minibatch_split_keeps_groups_whole():
+    eps = [ep(g, 1) for g in range(3) for _ in range(2)]
+    assert minibatch_split(eps, 2, 2) == [[0, 1, 2, 3], [4, 5]]
+    dropped = [e if e.group != 1 else Episode(**{**e.__dict__, "kept": False}) for e in eps]
+    assert minibatch_split(dropped, 2, 5) == [[0, 1], [4, 5]]  # at most one minibatch per kept group
+    assert minibatch_split([Episode(**{**e.__dict__, "kept": False}) for e in eps], 2, 1) == []
+
+
+def test_loss_norm():
+    eps = [ep(0, 2), ep(0, 5)]
+    assert loss_norm(eps, "token_mean", 12) == LossNorm(2, "token_mean", 7)
+    assert loss_norm(eps, "seq_mean_token_sum", 12) == LossNorm(2, "seq_mean_token_sum", 12)
+
+
+def test_ratio_range():
+    a = [torch.tensor([0.0, -1.0]), torch.tensor([-2.0])]
+    assert ratio_range(a, [t.clone() for t in a]) == (1.0, 1.0)
+    lo, hi = ratio_range([torch.tensor([0.0, math.log(2.0)])], [torch.tensor([math.log(4.0), 0.0])])
+    assert lo == pytest.approx(0.25) and hi == pytest.approx(2.0)
+
+
+def test_rollout_metrics():
+    eps = score([ep(0, 2), ep(0, 4), ep(1, 6), ep(1, 8)], [1.0, 3.0, 2.0, 2.0], [None, "x", None, None], 2,
+                filter_equal_reward_groups=True)
+    m = rollout_metrics(eps, 2)
+    assert m == {"reward/mean": 2.0, "reward/std": float(torch.tensor(0.5).sqrt()), "reward/errors": 1.0,  # fp32
+                 "response_length/mean": 5.0, "response_length/max": 8.0, "response_length/min": 2.0,
+                 "train/groups_kept": 1.0, "train/groups": 2.0}
+
+
+def test_update_metrics():
+    ups = [MinibatchResult(loss=1.0, clipped_tokens=2.0, tokens=8.0, kl=4.0, entropy=8.0, grad_norm=3.0),
+           MinibatchResult(loss=3.0, clipped_tokens=0.0, tokens=8.0, kl=0.0, entropy=8.0, grad_norm=1.0)]
+    assert update_metrics(ups, 0.5, kl=True, entropy=True) == {
+        "train/loss": 2.0, "train/clip_frac": 0.125, "train/grad_norm": 2.0, "train/lr": 0.5,
+        "train/kl_ref": 0.25, "train/entropy": 1.0}
+    assert update_metrics([], 0.1) == {"train/loss": 0.0, "train/clip_frac": 0.0, "train/grad_norm": 0.0,
+                                       "train/lr": 0.1}
+
+
+def test_minibatch_result_merge_sums_ranks():
+    r0 = MinibatchResult(loss=0.5, clipped_tokens=1.0, tokens=4.0, grad_norm=2.0)
+    r1 = MinibatchResult(loss=0.25, clipped_tokens=0.0, tokens=2.0, grad_norm=2.0, nonfinite=True)
+    m = MinibatchResult.merge([r0, r1], [torch.zeros(1)])
+    assert (m.loss, m.clipped_tokens, m.tokens, m.grad_norm, m.nonfinite) == (0.75, 1.0, 6.0, 2.0, True)
