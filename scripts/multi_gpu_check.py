@@ -292,26 +292,30 @@ def _trainer(rank: int, world: int, ports: tuple[int, int], spec: dict, job: dic
     from safetensors.torch import save_file
 
     from rlhf_exact.trainer.plan import plan
-    from rlhf_exact.trainer.worker import TrainerWorker
+    from rlhf_exact.trainer.worker import TrainerSpec, TrainerWorker
+    from rlhf_exact.types import LossNorm, TrainSeq
 
     who = f"W{world} r{rank}"
     if spec["device"] == "cuda":
         os.environ["LOCAL_RANK"] = str(rank)  # TrainerWorker picks cuda:LOCAL_RANK
-    w = TrainerWorker(rank, world, ports[0], spec)
+    w = TrainerWorker(rank, world, ports[0], TrainerSpec(**spec))
     dev, cfg = w.device, job["workload"]
     res = {"env": _env_in_force(), "device": str(dev), "steps": [], "syncs": []}
     sync = SyncGroup(0, ports[1], dev, job["sync_backend"], job["timeout_s"]) if rank == 0 else None
 
-    def run_logprobs(slots: list[dict]) -> list | None:
-        """Logprobs of every slot, planned over the W ranks, gathered on rank 0."""
-        p = plan([len(s["prompt"]) + len(s["completion"]) for s in slots], world, cfg["max_tokens"])[rank]
+    def seq(s: dict) -> TrainSeq:
+        return TrainSeq(torch.tensor(s["prompt"], dtype=torch.int64), torch.tensor(s["completion"], dtype=torch.int64))
+
+    def run_logprobs(slots: list[TrainSeq]) -> list | None:
+        """Logprobs of every sequence, planned over the W ranks, gathered on rank 0."""
+        p = plan([s.num_tokens for s in slots], world, cfg["max_tokens"])[rank]
         got = w.logprobs([[slots[i] for i in micro] for micro in p])
         mine = {i: t for micro, lps in zip(p, got) for i, t in zip(micro, lps)}
         return _gather_indexed(mine, len(slots), rank)
 
     # part 1: fixed sequences
     t0 = time.perf_counter()
-    lp1 = run_logprobs(job["part1"])
+    lp1 = run_logprobs([seq(s) for s in job["part1"]])
     if rank == 0:
         save_file({f"seq{i}": t.contiguous() for i, t in enumerate(lp1)}, job["part1_file"])
         res["part1_s"] = time.perf_counter() - t0
@@ -324,7 +328,7 @@ def _trainer(rank: int, world: int, ports: tuple[int, int], spec: dict, job: dic
         box = [rollout]
         dist.broadcast_object_list(box, src=0)
         rollout = box[0]
-        slots = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rollout]
+        slots = [seq(r) for r in rollout]
         lp = run_logprobs(slots)
         if rank == 0:
             s_lp = [r["logprobs"] for r in rollout]
@@ -339,17 +343,15 @@ def _trainer(rank: int, world: int, ports: tuple[int, int], spec: dict, job: dic
             break
 
         # the training step (parts 3, 4): old logprobs = the sampler's; fixed synthetic advantages
-        train = [{**s, "old_logprobs": r["logprobs"].tolist(), "advantages": ADVANTAGES[i % len(ADVANTAGES)]}
-                 for i, (s, r) in enumerate(zip(slots, rollout))]
-        lengths = [len(s["prompt"]) + len(s["completion"]) for s in train]
-        agg = {"num_seqs": len(train), "aggregation": "token_mean",
-               "loss_scale_tokens": sum(len(s["completion"]) for s in train)}
-        p = plan(lengths, world, cfg["max_tokens"])[rank]
-        out = w.train_minibatch([[train[i] for i in micro] for micro in p], agg)
-        fwd = {i: t for micro, lps in zip(p, out["forward_logprobs"]) for i, t in zip(micro, lps)}
+        train = [TrainSeq(s.prompt, s.completion, old_logprobs=r["logprobs"],
+                          advantage=ADVANTAGES[i % len(ADVANTAGES)]) for i, (s, r) in enumerate(zip(slots, rollout))]
+        norm = LossNorm(len(train), "token_mean", sum(s.completion.numel() for s in train))
+        p = plan([s.num_tokens for s in train], world, cfg["max_tokens"])[rank]
+        out = w.train_minibatch([[train[i] for i in micro] for micro in p], norm)
+        fwd = {i: t for micro, lps in zip(p, out.forward_logprobs) for i, t in zip(micro, lps)}
         fwd = _gather_indexed(fwd, len(train), rank)
         sums = [None] * world if rank == 0 else None
-        dist.gather_object(out["sums"]["loss"], sums, dst=0)
+        dist.gather_object(out.loss, sums, dst=0)
         lr = w.end_step()
 
         t0 = time.perf_counter()
@@ -358,11 +360,11 @@ def _trainer(rank: int, world: int, ports: tuple[int, int], spec: dict, job: dic
         if rank == 0:
             fwd_cmp = _compare([r["logprobs"] for r in rollout], fwd)
             loss = sum(sums)  # rank order: the same float additions in every run
-            row.update(loss=loss, grad_norm=out.get("grad_norm"), lr=lr, nonfinite=out["nonfinite"],
+            row.update(loss=loss, grad_norm=out.grad_norm, lr=lr, nonfinite=out.nonfinite,
                        train_fwd_tokens=fwd_cmp["tokens"], train_fwd_equal=fwd_cmp["equal"])
             res["steps"].append(row)
             trace[f"loss{step}"] = torch.tensor([loss], dtype=torch.float64)
-            trace[f"grad_norm{step}"] = torch.tensor([out.get("grad_norm", math.nan)], dtype=torch.float64)
+            trace[f"grad_norm{step}"] = torch.tensor([out.grad_norm], dtype=torch.float64)
             sent = sync.send_weights(full, job["bucket_bytes"])
             back = sync.recv_weights(1, job["bucket_bytes"], None)
             equal = sum(torch.equal(back[n], full[n]) for n in full) if set(back) == set(full) else 0

@@ -1,17 +1,30 @@
 """The FSDP2 trainer group as Ray actors: `world_size` `TrainerWorker` ranks in one
-placement group, called together (every FSDP2 collective needs every rank).
+placement group, called together (every FSDP2 collective needs every rank). The group
+plans which rank computes which sequences (trainer/plan.py) and puts the results back
+in sequence order, so its caller speaks in sequences, not ranks.
 
-    group = TrainerGroup(spec, world_size=2, device="cpu")
-    per_rank = group.call("logprobs", plans)        # plans[r] goes to rank r
-    weights = group.call_same("full_weights")[0]    # rank 0's return value
+    trainer = TrainerGroup.from_config(cfg, model_path)
+    logprobs = trainer.logprobs(seqs)                  # [L] fp32 per TrainSeq, in order
+    result = trainer.train_minibatch(seqs, LossNorm(len(seqs), "token_mean", tokens))
+    lr = trainer.end_step()
+    weights = trainer.full_weights("bfloat16")         # HF-named tensors (rank 0's)
 
-Ray is imported here and in the loop only; worker.py stays plain.
+The twin of sampler/group.py. Each rank selects its own kernels (exact or stock) from
+the spec before its process group starts (worker.py). Ray is imported here only;
+worker.py stays plain.
 """
 from __future__ import annotations
 
+import math
 import socket
+from collections.abc import Callable, Sequence
 
-from .worker import TrainerWorker
+import torch
+
+from rlhf_exact.types import LossNorm, MinibatchResult, TrainSeq
+
+from . import plan as planner
+from .worker import TrainerSpec, TrainerWorker
 
 
 def free_port() -> int:
@@ -21,13 +34,13 @@ def free_port() -> int:
 
 
 class TrainerGroup:
-    def __init__(self, spec: dict, world_size: int, device: str = "cpu", cpus_per_rank: float = 0.5,
-                 gpus_per_rank: float = 1.0):
+    def __init__(self, spec: TrainerSpec, world_size: int, micro_batch_tokens: int, device: str = "cpu",
+                 cpus_per_rank: float = 0.5, gpus_per_rank: float = 1.0):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        self.world_size = world_size
+        self.world_size, self.micro_batch_tokens = world_size, micro_batch_tokens
         bundle = {"CPU": cpus_per_rank} | ({"GPU": gpus_per_rank} if device == "cuda" else {})
         self.pg = placement_group([bundle] * world_size, strategy="PACK")
         ray.get(self.pg.ready())
@@ -39,20 +52,85 @@ class TrainerGroup:
                         runtime_env={"env_vars": {"LOCAL_RANK": "0", "OMP_NUM_THREADS": "1"}})
             .remote(r, world_size, port, spec)
             for r in range(world_size)]
-        self.call_same("ready")  # surfaces a rank's constructor error here
+        self._all(lambda a: a.ready.remote())  # surfaces a rank's constructor error here
 
-    def call(self, method: str, per_rank_args: list, **kwargs) -> list:
-        """rank r runs method(per_rank_args[r], **kwargs); returns the ranks' results."""
-        return self._wait([getattr(a, method).remote(arg, **kwargs) for a, arg in zip(self.actors, per_rank_args)])
+    @classmethod
+    def from_config(cls, cfg, model_path) -> TrainerGroup:
+        """The run's trainer: the spec from the algorithm, model and trainer sections."""
+        a, c = cfg.algorithm, cfg.cluster
+        spec = TrainerSpec(
+            model_path=str(model_path), exact=cfg.kernels == "exact", device=c.device,
+            param_dtype=cfg.trainer.param_dtype, compute_dtype=cfg.trainer.compute_dtype,
+            temperature=cfg.sampling.temperature, lr=a.lr, betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_eps,
+            weight_decay=a.weight_decay, max_grad_norm=a.max_grad_norm if a.max_grad_norm > 0 else math.inf,
+            warmup_steps=a.warmup_steps, clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high,
+            kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef,
+            activation_checkpointing=cfg.model.activation_checkpointing)
+        colocated = c.device == "cuda" and c.colocate
+        return cls(spec, cfg.trainer.world_size, cfg.trainer.micro_batch_tokens, device=c.device,
+                   cpus_per_rank=0.5 if c.device == "cpu" else 1,
+                   gpus_per_rank=0.6 if colocated else 1.0)  # + a sampler's 0.4
 
-    def call_same(self, method: str, *args, **kwargs) -> list:
-        return self._wait([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
+    # ------------------------------------------------------------------ per sequence
 
-    def _wait(self, refs: list) -> list:
-        """All ranks' results. When one rank fails, the others are stuck in a collective
-        that will never complete: the group is killed and the first error raised."""
+    def logprobs(self, seqs: Sequence[TrainSeq], reference: bool = False) -> list[torch.Tensor]:
+        """The trainer's logprobs [L] fp32 of each sequence's completion tokens, from the
+        policy or (reference=True) the frozen reference policy."""
+        p = self._plan(seqs)
+        parts = planner.scatter(p, seqs.__getitem__)
+        per_rank = self._all(lambda a, part: a.logprobs.remote(part, reference=reference), parts)
+        return planner.gather(p, per_rank, len(seqs))
+
+    def train_minibatch(self, seqs: Sequence[TrainSeq], norm: LossNorm) -> MinibatchResult:
+        """One optimizer step over the minibatch `seqs` (every rank steps, or none when the
+        loss or a gradient is not finite: `nonfinite`)."""
+        p = self._plan(seqs)
+        parts = planner.scatter(p, seqs.__getitem__)
+        ranks = self._all(lambda a, part: a.train_minibatch.remote(part, norm), parts)
+        return MinibatchResult.merge(ranks, planner.gather(p, [r.forward_logprobs for r in ranks], len(seqs)))
+
+    def _plan(self, seqs: Sequence[TrainSeq]) -> list[list[list[int]]]:
+        return planner.plan([s.num_tokens for s in seqs], self.world_size, self.micro_batch_tokens)
+
+    # ------------------------------------------------------------------ whole model
+
+    def end_step(self) -> float:
+        """Advance every rank's LR schedule; returns the new learning rate."""
+        return self._all(lambda a: a.end_step.remote())[0]
+
+    def full_weights(self, dtype: str | None = "bfloat16") -> dict[str, torch.Tensor]:
+        """The policy gathered from every shard: HF-named tensors on CPU, cast to dtype
+        (None: the fp32 masters)."""
+        return self._all(lambda a: a.full_weights.remote(dtype))[0]
+
+    def state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+        """The trainer's part of a run checkpoint: (tensors {"model", "optimizer"}, meta)."""
+        return self._all(lambda a: a.state.remote())[0]
+
+    def load_state(self, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> None:
+        self._all(lambda a: a.load_state.remote(tensors, meta))
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        try:
+            self._all(lambda a: a.shutdown.remote())
+        finally:
+            for a in self.actors:
+                ray.kill(a)
+            remove_placement_group(self.pg)
+
+    # ------------------------------------------------------------------ Ray
+
+    def _all(self, call: Callable, per_rank: list | None = None) -> list:
+        """call(actor) on every rank, or call(actor, per_rank[r]) on rank r; the ranks'
+        results. When one rank fails, the others are stuck in a collective that will
+        never complete: the group is killed and the first error raised."""
         import ray
 
+        refs = [call(a) if per_rank is None else call(a, part) for a, part in
+                zip(self.actors, per_rank if per_rank is not None else self.actors)]
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -63,14 +141,3 @@ class TrainerGroup:
                     ray.kill(a)
                 raise
         return ray.get(refs)
-
-    def shutdown(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
-        try:
-            self.call_same("shutdown")
-        finally:
-            for a in self.actors:
-                ray.kill(a)
-            remove_placement_group(self.pg)

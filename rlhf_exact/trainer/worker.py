@@ -27,15 +27,18 @@ from collections.abc import Sequence
 
 import torch
 
+from rlhf_exact.types import LossNorm, MinibatchResult, TrainSeq
+
 
 @dataclasses.dataclass
 class TrainerSpec:
-    """What every rank needs to build the same trainer (a plain dict crosses Ray)."""
+    """What every rank needs to build the same trainer (TrainerGroup.from_config builds it)."""
 
     model_path: str
     exact: bool = True
     device: str = "cpu"
-    compute_dtype: str = "bfloat16"
+    param_dtype: str = "float32"  # master weights and optimizer state
+    compute_dtype: str = "bfloat16"  # FSDP2 mixed precision: the forward's dtype
     temperature: float = 1.0
     lr: float = 1e-5
     betas: tuple[float, float] = (0.9, 0.999)
@@ -52,27 +55,15 @@ class TrainerSpec:
     num_threads: int = 1
 
 
-@dataclasses.dataclass
-class SeqSlot:
-    """One sequence in a micro-batch: prompt + completion token ids and, for training,
-    per-completion-token data (all [L] with L = len(completion))."""
-
-    prompt: list[int]
-    completion: list[int]
-    old_logprobs: list[float] | None = None  # the ratio's denominator
-    advantages: float = 0.0  # the sequence's advantage (every token gets it)
-    tis: list[float] | None = None  # truncated importance weights (kernels=default), else None
-    ref_logprobs: list[float] | None = None  # reference policy (kl_coef > 0)
-
-
 # Fills an empty micro-batch slot (its loss is multiplied by 0); it carries every
-# per-token field a real slot may carry, so the same loss code runs on it.
-DUMMY = SeqSlot(prompt=[0], completion=[0], old_logprobs=[0.0], advantages=0.0, ref_logprobs=[0.0])
+# per-token field a real sequence may carry, so the same loss code runs on it.
+DUMMY = TrainSeq(prompt=torch.zeros(1, dtype=torch.int64), completion=torch.zeros(1, dtype=torch.int64),
+                 old_logprobs=torch.zeros(1), advantage=0.0, ref_logprobs=torch.zeros(1))
 
 
 class TrainerWorker:
-    def __init__(self, rank: int, world_size: int, master_port: int, spec: dict):
-        self.spec = TrainerSpec(**spec)
+    def __init__(self, rank: int, world_size: int, master_port: int, spec: TrainerSpec):
+        self.spec = spec
         self.rank, self.world_size = rank, world_size
         torch.set_num_threads(self.spec.num_threads)
         if self.spec.exact:
@@ -112,8 +103,9 @@ class TrainerWorker:
 
         from rlhf_exact.models.checkpoint import load_model
 
-        model, config = load_model(self.spec.model_path, dtype=torch.float32, device=self.device,
-                                   activation_checkpointing=self.spec.activation_checkpointing)
+        s = self.spec
+        model, config = load_model(s.model_path, dtype=getattr(torch, s.param_dtype), device=self.device,
+                                   activation_checkpointing=s.activation_checkpointing)
         mesh = init_device_mesh(self.device.type, (self.world_size,))
         mp = MixedPrecisionPolicy(param_dtype=getattr(torch, self.spec.compute_dtype), reduce_dtype=torch.float32,
                                   cast_forward_inputs=False)
@@ -131,7 +123,7 @@ class TrainerWorker:
 
     # ------------------------------------------------------------------ forward
 
-    def _forward(self, model, slots: Sequence[SeqSlot], entropy: bool = False):
+    def _forward(self, model, slots: Sequence[TrainSeq], entropy: bool = False):
         """Per slot: the logprobs [L] of its completion tokens (fp32, grad if enabled);
         with entropy=True also the entropy [L] of each of those tokens' distributions.
         Both come from the same logits and the same `token_logprobs` call, so asking
@@ -139,9 +131,9 @@ class TrainerWorker:
         from rlhf_exact.models import qwen3, stock
         from rlhf_exact.models.qwen3 import pack_sequences
 
-        batch = pack_sequences([s.prompt + s.completion for s in slots]).to(self.device)
+        batch = pack_sequences([s.prompt.tolist() + s.completion.tolist() for s in slots]).to(self.device)
         starts = batch.cu_seqlens.tolist()
-        spans = [(a + len(s.prompt) - 1, len(s.completion)) for a, s in zip(starts, slots)]
+        spans = [(a + s.prompt.numel() - 1, s.completion.numel()) for a, s in zip(starts, slots)]
         T = self.spec.temperature
         if not entropy:
             lp = model(batch.input_ids, batch.positions, batch.context, targets=batch.targets, temperature=T)
@@ -157,14 +149,14 @@ class TrainerWorker:
         ent = -(lsm.exp() * lsm).sum(-1)
         return [lp[a:a + n] for a, n in spans], [ent[a:a + n] for a, n in spans]
 
-    def _slots(self, micro: Sequence[dict | SeqSlot]) -> list[SeqSlot]:
-        slots = [s if isinstance(s, SeqSlot) else SeqSlot(**s) for s in micro]
-        return slots or [DUMMY]
+    @staticmethod
+    def _slots(micro: Sequence[TrainSeq]) -> list[TrainSeq]:
+        return list(micro) or [DUMMY]
 
     @torch.no_grad()
-    def logprobs(self, plan: Sequence[Sequence[dict]], reference: bool = False) -> list[list[torch.Tensor]]:
-        """plan: micro-batches of slots (this rank's). Returns, per micro-batch, the
-        completion logprobs of each slot ([L] fp32 on CPU), from the policy or the frozen
+    def logprobs(self, plan: Sequence[Sequence[TrainSeq]], reference: bool = False) -> list[list[torch.Tensor]]:
+        """plan: micro-batches of sequences (this rank's). Returns, per micro-batch, the
+        completion logprobs of each sequence ([L] fp32 on CPU), from the policy or the frozen
         reference."""
         model = self.ref if reference else self.model
         out = []
@@ -175,21 +167,22 @@ class TrainerWorker:
 
     # ------------------------------------------------------------------ update
 
-    def train_minibatch(self, plan: Sequence[Sequence[dict]], agg: dict, check_finite: bool = True) -> dict:
+    def train_minibatch(self, plan: Sequence[Sequence[TrainSeq]], norm: LossNorm,
+                        check_finite: bool = True) -> MinibatchResult:
         """One optimizer step over this rank's micro-batches of one minibatch.
 
-        agg: {"num_seqs", "aggregation", "loss_scale_tokens"} of the WHOLE minibatch
-        (all ranks), so the per-micro-batch `policy_loss` values sum to the minibatch
-        loss. Returns this rank's metric sums and, per micro-batch, the logprobs its
-        forward computed (the driver reports the first minibatch's importance ratio
-        against the sampler from them). A non-finite loss or gradient on any rank skips
-        the optimizer step on every rank."""
+        norm: the WHOLE minibatch's counts (all ranks), so the per-micro-batch
+        `policy_loss` values sum to the minibatch loss. Returns this rank's sums and its
+        forward's logprobs as `forward_logprobs[micro][k]` (the group puts them back in
+        sequence order; the loop reports the first minibatch's importance ratio against
+        the sampler from them). A non-finite loss or gradient on any rank skips the
+        optimizer step on every rank."""
         from rlhf_exact.algo.grpo import aggregate, kl_penalty, policy_loss
 
         s = self.spec
         self.model.train()
-        sums = {"loss": 0.0, "clip_frac": 0.0, "tokens": 0.0, "kl": 0.0, "entropy": 0.0}
-        forward_logprobs = []
+        out = MinibatchResult()
+        how, scale = norm.aggregation, norm.loss_scale_tokens
         for micro in plan:
             slots = self._slots(micro)
             real = len(micro) > 0
@@ -197,42 +190,39 @@ class TrainerWorker:
                 lps, ents = self._forward(self.model, slots, entropy=True)
             else:
                 lps, ents = self._forward(self.model, slots), None
-            forward_logprobs.append([t.detach().float().cpu() for t in lps[:len(micro)]])
+            out.forward_logprobs.append([t.detach().float().cpu() for t in lps[:len(micro)]])
             lp = torch.cat(lps)
             dev = lp.device
-            seq_ids = torch.cat([torch.full((len(sl.completion),), k, dtype=torch.int64) for k, sl in enumerate(slots)])
-            seq_ids = seq_ids.to(dev)
-            cat = lambda name: torch.tensor(  # noqa: E731
-                [x for sl in slots for x in getattr(sl, name)], dtype=torch.float32, device=dev)
-            adv = torch.tensor([sl.advantages for sl in slots], dtype=torch.float32, device=dev)[seq_ids]
+            seq_ids = torch.cat([torch.full((sl.completion.numel(),), k, dtype=torch.int64)
+                                 for k, sl in enumerate(slots)]).to(dev)
+            cat = lambda name: torch.cat([getattr(sl, name) for sl in slots]).to(dev, torch.float32)  # noqa: E731
+            adv = torch.tensor([sl.advantage for sl in slots], dtype=torch.float32, device=dev)[seq_ids]
             tis = cat("tis") if slots[0].tis is not None else None
-            num_seqs, how, scale = agg["num_seqs"], agg["aggregation"], agg.get("loss_scale_tokens")
-            loss, m = policy_loss(lp, cat("old_logprobs"), adv, seq_ids, num_seqs, s.clip_eps_low, s.clip_eps_high,
-                                  how, scale, tis_weights=tis)
+            loss, m = policy_loss(lp, cat("old_logprobs"), adv, seq_ids, norm.num_seqs, s.clip_eps_low,
+                                  s.clip_eps_high, how, scale, tis_weights=tis)
             if self.ref is not None and s.kl_coef > 0:
                 kl = kl_penalty(lp, cat("ref_logprobs"), s.kl_estimator)
-                loss = loss + s.kl_coef * aggregate(kl, seq_ids, num_seqs, how, scale)
-                sums["kl"] += float(kl.detach().sum()) if real else 0.0
+                loss = loss + s.kl_coef * aggregate(kl, seq_ids, norm.num_seqs, how, scale)
+                out.kl += float(kl.detach().sum()) if real else 0.0
             if ents is not None:  # entropy bonus: the loss falls as entropy rises
                 ent = torch.cat(ents)
-                loss = loss - s.entropy_coef * aggregate(ent, seq_ids, num_seqs, how, scale)
-                sums["entropy"] += float(ent.detach().sum()) if real else 0.0
+                loss = loss - s.entropy_coef * aggregate(ent, seq_ids, norm.num_seqs, how, scale)
+                out.entropy += float(ent.detach().sum()) if real else 0.0
             if not real:
                 loss = loss * 0.0  # the dummy keeps this rank in step with the others' collectives
             else:
                 n = float(lp.numel())
-                sums["loss"] += float(loss.detach())
-                sums["clip_frac"] += m["clip_frac"] * n
-                sums["tokens"] += n
+                out.loss += float(loss.detach())
+                out.clipped_tokens += m["clip_frac"] * n
+                out.tokens += n
             (loss * self.world_size).backward()  # FSDP2 averages gradients over ranks
         # The global gradient norm is one reduction over every rank's shards: it is NaN/inf
         # on every rank as soon as any gradient element is (a non-finite loss gives
         # non-finite gradients, the dummy's too: NaN * 0 = NaN), so all ranks agree.
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        out = {"sums": sums, "forward_logprobs": forward_logprobs, "nonfinite": not math.isfinite(grad_norm),
-               "grad_norm": grad_norm}
-        if check_finite and out["nonfinite"]:
+        out.grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        out.nonfinite = not math.isfinite(out.grad_norm)
+        if check_finite and out.nonfinite:
             self.optimizer.zero_grad(set_to_none=True)  # the step is not applied
             return out
         self.optimizer.step()
@@ -249,7 +239,7 @@ class TrainerWorker:
 
     def full_weights(self, dtype: str | None = "bfloat16") -> dict[str, torch.Tensor] | None:
         """All-gathers the policy; rank 0 returns HF-named tensors on CPU (cast to dtype;
-        None keeps fp32 masters; lm_head left out when tied), other ranks None. Every
+        None keeps the masters' dtype, trainer.param_dtype; lm_head left out when tied), other ranks None. Every
         rank must call it."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

@@ -17,13 +17,15 @@ from rlhf_exact.models.checkpoint import load_model  # noqa: E402
 from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs  # noqa: E402
 from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
 from rlhf_exact.trainer.group import TrainerGroup  # noqa: E402
-from rlhf_exact.trainer.plan import gather, plan, scatter  # noqa: E402
+from rlhf_exact.trainer.worker import TrainerSpec  # noqa: E402
+from rlhf_exact.types import LossNorm, TrainSeq  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 T = 0.7
 SEQS = [([5, 6, 7], [8, 9, 10, 11]), ([12, 13], [14, 15]), ([3] * 9, [4, 5, 6]), ([40] * 20, [41] * 7)]
-AGG = {"num_seqs": len(SEQS), "aggregation": "seq_mean_token_mean", "loss_scale_tokens": None}
+NORM = LossNorm(len(SEQS), "seq_mean_token_mean")
+MAX_TOKENS = 16  # micro-batch tokens: the four sequences take three micro-batches on one rank
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +34,21 @@ def model_dir(tmp_path_factory):
 
 
 def group(model_dir, world, **spec):
-    return TrainerGroup(dict(model_path=str(model_dir), exact=True, temperature=T, lr=1e-2, **spec), world)
+    return TrainerGroup(TrainerSpec(model_path=str(model_dir), exact=True, temperature=T, lr=1e-2, **spec), world,
+                        MAX_TOKENS)
 
 
-def per_rank(p, **extra):
-    return scatter(p, lambda i: dict(prompt=SEQS[i][0], completion=SEQS[i][1], **{k: v(i) for k, v in extra.items()}))
+def seqs(**extra):
+    return [TrainSeq(torch.tensor(a), torch.tensor(b), **{k: v(i) for k, v in extra.items()})
+            for i, (a, b) in enumerate(SEQS)]
 
 
-def recompute(g, world, max_tokens=16):
-    p = plan([len(a) + len(b) for a, b in SEQS], world, max_tokens)
-    return p, gather(p, g.call("logprobs", per_rank(p)), len(SEQS))
+def recompute(g, reference=False):
+    return g.logprobs(seqs(), reference=reference)
 
 
-def train(g, p, old, adv=lambda i: 1.0 - i, **extra):
-    return g.call("train_minibatch", per_rank(p, old_logprobs=lambda i: old[i].tolist(), advantages=adv, **extra),
-                  agg=AGG)
+def train(g, old, adv=lambda i: 1.0 - i, **extra):
+    return g.train_minibatch(seqs(old_logprobs=lambda i: old[i], advantage=adv, **extra), NORM)
 
 
 def test_recompute_one_vs_two_ranks_and_ratio_one(model_dir):
@@ -59,11 +61,10 @@ def test_recompute_one_vs_two_ranks_and_ratio_one(model_dir):
     for world in (1, 2):
         g = group(model_dir, world)
         try:
-            p, got = recompute(g, world)
+            got = recompute(g)
             for i in range(len(SEQS)):
                 assert torch.equal(got[i], want[i]), (world, i)
-            out = train(g, p, got)
-            fwd = gather(p, [o["forward_logprobs"] for o in out], len(SEQS))
+            fwd = train(g, got).forward_logprobs
             for i in range(len(SEQS)):
                 assert torch.equal(fwd[i], got[i]), ("training forward != recompute", world, i)
         finally:
@@ -73,23 +74,22 @@ def test_recompute_one_vs_two_ranks_and_ratio_one(model_dir):
 def test_nonfinite_loss_skips_step_and_kl_entropy_terms(model_dir):
     g = group(model_dir, 2, kl_coef=0.1, entropy_coef=0.01)
     try:
-        before = g.call_same("full_weights", None)[0]
-        p, old = recompute(g, 2)
-        ref = gather(p, g.call("logprobs", per_rank(p), reference=True), len(SEQS))
-        out = train(g, p, old, adv=lambda i: float("nan"), ref_logprobs=lambda i: ref[i].tolist())
-        assert all(o["nonfinite"] for o in out)
-        after = g.call_same("full_weights", None)[0]
+        before = g.full_weights(None)
+        old = recompute(g)
+        ref = recompute(g, reference=True)
+        out = train(g, old, adv=lambda i: float("nan"), ref_logprobs=lambda i: ref[i])
+        assert out.nonfinite
+        after = g.full_weights(None)
         assert all(torch.equal(before[k], after[k]) for k in before), "a skipped step changed weights"
 
-        out = train(g, p, old, ref_logprobs=lambda i: ref[i].tolist())
-        assert not any(o["nonfinite"] for o in out)
-        entropy = sum(o["sums"]["entropy"] for o in out)
-        assert entropy > 0  # an entropy per token was computed and summed
-        assert sum(o["sums"]["kl"] for o in out) == 0.0  # policy == reference before the first update
-        changed = g.call_same("full_weights", None)[0]
+        out = train(g, old, ref_logprobs=lambda i: ref[i])
+        assert not out.nonfinite
+        assert out.entropy > 0  # an entropy per token was computed and summed
+        assert out.kl == 0.0  # policy == reference before the first update
+        changed = g.full_weights(None)
         assert any(not torch.equal(before[k], changed[k]) for k in before)
-        out = train(g, p, old, ref_logprobs=lambda i: ref[i].tolist())
-        assert sum(o["sums"]["kl"] for o in out) != 0.0  # after an update the policy left the reference
+        out = train(g, old, ref_logprobs=lambda i: ref[i])
+        assert out.kl != 0.0  # after an update the policy left the reference
     finally:
         g.shutdown()
 
@@ -97,17 +97,17 @@ def test_nonfinite_loss_skips_step_and_kl_entropy_terms(model_dir):
 def test_state_round_trip_reproduces_the_next_step(model_dir):
     g = group(model_dir, 2)
     try:
-        p, old = recompute(g, 2)
-        train(g, p, old)
-        g.call_same("end_step")
-        tensors, meta = g.call_same("state")[0]
-        train(g, p, old)
-        g.call_same("end_step")
-        want = g.call_same("full_weights", None)[0]
-        g.call_same("load_state", tensors, meta)
-        train(g, p, old)
-        g.call_same("end_step")
-        got = g.call_same("full_weights", None)[0]
+        old = recompute(g)
+        train(g, old)
+        g.end_step()
+        tensors, meta = g.state()
+        train(g, old)
+        g.end_step()
+        want = g.full_weights(None)
+        g.load_state(tensors, meta)
+        train(g, old)
+        g.end_step()
+        got = g.full_weights(None)
         assert all(torch.equal(want[k], got[k]) for k in want)
     finally:
         g.shutdown()

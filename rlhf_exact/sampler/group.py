@@ -1,0 +1,142 @@
+"""The sampler group: `num_samplers` Ray actors, each one vLLM engine (engine.py) with
+the exact plugin, or stock vLLM for kernels=default. Prompts are dealt round-robin to
+the engines; results come back in prompt order.
+
+    samplers = SamplerGroup.from_config(cfg, model_path)
+    results = samplers.sample(prompts, n=8, params=SamplingConfig(max_tokens=64), seeds=seeds)
+    seconds = samplers.update_weights(trainer.full_weights("bfloat16"))
+
+The twin of trainer/group.py. It owns the samplers' kernel selection (each actor runs
+the exact-mode switch, or starts vLLM without plugins: VLLM_PLUGINS=none) and their
+restart logic: Ray restarts a dead actor (max_restarts), the group re-sends the latest
+weights to it and retries its share of the work. Ray is imported here and in actor.py
+only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Sequence
+
+import torch
+
+from .engine import SampleResult, SamplingConfig
+
+log = logging.getLogger("rlhf_exact")
+
+MAX_RESTARTS = 3  # per actor, by Ray
+
+
+class SamplerGroup:
+    def __init__(self, model_path: str | os.PathLike, num_samplers: int, *, exact: bool = True,
+                 device: str = "cpu", colocate: bool = False, bucket_bytes: int = 64 << 20, **engine_kwargs):
+        """engine_kwargs go to every engine (engine.Sampler: temperature, dtype, max_model_len, ...)."""
+        import ray
+
+        from .actor import sampler_actor
+
+        self.bucket_bytes = bucket_bytes
+        opts = dict(max_restarts=MAX_RESTARTS, max_task_retries=0)
+        if device == "cuda":
+            opts["num_gpus"] = 0.4 if colocate else 1
+        env = {} if exact else {"VLLM_PLUGINS": "none"}  # kernels=default: vLLM's own model and kernels
+        env |= {"OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+        opts["runtime_env"] = {"env_vars": env}
+        cls = sampler_actor(num_cpus=0.5 if device == "cpu" else 1, **opts)
+        self.actors = [cls.remote(str(model_path), exact=exact, **engine_kwargs) for _ in range(num_samplers)]
+        ray.get([a.ready.remote() for a in self.actors])  # surfaces an engine start error here
+        self.weights = None  # the latest weights sent (re-sent to a restarted actor)
+        self.restarts = 0
+
+    @classmethod
+    def from_config(cls, cfg, model_path: pathlib.Path) -> SamplerGroup:
+        """The run's samplers: engines from the sampler section, the temperature of sampling."""
+        s, c = cfg.sampler, cfg.cluster
+        kw = dict(temperature=cfg.sampling.temperature, dtype=cfg.model.dtype, max_model_len=s.max_model_len,
+                  max_num_seqs=s.max_num_seqs, enable_prefix_caching=s.enable_prefix_caching, seed=cfg.run.seed)
+        if s.kv_cache_bytes:
+            kw["kv_cache_memory_bytes"] = s.kv_cache_bytes
+        if c.device == "cuda":
+            kw["gpu_memory_utilization"] = s.gpu_memory_utilization
+            if not s.kv_cache_bytes:
+                kw["kv_cache_memory_bytes"] = None  # from gpu_memory_utilization
+        return cls(model_path, s.num_samplers, exact=cfg.kernels == "exact", device=c.device, colocate=c.colocate,
+                   bucket_bytes=c.weight_sync_bucket_mb << 20, **kw)
+
+    def sample(self, prompts: Sequence[Sequence[int]], n: int, params: SamplingConfig,
+               seeds: Sequence[int]) -> list[SampleResult]:
+        """n completions of every prompt (sample j of prompt i seeded seeds[i] + j), in
+        prompt order. A sampler that dies is restarted and its share sampled again."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        k = len(self.actors)
+        shares = {i: list(range(i, len(prompts), k)) for i in range(k)}
+        shares = {i: sh for i, sh in shares.items() if sh}
+
+        def submit(i):
+            share = shares[i]
+            return self.actors[i].sample.remote([prompts[j] for j in share], n, params, [seeds[j] for j in share])
+
+        out = [None] * len(prompts)
+        pending = {i: submit(i) for i in shares}
+        for _ in range(MAX_RESTARTS + 1):
+            failed = []
+            for i, ref in pending.items():
+                try:
+                    for j, r in zip(shares[i], ray.get(ref)):
+                        out[j] = r
+                except RayActorError as e:
+                    log.warning("sampler %d died during sampling (%s); waiting for Ray to restart it", i,
+                                type(e).__name__)
+                    failed.append(i)
+            if not failed:
+                return out
+            self.restarts += len(failed)
+            for i in failed:
+                self._revive(i)
+            pending = {i: submit(i) for i in failed}
+        raise RuntimeError("sampler actors kept dying; giving up")
+
+    def update_weights(self, weights: dict[str, torch.Tensor]) -> float:
+        """Send weights to every sampler (in place, bucketed); returns the slowest engine's seconds."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        self.weights = weights
+        ref = ray.put(weights)
+        refs = [a.update_weights.remote(ref, self.bucket_bytes) for a in self.actors]
+        seconds = []
+        for i, r in enumerate(refs):
+            try:
+                seconds.append(ray.get(r))
+            except RayActorError:
+                log.warning("sampler %d died during the weight update; waiting for Ray to restart it", i)
+                self.restarts += 1
+                self._revive(i)  # re-sends self.weights, the new ones
+        return max(seconds, default=0.0)
+
+    def _revive(self, i: int) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        for _ in range(120):
+            try:
+                ray.get(self.actors[i].ready.remote())
+                break
+            except RayActorError:
+                time.sleep(1.0)
+        if self.weights is not None:  # the restarted engine loaded the initial checkpoint
+            ray.get(self.actors[i].update_weights.remote(self.weights, self.bucket_bytes))
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.get(a.shutdown.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+            ray.kill(a)
