@@ -52,19 +52,13 @@ class NonFiniteLossError(RuntimeError):
 def prepare_model(cfg, run_dir: pathlib.Path) -> pathlib.Path:
     """The HF model directory the run starts from (the tiny model is built into the run
     directory, deterministically from run.seed, on the first start)."""
-    if not cfg.model.tiny:
+    if not cfg.model.tiny.enabled:
         return pathlib.Path(cfg.model.path)
     path = run_dir / "initial_model"
     if not (path / "config.json").exists():
         from rlhf_exact.models.tiny import make_tiny_model_dir
 
-        m = cfg.model
-        make_tiny_model_dir(path, seed=cfg.run.seed, std=0.05, vocab_size=m.tiny_vocab_size,
-                            hidden_size=m.tiny_hidden_size, intermediate_size=m.tiny_intermediate_size,
-                            num_hidden_layers=m.tiny_num_hidden_layers, num_attention_heads=m.tiny_num_attention_heads,
-                            num_key_value_heads=m.tiny_num_key_value_heads, head_dim=m.tiny_head_dim,
-                            max_position_embeddings=m.tiny_max_position_embeddings,
-                            tie_word_embeddings=m.tiny_tie_word_embeddings)
+        make_tiny_model_dir(path, seed=cfg.run.seed, std=0.05, **cfg.model.tiny.shape())
     return path
 
 
@@ -102,16 +96,13 @@ class Loop:
     # setup --------------------------------------------------------------------------
     def setup(self) -> None:
         from rlhf_exact.runtime.metrics import MetricsLogger
-        from rlhf_exact.sampler.engine import SamplingConfig
         from rlhf_exact.sampler.group import SamplerGroup
         from rlhf_exact.trainer.group import TrainerGroup
 
-        cfg, sp = self.cfg, self.cfg.sampling
+        cfg = self.cfg
         self.model_path = prepare_model(cfg, self.run_dir)
         self.tokenizer = _load_tokenizer(self.model_path)
         self.rows, self.stream = _load_data(cfg, self.tokenizer, self.model_path)
-        self.params = SamplingConfig(max_tokens=sp.max_tokens, top_k=sp.top_k, top_p=sp.top_p,
-                                     stop_token_ids=tuple(sp.stop_token_ids))
         init_ray(cfg)
         self.samplers = SamplerGroup.from_config(cfg, self.model_path)
         self.trainer = TrainerGroup.from_config(cfg, self.model_path)
@@ -161,7 +152,7 @@ class Loop:
         rows = next(self.stream)
         prompts = [list(r["prompt_ids"]) for r in rows]
         seeds = [request_seed(cfg.run.seed, step, i, g) for i in range(len(prompts))]
-        results = self.samplers.sample(prompts, g, self.params, seeds)
+        results = self.samplers.sample(prompts, g, seeds)
         bad = [(i, r.error) for i, r in enumerate(results) if r.error]
         if bad:
             raise RuntimeError(f"step {step}: the sampler refused prompt(s) {bad[:3]}")
@@ -211,8 +202,9 @@ class Loop:
 
         a = self.cfg.algorithm
         updates, ratio = [], (math.nan, math.nan)
+        splits = minibatch_split(episodes, a.group_size, a.num_minibatches)
         for epoch in range(a.epochs):
-            for k, ids in enumerate(minibatch_split(episodes, a.group_size, a.num_minibatches)):
+            for k, ids in enumerate(splits):
                 norm = loss_norm([episodes[i] for i in ids], a.loss_aggregation, self.cfg.sampling.max_tokens)
                 out = self.trainer.train_minibatch([seqs[i] for i in ids], norm)
                 if out.nonfinite:
@@ -297,11 +289,7 @@ class Loop:
                 first = first or m
                 last = m
                 bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl=f"{m['parity/kl']:.1e}")
-                log.info("step %d: reward %.4f  parity/kl %.3g  max|diff| %.3g  bitwise %.4f  ratio [%s, %s]  "
-                         "time %.1fs (sample %.1f, train %.1f, sync %.1f)", step + 1, m["reward/mean"],
-                         m["parity/kl"], m["parity/logprob_abs_diff_max"], m["parity/tokens_bitwise_equal_frac"],
-                         m["parity/ratio_min"], m["parity/ratio_max"], m["time/step"], m["time/sample"],
-                         m["time/train"], m["time/sync"])
+                _log_step(step + 1, m)
                 if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
                     self.checkpoint(step + 1)
             export = self.export()
@@ -318,6 +306,13 @@ class Loop:
                     obj.close() if name == "metrics" else obj.shutdown()
                 except Exception as e:  # noqa: BLE001 - shutting down after an error must not mask it
                     log.warning("closing %s: %s", name, e)
+
+
+def _log_step(step: int, m: dict[str, float]) -> None:
+    log.info("step %d: reward %.4f  parity/kl %.3g  max|diff| %.3g  bitwise %.4f  ratio [%s, %s]  "
+             "time %.1fs (sample %.1f, train %.1f, sync %.1f)", step, m["reward/mean"], m["parity/kl"],
+             m["parity/logprob_abs_diff_max"], m["parity/tokens_bitwise_equal_frac"], m["parity/ratio_min"],
+             m["parity/ratio_max"], m["time/step"], m["time/sample"], m["time/train"], m["time/sync"])
 
 
 def _load_tokenizer(model_path: pathlib.Path):

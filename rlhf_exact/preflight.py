@@ -12,7 +12,7 @@ entry point prints with exit status 2. What is checked, in this order:
   rewards  run.imports import; each reward.functions name resolves (a registered name or
            an import path 'pkg.module:fn') to a function that takes
            (completion_text, completion_ids, sample).
-  model    model.path (unless model.tiny): config.json is a Qwen3 config with model_type,
+  model    model.path (unless model.tiny.enabled): config.json is a Qwen3 config with model_type,
            tokenizer.json loads, every safetensors header is readable, covers its file
            (a truncated file fails) and has the tensors with the config's shapes
            (models/checkpoint.check_model_dir; no tensor data is read).
@@ -86,7 +86,7 @@ def check_rewards(cfg: TrainConfig) -> None:
 def check_model(cfg: TrainConfig):
     """(tokenizer, chat template) of model.path, or (None, None) for the tiny model (built
     at the start of the run)."""
-    if cfg.model.tiny:
+    if cfg.model.tiny.enabled:
         return None, None
     from tokenizers import Tokenizer
 

@@ -85,14 +85,26 @@ def help_text(topic: str | None = None) -> str:
             raise KeyError(f"no config section {name!r} (sections: {', '.join(sections)}, all)")
         cls = sections[name]
         out.append(f"{name}: {_first_paragraph(cls.__doc__)}")
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if isinstance(default, list) and default and dataclasses.is_dataclass(default[0]):
-                default = [dataclasses.asdict(d) for d in default]
-            out.append(f"  {name}.{f.name}: {f.type} = {default!r}")
-            out.append(f"      {docs[cls.__name__].get(f.name, '')}")
+        out += _field_lines(name, cls, docs)
         out.append("")
     return "\n".join(out)
+
+
+def _field_lines(prefix: str, cls, docs: dict) -> list[str]:
+    """`prefix.field: type = default` and its comment, for every field; a nested section
+    (model.tiny) lists its own fields under its dotted name."""
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            out.append(f"  {prefix}.{f.name}: {docs[cls.__name__].get(f.name, '')}")
+            out += _field_lines(f"{prefix}.{f.name}", type(default), docs)
+            continue
+        if isinstance(default, list) and default and dataclasses.is_dataclass(default[0]):
+            default = [dataclasses.asdict(d) for d in default]
+        out.append(f"  {prefix}.{f.name}: {f.type} = {default!r}")
+        out.append(f"      {docs[cls.__name__].get(f.name, '')}")
+    return out
 
 
 def parse_args(argv: list[str]) -> tuple[list[str], bool, str | None]:

@@ -35,7 +35,7 @@ import os
 import re
 from pathlib import Path
 
-from .schema import ConfigError, TrainConfig, list_of_records_keys, valid_keys
+from .schema import ConfigError, TrainConfig, list_of_records_keys, renamed_keys, section_types, valid_keys
 
 DEFAULT_RECIPE = "grpo_qwen3_tiny"
 _MAIN = "rlhf_exact_main"  # the primary config: [schema, recipe, _self_] (ConfigStore)
@@ -88,8 +88,11 @@ def _suggest(key: str, candidates: list[str]) -> str:
 
 
 def unknown_key_error(key: str, where: str = "") -> ConfigError:
-    """`unknown config key 'algorithm.lrr' (did you mean 'algorithm.lr'?)`."""
+    """`unknown config key 'algorithm.lrr' (did you mean 'algorithm.lr'?)`, or for a key of
+    an earlier version `config key 'model.tiny_head_dim' is now 'model.tiny.head_dim'`."""
     key = re.sub(r"\[(\d+)\]", r".\1", key)
+    if key in renamed_keys():
+        return ConfigError(f"config key '{key}'{where} is now '{renamed_keys()[key]}'")
     for lkey, item in list_of_records_keys().items():  # reward.functions.0.nme
         m = re.fullmatch(re.escape(lkey) + r"(\.\d+)?\.(.+)", key)
         if m:
@@ -156,13 +159,33 @@ def _rephrase(exc: BaseException, recipe_dir: Path) -> ConfigError:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             top = re.split(r"[.\[]", e.full_key)[0]
             key = e.full_key if top in {f.name for f in dataclasses.fields(TrainConfig)} else prefix + e.full_key
+            if key in renamed_keys():  # model.tiny: true, a section now
+                return unknown_key_error(key, where)
             if isinstance(e, ConfigKeyError) and "not in" in first:
                 return unknown_key_error(key, where)
             if isinstance(e, ValidationError):
                 return ConfigError(f"invalid value for '{key}'{where}: {first}")
             return ConfigError(f"'{key}'{where}: {first}")
+    # a value where a nested section is (`model: {tiny: true}` of an earlier version): OmegaConf
+    # names the section's class, not the key
+    m = re.search(r"is not a subclass of (\w+)", str(exc))
+    if m and m.group(1) in _nested_sections():
+        key = _nested_sections()[m.group(1)]
+        return unknown_key_error(key, where) if key in renamed_keys() else ConfigError(
+            f"'{key}'{where} is a section: set its fields ({key}.FIELD)")
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith(("\t", "    "))]
     return ConfigError(" ".join(lines[:2]) or type(exc).__name__)
+
+
+def _nested_sections() -> dict[str, str]:
+    """Class name -> dotted key of the sections inside sections (model.tiny, data.synthetic)."""
+    out = {}
+    for name, cls in section_types().items():
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(default):
+                out[type(default).__name__] = f"{name}.{f.name}"
+    return out
 
 
 # ---------------------------------------------------------------------------------------

@@ -112,43 +112,58 @@ class RunConfig:
 
 
 @dataclass
+class TinyModelConfig:
+    """The embedded tiny Qwen3 (rlhf_exact/models/tiny.py): its shape. The fields are
+    `tiny_config`'s arguments, so the loop passes them through unchanged."""
+
+    enabled: bool = False  # build this model (random init from run.seed, local tokenizer) into the run
+    # directory and train it; model.path must then be null
+    vocab_size: int = 512  # embedding rows and tokenizer size; >= 259 (256 bytes + 3 special tokens)
+    hidden_size: int = 128  # model width; >= 1
+    intermediate_size: int = 384  # MLP width; >= 1
+    num_hidden_layers: int = 4  # decoder layers; >= 1
+    num_attention_heads: int = 4  # query heads; a multiple of num_key_value_heads
+    num_key_value_heads: int = 2  # key/value heads (GQA); >= 1
+    head_dim: int = 32  # per-head width; even and >= 32 (vLLM's CPU attention has no smaller)
+    max_position_embeddings: int = 2048  # rotary table rows (tokens); >= sampler.max_model_len
+    tie_word_embeddings: bool = True  # lm_head shares the embedding matrix
+
+    def shape(self) -> dict:
+        """`tiny_config` keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "enabled"}
+
+    def validate(self, p: str = "model.tiny") -> None:
+        _int(f"{p}.vocab_size", self.vocab_size, 259)
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "max_position_embeddings"):
+            _int(f"{p}.{name}", getattr(self, name), 1)
+        if self.num_attention_heads % self.num_key_value_heads:
+            _fail(f"{p}.num_attention_heads", self.num_attention_heads,
+                  f"a multiple of {p}.num_key_value_heads={self.num_key_value_heads}")
+        _int(f"{p}.head_dim", self.head_dim, 32)
+        if self.head_dim % 2:
+            _fail(f"{p}.head_dim", self.head_dim, "even (rotary rotates halves)")
+
+
+@dataclass
 class ModelConfig:
     """The policy: a local Hugging Face Qwen3 directory, or the embedded tiny model."""
 
     path: str | None = None  # local HF model directory (config.json + *.safetensors + tokenizer); null with tiny
-    tiny: bool = False  # build the embedded tiny Qwen3 (random init from run.seed, local tokenizer) into
-    # the run directory and train that; path must then be null
-    tiny_vocab_size: int = 512  # tiny: embedding rows and tokenizer size; >= 259 (256 bytes + 3 special tokens)
-    tiny_hidden_size: int = 128  # tiny: model width; >= 1
-    tiny_intermediate_size: int = 384  # tiny: MLP width; >= 1
-    tiny_num_hidden_layers: int = 4  # tiny: decoder layers; >= 1
-    tiny_num_attention_heads: int = 4  # tiny: query heads; a multiple of tiny_num_key_value_heads
-    tiny_num_key_value_heads: int = 2  # tiny: key/value heads (GQA); >= 1
-    tiny_head_dim: int = 32  # tiny: per-head width; even and >= 32 (vLLM's CPU attention has no smaller)
-    tiny_max_position_embeddings: int = 2048  # tiny: rotary table rows (tokens); >= sampler.max_model_len
-    tiny_tie_word_embeddings: bool = True  # tiny: lm_head shares the embedding matrix
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # the embedded tiny model (tiny.enabled)
     dtype: str = "bfloat16"  # "bfloat16" | "float32": the sampler's weights and compute dtype (with
     # kernels=exact it must equal trainer.compute_dtype)
     activation_checkpointing: bool = False  # trainer recomputes each decoder layer in backward (less
     # memory, about 1/3 more compute; logprobs are unchanged bit for bit)
 
     def validate(self, p: str = "model") -> None:
-        if self.tiny and self.path is not None:
-            _fail(f"{p}.path", self.path, f"null when {p}.tiny=true (the tiny model is built, not loaded)")
-        _int(f"{p}.tiny_vocab_size", self.tiny_vocab_size, 259)
-        for name in ("tiny_hidden_size", "tiny_intermediate_size", "tiny_num_hidden_layers",
-                     "tiny_num_attention_heads", "tiny_num_key_value_heads", "tiny_max_position_embeddings"):
-            _int(f"{p}.{name}", getattr(self, name), 1)
-        if self.tiny_num_attention_heads % self.tiny_num_key_value_heads:
-            _fail(f"{p}.tiny_num_attention_heads", self.tiny_num_attention_heads,
-                  f"a multiple of {p}.tiny_num_key_value_heads={self.tiny_num_key_value_heads}")
-        _int(f"{p}.tiny_head_dim", self.tiny_head_dim, 32)
-        if self.tiny_head_dim % 2:
-            _fail(f"{p}.tiny_head_dim", self.tiny_head_dim, "even (rotary rotates halves)")
+        if self.tiny.enabled and self.path is not None:
+            _fail(f"{p}.path", self.path, f"null when {p}.tiny.enabled=true (the tiny model is built, not loaded)")
+        self.tiny.validate(f"{p}.tiny")
         _choice(f"{p}.dtype", self.dtype, ("bfloat16", "float32"))
 
     def check_files(self, p: str = "model") -> None:
-        if self.tiny:
+        if self.tiny.enabled:
             return
         if not self.path:
             raise ConfigError(
@@ -167,6 +182,23 @@ class ModelConfig:
 
 
 @dataclass
+class SyntheticDataConfig:
+    """The generated token task of rlhf_exact/data/synthetic.py (data.name=synthetic)."""
+
+    num_prompts: int = 1024  # distinct prompts generated; >= 1
+    num_targets: int = 16  # token ids per hidden target set; >= 1
+    prompt_len: int = 8  # tokens per prompt (key included); in [1, data.max_prompt_tokens]
+    num_target_sets: int = 1  # disjoint target sets chosen by the prompt's first token
+    # (1: a bandit over the vocabulary, the easiest signal); >= 1
+
+    def validate(self, p: str = "data.synthetic", max_prompt_tokens: int = 1 << 30) -> None:
+        _int(f"{p}.num_prompts", self.num_prompts, 1)
+        _int(f"{p}.num_targets", self.num_targets, 1)
+        _int(f"{p}.prompt_len", self.prompt_len, 1, max_prompt_tokens)
+        _int(f"{p}.num_target_sets", self.num_target_sets, 1)
+
+
+@dataclass
 class DataConfig:
     """The prompt set."""
 
@@ -179,11 +211,7 @@ class DataConfig:
     # "error": stop with its file and line, "skip": drop it and count it
     max_prompt_tokens: int = 256  # prompt length limit in tokens (after the chat template); >= 1
     shuffle: bool = True  # visit the prompts in a seeded (run.seed) order, reshuffled every epoch
-    synthetic_num_prompts: int = 1024  # synthetic: distinct prompts generated; >= 1
-    synthetic_num_targets: int = 16  # synthetic: token ids per hidden target set; >= 1
-    synthetic_prompt_len: int = 8  # synthetic: tokens per prompt (key included); in [1, max_prompt_tokens]
-    synthetic_num_target_sets: int = 1  # synthetic: disjoint target sets chosen by the prompt's first token
-    # (1: a bandit over the vocabulary, the easiest signal); >= 1
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)  # data.name=synthetic: its shape
 
     def validate(self, p: str = "data") -> None:
         _choice(f"{p}.name", self.name, ("gsm8k", "synthetic"))
@@ -194,10 +222,7 @@ class DataConfig:
                 _fail(f"{p}.{key}", getattr(self, key), "a non-empty field name")
         _choice(f"{p}.on_malformed", self.on_malformed, ("error", "skip"))
         _int(f"{p}.max_prompt_tokens", self.max_prompt_tokens, 1)
-        _int(f"{p}.synthetic_num_prompts", self.synthetic_num_prompts, 1)
-        _int(f"{p}.synthetic_num_targets", self.synthetic_num_targets, 1)
-        _int(f"{p}.synthetic_prompt_len", self.synthetic_prompt_len, 1, self.max_prompt_tokens)
-        _int(f"{p}.synthetic_num_target_sets", self.synthetic_num_target_sets, 1)
+        self.synthetic.validate(f"{p}.synthetic", self.max_prompt_tokens)
 
     def check_files(self, p: str = "data") -> None:
         if self.name == "synthetic":
@@ -446,8 +471,8 @@ class TrainConfig:
         if self.trainer.micro_batch_tokens < self.sampler.max_model_len:
             _fail("trainer.micro_batch_tokens", self.trainer.micro_batch_tokens,
                   f">= sampler.max_model_len = {self.sampler.max_model_len} (a sequence is never split)")
-        if self.model.tiny and self.model.tiny_max_position_embeddings < self.sampler.max_model_len:
-            _fail("model.tiny_max_position_embeddings", self.model.tiny_max_position_embeddings,
+        if self.model.tiny.enabled and self.model.tiny.max_position_embeddings < self.sampler.max_model_len:
+            _fail("model.tiny.max_position_embeddings", self.model.tiny.max_position_embeddings,
                   f">= sampler.max_model_len = {self.sampler.max_model_len}")
         c = self.cluster
         if c.device == "cuda" and c.num_gpus is not None:
@@ -458,7 +483,7 @@ class TrainConfig:
         return self
 
     def check_files(self) -> TrainConfig:
-        """The files the run reads exist: model.path is set (unless model.tiny) and holds
+        """The files the run reads exist: model.path is set (unless model.tiny.enabled) and holds
         config.json and safetensors, the data files, run.resume when it is a path.
         load_config runs it after validate() (--print-config does not)."""
         self.model.check_files()
@@ -502,6 +527,15 @@ def valid_keys() -> list[str]:
 
     walk(TrainConfig, "")
     return keys
+
+
+def renamed_keys() -> dict[str, str]:
+    """Keys of earlier versions -> their key now (an old key is an error naming the new one)."""
+    old = {"model.tiny": "model.tiny.enabled"}
+    old |= {f"model.tiny_{f.name}": f"model.tiny.{f.name}" for f in dataclasses.fields(TinyModelConfig)
+            if f.name != "enabled"}
+    old |= {f"data.synthetic_{f.name}": f"data.synthetic.{f.name}" for f in dataclasses.fields(SyntheticDataConfig)}
+    return old
 
 
 def list_of_records_keys() -> dict[str, type]:

@@ -11,9 +11,9 @@ dataset fields (see prompts.py for "prompt", "answer", "row_id"):
                        (one user message, generation prompt added) when one is given,
                        then `tokenizer.encode`. "prompt_text" holds the final text.
   data.name=synthetic: SyntheticTask(seed=0, vocab = the tokenizer's, reserved = its
-                       special tokens) rows 0 .. synthetic_num_prompts-1. The task is
+                       special tokens) rows 0 .. synthetic.num_prompts-1. The task is
                        fixed (seed 0, like a dataset); run.seed only orders it.
-                       Its shape comes from data.synthetic_{num_targets, prompt_len,
+                       Its shape comes from data.synthetic.{num_targets, prompt_len,
                        num_target_sets}.
 
 A prompt longer than data.max_prompt_tokens is a malformed row (on_malformed).
@@ -79,10 +79,10 @@ def load_prompt_rows(cfg, tokenizer, chat_template: str | None = None) -> Prompt
     """Rows with "prompt_ids" for `PromptStream` (see the module docstring)."""
     d = cfg.data
     if d.name == "synthetic":
-        task = SyntheticTask(seed=0, vocab_size=tokenizer.get_vocab_size(), num_targets=d.synthetic_num_targets,
-                             prompt_len=d.synthetic_prompt_len, num_target_sets=d.synthetic_num_target_sets,
+        task = SyntheticTask(seed=0, vocab_size=tokenizer.get_vocab_size(), num_targets=d.synthetic.num_targets,
+                             prompt_len=d.synthetic.prompt_len, num_target_sets=d.synthetic.num_target_sets,
                              reserved_ids=tuple(sorted(tokenizer.get_added_tokens_decoder())))
-        rows = task.rows(d.synthetic_num_prompts)
+        rows = task.rows(d.synthetic.num_prompts)
         for i, row in enumerate(rows):
             row.update(prompt=tokenizer.decode(row["prompt_ids"]), row_id=f"synthetic:{i}")
         return PromptRows(rows)

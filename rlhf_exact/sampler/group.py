@@ -3,7 +3,7 @@ the exact plugin, or stock vLLM for kernels=default. Prompts are dealt round-rob
 the engines; results come back in prompt order.
 
     samplers = SamplerGroup.from_config(cfg, model_path)
-    results = samplers.sample(prompts, n=8, params=SamplingConfig(max_tokens=64), seeds=seeds)
+    results = samplers.sample(prompts, n=8, seeds=seeds)   # the config's sampling parameters
     seconds = samplers.update_weights(trainer.full_weights("bfloat16"))
 
 The twin of trainer/group.py. It owns the samplers' kernel selection (each actor runs
@@ -31,13 +31,15 @@ MAX_RESTARTS = 3  # per actor, by Ray
 
 class SamplerGroup:
     def __init__(self, model_path: str | os.PathLike, num_samplers: int, *, exact: bool = True,
-                 device: str = "cpu", colocate: bool = False, bucket_bytes: int = 64 << 20, **engine_kwargs):
-        """engine_kwargs go to every engine (engine.Sampler: temperature, dtype, max_model_len, ...)."""
+                 device: str = "cpu", colocate: bool = False, bucket_bytes: int = 64 << 20,
+                 params: SamplingConfig | None = None, **engine_kwargs):
+        """params: the default per-request sampling parameters; engine_kwargs go to every
+        engine (engine.Sampler: temperature, dtype, max_model_len, ...)."""
         import ray
 
         from .actor import sampler_actor
 
-        self.bucket_bytes = bucket_bytes
+        self.bucket_bytes, self.params = bucket_bytes, params or SamplingConfig()
         opts = dict(max_restarts=MAX_RESTARTS, max_task_retries=0)
         if device == "cuda":
             opts["num_gpus"] = 0.4 if colocate else 1
@@ -52,8 +54,11 @@ class SamplerGroup:
 
     @classmethod
     def from_config(cls, cfg, model_path: pathlib.Path) -> SamplerGroup:
-        """The run's samplers: engines from the sampler section, the temperature of sampling."""
-        s, c = cfg.sampler, cfg.cluster
+        """The run's samplers: engines from the sampler section, requests from the sampling
+        section (its temperature is the engines': engine.py)."""
+        s, c, sp = cfg.sampler, cfg.cluster, cfg.sampling
+        params = SamplingConfig(max_tokens=sp.max_tokens, top_k=sp.top_k, top_p=sp.top_p,
+                                stop_token_ids=tuple(sp.stop_token_ids))
         kw = dict(temperature=cfg.sampling.temperature, dtype=cfg.model.dtype, max_model_len=s.max_model_len,
                   max_num_seqs=s.max_num_seqs, enable_prefix_caching=s.enable_prefix_caching, seed=cfg.run.seed)
         if s.kv_cache_bytes:
@@ -63,15 +68,17 @@ class SamplerGroup:
             if not s.kv_cache_bytes:
                 kw["kv_cache_memory_bytes"] = None  # from gpu_memory_utilization
         return cls(model_path, s.num_samplers, exact=cfg.kernels == "exact", device=c.device, colocate=c.colocate,
-                   bucket_bytes=c.weight_sync_bucket_mb << 20, **kw)
+                   bucket_bytes=c.weight_sync_bucket_mb << 20, params=params, **kw)
 
-    def sample(self, prompts: Sequence[Sequence[int]], n: int, params: SamplingConfig,
-               seeds: Sequence[int]) -> list[SampleResult]:
+    def sample(self, prompts: Sequence[Sequence[int]], n: int, seeds: Sequence[int],
+               params: SamplingConfig | None = None) -> list[SampleResult]:
         """n completions of every prompt (sample j of prompt i seeded seeds[i] + j), in
-        prompt order. A sampler that dies is restarted and its share sampled again."""
+        prompt order, with `params` (default: the group's). A sampler that dies is
+        restarted and its share sampled again."""
         import ray
         from ray.exceptions import RayActorError
 
+        params = params or self.params
         k = len(self.actors)
         shares = {i: list(range(i, len(prompts), k)) for i in range(k)}
         shares = {i: sh for i, sh in shares.items() if sh}

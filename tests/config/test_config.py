@@ -26,7 +26,7 @@ def model_dir(tmp_path):
 def test_tiny_recipe_composes():
     cfg = load_config(["recipe=grpo_qwen3_tiny"])
     assert isinstance(cfg, TrainConfig) and cfg.recipe == "grpo_qwen3_tiny"
-    assert cfg.model.tiny and cfg.model.path is None and cfg.data.name == "synthetic"
+    assert cfg.model.tiny.enabled and cfg.model.path is None and cfg.data.name == "synthetic"
     assert cfg.cluster.device == "cpu" and cfg.trainer.world_size == 2 and cfg.sampler.num_samplers == 1
     assert (cfg.algorithm.prompts_per_step, cfg.algorithm.group_size) == (8, 8)
     assert [f.name for f in cfg.reward.functions] == ["synthetic"]
@@ -40,7 +40,7 @@ def test_default_recipe_is_tiny():
 
 def test_qwen3_recipe_composes(model_dir):
     cfg = load_config(["recipe=grpo_qwen3", f"model.path={model_dir}"])
-    assert cfg.model.path == str(model_dir) and not cfg.model.tiny
+    assert cfg.model.path == str(model_dir) and not cfg.model.tiny.enabled
     assert cfg.data.name == "gsm8k" and cfg.cluster.device == "cuda"
     assert cfg.data.train_files == [str(GSM8K.resolve())]  # ${repo_root:}/../shared/data, normalized
     assert [(f.name, f.weight) for f in cfg.reward.functions] == [("gsm8k", 1.0), ("format", 0.1)]
@@ -169,8 +169,9 @@ def test_type_error_names_key():
     ("kernels=fast", "kernels"),
     ("logging.wandb_mode=cloud", "logging.wandb_mode"),
     ("algorithm.adam_beta2=1.0", "algorithm.adam_beta2"),
-    ("model.tiny_head_dim=16", "model.tiny_head_dim"),
-    ("model.tiny_num_key_value_heads=3", "model.tiny_num_attention_heads"),
+    ("model.tiny.head_dim=16", "model.tiny.head_dim"),
+    ("model.tiny.num_key_value_heads=3", "model.tiny.num_attention_heads"),
+    ("data.synthetic.prompt_len=65", "data.synthetic.prompt_len"),
     ("sampling.max_tokens=100", "sampler.max_model_len"),
     ("algorithm.tis=true", "algorithm.tis"),
     ("trainer.compute_dtype=float32", "model.dtype"),
@@ -181,6 +182,35 @@ def test_range_errors_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         load_config([override])
     assert str(e.value).startswith(key + " "), str(e.value)
+
+
+@pytest.mark.parametrize("override, new", [
+    ("model.tiny_head_dim=64", "model.tiny.head_dim"),
+    ("model.tiny=true", "model.tiny.enabled"),
+    ("data.synthetic_num_target_sets=3", "data.synthetic.num_target_sets"),
+])
+def test_flat_keys_of_earlier_versions_name_the_nested_key(override, new):
+    with pytest.raises(ConfigError) as e:
+        load_config([override])
+    assert f"is now '{new}'" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("body, old, new", [
+    ("tiny_hidden_size: 64", "model.tiny_hidden_size", "model.tiny.hidden_size"),
+    ("tiny: true", "model.tiny", "model.tiny.enabled"),
+])
+def test_flat_key_in_a_recipe_names_the_nested_key(tmp_path, body, old, new):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("defaults:\n  - model: tiny\n  - data: synthetic\n  - reward: synthetic\n  - cluster: cpu\n"
+                      f"  - _self_\nmodel:\n  {body}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([f"recipe={recipe}"])
+    assert f"'{old}'" in str(e.value) and f"is now '{new}'" in str(e.value), str(e.value)
+
+
+def test_nested_sections_reach_the_run():
+    cfg = load_config(["model.tiny.hidden_size=64", "data.synthetic.num_target_sets=3"])
+    assert cfg.model.tiny.shape()["hidden_size"] == 64 and cfg.data.synthetic.num_target_sets == 3
 
 
 def test_tis_allowed_with_default_kernels():

@@ -13,10 +13,10 @@ from rlhf_exact.models.tiny import CHAT_TEMPLATE, train_tokenizer
 
 
 
-def data_cfg(**kw):
+def data_cfg(num_prompts=16, **kw):
     d = dict(name="gsm8k", train_files=[], prompt_key="question", answer_key="answer", on_malformed="error",
-             max_prompt_tokens=256, synthetic_num_prompts=16, synthetic_num_targets=16, synthetic_prompt_len=8,
-             synthetic_num_target_sets=1)
+             max_prompt_tokens=256, synthetic=SimpleNamespace(num_prompts=num_prompts, num_targets=16, prompt_len=8,
+                                                                num_target_sets=1))
     d.update(kw)
     return SimpleNamespace(data=SimpleNamespace(**d))
 
@@ -64,6 +64,6 @@ def test_gsm8k_test_split(tok, gsm8k_dir):
 
 
 def test_synthetic_rows(tok):
-    rows = load_prompt_rows(data_cfg(name="synthetic", synthetic_num_prompts=5), tok)
+    rows = load_prompt_rows(data_cfg(name="synthetic", num_prompts=5), tok)
     assert [r["prompt_ids"] for r in rows] == [r["prompt_ids"] for r in SyntheticTask(seed=0).rows(5)]
     assert rows[0]["row_id"] == "synthetic:0" and isinstance(rows[0]["prompt"], str)

@@ -5,6 +5,7 @@ groups, a tiny checkpoint written to disk.
     the training forward equals the recompute bit for bit (the ratio is exactly 1);
   - a non-finite loss skips the step on every rank: weights unchanged, bitwise;
   - KL-to-reference and entropy terms run and enter the loss;
+  - bf16 master weights (trainer.param_dtype): the forward is the plain bf16 model's;
   - state() / load_state() restores a step exactly: the same next step gives the same
     weights, bitwise.
 """
@@ -69,6 +70,28 @@ def test_recompute_one_vs_two_ranks_and_ratio_one(model_dir):
                 assert torch.equal(fwd[i], got[i]), ("training forward != recompute", world, i)
         finally:
             g.shutdown()
+
+
+def test_bf16_master_weights(model_dir):
+    """trainer.param_dtype=bfloat16: the masters are the bf16 weights themselves, so the
+    forward is the plain bf16 model's, bit for bit, and a step updates them in bf16."""
+    plain, _ = load_model(model_dir, dtype=torch.bfloat16)
+    batch = pack_sequences([a + b for a, b in SEQS])
+    with torch.no_grad():
+        lp = packed_logprobs(plain, batch, T)
+    starts = batch.cu_seqlens.tolist()
+    g = group(model_dir, 1, param_dtype="bfloat16")
+    try:
+        got = recompute(g)
+        for i, (s, (a, b)) in enumerate(zip(starts, SEQS)):
+            assert torch.equal(got[i], lp[s + len(a) - 1: s + len(a) - 1 + len(b)]), i
+        before = g.full_weights(None)
+        assert all(t.dtype == torch.bfloat16 for t in before.values())
+        assert not train(g, got).nonfinite
+        after = g.full_weights(None)
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+    finally:
+        g.shutdown()
 
 
 def test_nonfinite_loss_skips_step_and_kl_entropy_terms(model_dir):
