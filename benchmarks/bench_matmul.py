@@ -6,7 +6,7 @@ as called, Python launch included) and, in `graph`, do_bench_cudagraph median (k
 time without launch overhead, how vLLM runs decode). Ratio = ours / cuBLAS
 (torch.nn.functional.linear, TF32 off); `sum` rows give the ratio of the summed times
 over the five shapes at each M, beside the reference batch-invariant kernel's ratio
-(DESIGN.md) and the target (summed ratio <= 1.3 at every M).
+(docs/design.md) and the target (summed ratio <= 1.3 at every M).
 
 CPU (`--device cpu`): a few small shapes vs torch.mm fp32 (a speed baseline only:
 torch.mm on CPU is not batch invariant).

@@ -12,7 +12,7 @@ i-th token of the sequence; in `paged_attention` the queries of sequence b are i
 last q_len_b tokens, so pos = seq_len_b - q_len_b + i (decode: q_len 1; chunked
 prefill / extend: q_len > 1).
 
-The contract (DESIGN.md, "One attention algorithm"): a query row gets the same bits
+The contract (docs/design.md, "One attention algorithm"): a query row gets the same bits
 from `varlen_attention` and from `paged_attention`, whatever the batch, block table
 or chunking. Both reduce over keys in the same order:
 

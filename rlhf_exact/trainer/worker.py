@@ -8,7 +8,7 @@ the driver hands each rank a plan with the SAME number of micro-batches (empty s
 are filled with a one-token dummy sequence of weight 0), because each FSDP2 forward
 all-gathers parameters from every rank.
 
-Numerics (DESIGN.md): `enable_exact_mode()` runs before `init_process_group` when
+Numerics (docs/design.md): `enable_exact_mode()` runs before `init_process_group` when
 kernels=exact. The forward in bf16 compute from fp32 masters through
 MixedPrecisionPolicy equals the sampler's bf16 model bit for bit (tests/models,
 FSDP2 1 vs 2 ranks); gradients are reduced in fp32.

@@ -5,7 +5,7 @@ Two kinds, never mixed:
     exact_kernels.reference, per dtype, with the tolerances stated in TOL / GRAD_TOL;
   * invariance (`*_invariant` / `*_bitwise`): torch.equal, no tolerance, no retry.
 
-The chain these tests close for attention (DESIGN.md, "One attention algorithm"):
+The chain these tests close for attention (docs/design.md, "One attention algorithm"):
 trainer prefill (varlen, any packing) == sampler prompt prefill (varlen or paged with
 q_len = seq_len) == sampler chunked prefill / extend (paged) == sampler decode
 (paged, q_len 1, any batch), so every query row has one value wherever it is computed.
