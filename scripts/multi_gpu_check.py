@@ -4,8 +4,8 @@ a bucketed weight sync between them, checked bit for bit, in one command.
 For each trainer world size W (spawned processes, plain torch.distributed; no Ray, no
 vLLM, so it runs on the bare GPU image: torch + triton), one run starts W
 `TrainerWorker` ranks (cuda:0..W-1, or CPU/gloo) and one sampler process (the LAST GPU,
-cuda:N-1, or CPU) that runs the project's paged generation loop
-(`rlhf_exact.models.generate`, the exact kernels) on a bf16 model loaded with
+cuda:N-1, or CPU) that runs the parity chain's paged generation oracle
+(`tests/models/generate.py`, on the exact kernels) on a bf16 model loaded with
 `load_model`. A run:
 
   1. trainer logprobs of fixed sequences (planned over W ranks) -> compared across W:
@@ -132,7 +132,7 @@ def rollout_requests(cfg: dict, vocab: int, seed: int, step: int):
     """The sampler's requests at `step` (new prompts every step, all seeded)."""
     import torch
 
-    from rlhf_exact.models.generate import GenerationRequest
+    from tests.models.generate import GenerationRequest
 
     g = torch.Generator().manual_seed(seed * 7919 + step)
     return [GenerationRequest(prompt=torch.randint(3, vocab, (n,), generator=g).tolist(),
@@ -414,7 +414,7 @@ def _sampler(world: int, ports: tuple[int, int], spec: dict, job: dict) -> None:
 
     from exact_kernels import enable_exact_mode
     from rlhf_exact.models.checkpoint import load_model
-    from rlhf_exact.models.generate import generate
+    from tests.models.generate import generate
 
     who = f"W{world} sampler"
     torch.set_num_threads(1)

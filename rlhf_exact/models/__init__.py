@@ -4,7 +4,6 @@
                    attention contexts, packed batches, trainer-side logprobs
     checkpoint.py  Hugging Face model directory load/save (safetensors only)
     tiny.py        tiny Qwen3 model + locally trained tokenizer, for CPU runs and tests
-    generate.py    paged generation loop: a test oracle, not the product's sampler
 
 Submodules are imported on use; `from rlhf_exact.models import Qwen3ForCausalLM` works.
 """
@@ -18,7 +17,6 @@ _EXPORTS = {
     "load_model": "checkpoint", "save_model": "checkpoint", "read_config": "checkpoint",
     "read_state_dict": "checkpoint",
     "make_tiny_model_dir": "tiny",
-    "generate": "generate", "GenerationRequest": "generate", "GenerationResult": "generate",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -49,7 +49,7 @@ def test_tiny_qwen3_learns_it_with_grpo():
     16/512 to well above it. Measured (K=1, 12 tokens): 0.03 at step 0, 0.78 at step 8,
     1.0 by step 14; lr 3e-3: 0.81 at step 19; K=2 at lr 1e-2: 0.85 at step 10."""
     from rlhf_exact.algo import group_advantages, policy_loss
-    from rlhf_exact.models.generate import GenerationRequest, generate
+    from tests.models.generate import GenerationRequest, generate
     from rlhf_exact.models.qwen3 import Qwen3ForCausalLM, pack_sequences, packed_logprobs
     from rlhf_exact.models.tiny import tiny_config
 

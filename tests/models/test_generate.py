@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from rlhf_exact.models.checkpoint import load_model
-from rlhf_exact.models.generate import BlockAllocator, GenerationRequest, generate
 
 from .conftest import random_sequences
+from .generate import BlockAllocator, GenerationRequest, generate
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The trainer-side parity chain (DESIGN.md, "the numerics contract"), bit for bit:
+"""The trainer-side parity chain (docs/design.md, "The numerics contract"), bit for bit:
 torch.equal on fp32 logprobs, never a tolerance, never retried.
 
 The chain:
@@ -27,11 +27,11 @@ import torch
 import torch.multiprocessing as mp
 
 from rlhf_exact.models.checkpoint import load_model
-from rlhf_exact.models.generate import GenerationRequest, generate
 from rlhf_exact.models.qwen3 import Qwen3Config, Qwen3ForCausalLM, pack_sequences, packed_logprobs
 from rlhf_exact.trainer.group import free_port
 
 from .conftest import random_sequences
+from .generate import GenerationRequest, generate
 
 TEMPERATURE = 0.8
 LENGTHS = [1, 2, 17, 70, 16, 33, 5, 48]

@@ -1,6 +1,7 @@
 """A small paged generation loop over `Qwen3ForCausalLM`'s paged path: the test
-oracle for the parity chain and a GPU measurement tool where vLLM is not available.
-It is NOT the product's sampler (that is vLLM with the exact plugin).
+oracle for the parity chain (tests/models/test_parity.py) and the sampler of
+scripts/multi_gpu_check.py, which runs where vLLM is not installed. The product's
+sampler is vLLM with the exact plugin (rlhf_exact/sampler/).
 
 Per step, in the manner of vLLM's v1 scheduler:
   * requests join when their `arrival` step comes and a sequence slot is free
@@ -33,7 +34,7 @@ import torch
 
 from exact_kernels.logprobs import token_logprobs
 
-from .qwen3 import PagedContext, Qwen3ForCausalLM
+from rlhf_exact.models.qwen3 import PagedContext, Qwen3ForCausalLM
 
 BLOCK_SIZE = 16
 

@@ -1,9 +1,11 @@
-"""The seed experiment: the same prompt N times at temperature 0 through the vLLM engine,
-in varied batches, and the number of distinct completions, with the exact kernels (the
-rlhf_exact plugin) and with stock vLLM (VLLM_PLUGINS=none).
+"""The seed experiment on any machine vLLM runs on (the tiny model on CPU by default):
+the same prompt N times at temperature 0 through the vLLM engine, in varied batches,
+and the number of distinct completions, with the exact kernels (the rlhf_exact plugin)
+and with stock vLLM (VLLM_PLUGINS=none). The GPU experiments at real model shapes, with
+timing, are scripts/seed_experiments.py.
 
-    python -m rlhf_exact.sampler.seed_experiment                  # tiny model, N=200
-    python -m rlhf_exact.sampler.seed_experiment --model DIR --n 1000 --max-tokens 64
+    python scripts/seed_experiment_cpu.py                  # tiny model, N=200
+    python scripts/seed_experiment_cpu.py --model DIR --n 1000 --max-tokens 64
 
 Greedy decoding is deterministic given the logits, so any spread comes from the logits
 of the same prefix differing with the batch the request ran in (batch-dependent
@@ -44,7 +46,7 @@ def groups(n: int) -> list[int]:
 
 def run_mode(mode: str, model: str, n: int, max_tokens: int, dtype: str) -> dict:
     """Runs in the child process: returns {"mode", "n", "distinct", "largest_share"}."""
-    from .engine import Sampler, SamplingConfig
+    from rlhf_exact.sampler.engine import Sampler, SamplingConfig
 
     sampler = Sampler(model, exact=(mode == "exact"), dtype=dtype, max_model_len=256, max_num_seqs=16,
                       block_size=32, max_num_batched_tokens=96)
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             env = dict(os.environ)
             if mode == "stock":
                 env["VLLM_PLUGINS"] = "none"  # vLLM loads no general plugin: its own Qwen3 and CPU attention
-            cmd = [sys.executable, "-m", "rlhf_exact.sampler.seed_experiment", "--child", mode, "--model", model,
+            cmd = [sys.executable, __file__, "--child", mode, "--model", model,
                    "--n", str(args.n), "--max-tokens", str(args.max_tokens), "--dtype", args.dtype]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("SEED_EXPERIMENT ")]
