@@ -282,12 +282,7 @@ def test_tiny_parameter_count_in_the_recipe_is_true():
     from rlhf_exact.models.tiny import tiny_config
 
     m = load_config(["recipe=grpo_qwen3_tiny"]).model
-    model = Qwen3ForCausalLM(tiny_config(
-        vocab_size=m.tiny_vocab_size, hidden_size=m.tiny_hidden_size, intermediate_size=m.tiny_intermediate_size,
-        num_hidden_layers=m.tiny_num_hidden_layers, num_attention_heads=m.tiny_num_attention_heads,
-        num_key_value_heads=m.tiny_num_key_value_heads, head_dim=m.tiny_head_dim,
-        tie_word_embeddings=m.tiny_tie_word_embeddings, max_position_embeddings=m.tiny_max_position_embeddings),
-        device="meta")
+    model = Qwen3ForCausalLM(tiny_config(**m.tiny.shape()), device="meta")
     count = sum(p.numel() for p in model.parameters())
     for f in (recipes_dir() / "grpo_qwen3_tiny.yaml", configs_dir() / "model" / "tiny.yaml"):
         stated = re.findall(r"(\d+)k parameters", f.read_text())
