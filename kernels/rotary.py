@@ -58,7 +58,11 @@ def rotary_table(max_positions: int, head_dim: int, theta: float,
     check(float(theta) > 0.0, op, f"theta must be > 0, got {theta!r}")
     device = torch.device(device)
     check(device.type in ("cpu", "cuda"), op, f"unsupported device {device}")
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    # inv_freq always on the CPU, whatever the ambient default device: vLLM builds the
+    # model inside `with torch.device("cuda")`, where a bare arange (and so the pow
+    # below) would run on the GPU, and nothing promises that the GPU's pow rounds as
+    # the CPU's does; the trainer builds its table outside any such context.
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim))
     half = head_dim // 2
     if device.type == "cuda":
         inv_freq = inv_freq.to(device)
@@ -66,8 +70,8 @@ def rotary_table(max_positions: int, head_dim: int, theta: float,
         return angle.cos(), angle.sin()
     from ._cpu_build import load_cpu_ops
 
-    cos = torch.empty((max_positions, half), dtype=torch.float32)
-    sin = torch.empty((max_positions, half), dtype=torch.float32)
+    cos = torch.empty((max_positions, half), dtype=torch.float32, device="cpu")
+    sin = torch.empty((max_positions, half), dtype=torch.float32, device="cpu")
     load_cpu_ops("rows").rows_rotary_table(inv_freq.contiguous(), cos, sin)
     return cos, sin
 

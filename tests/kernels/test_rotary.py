@@ -29,6 +29,17 @@ def test_table_invariant_to_max_positions(device):
         assert torch.equal(c, cos[:P]) and torch.equal(s, sin[:P]), P
 
 
+def test_table_invariant_to_default_device(device):
+    """The table does not depend on the ambient default device (vLLM builds models inside
+    `with torch.device(...)`; the trainer does not): same bits built inside a `meta`
+    context, and on CUDA inside a `cuda` context."""
+    cos, sin = rotary_table(4096, 128, THETA, device)
+    for ctx in ("meta", "cuda") if device == "cuda" else ("meta",):
+        with torch.device(ctx):
+            c, s = rotary_table(4096, 128, THETA, device)
+        assert torch.equal(c, cos) and torch.equal(s, sin), ctx
+
+
 def test_table_invariant_to_cpu_threads():
     n = torch.get_num_threads()
     try:

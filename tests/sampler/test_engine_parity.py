@@ -16,6 +16,19 @@ Engines (each start costs ~20-50 s, so each class runs several scenarios on one)
   TestSingle1          max_num_seqs 1
 The greedy workload's tokens and logprobs are also equal ACROSS the three engines, and
 the seeded samples across the two engines that take seeds.
+
+CUDA (gpu marker; vllm 0.26 on an H200 is the tested pair), a Qwen3-0.6B-shaped random
+bf16 checkpoint (28 layers) written to disk and loaded by vLLM, the trainer's recompute
+on the same GPU, the same test bodies through device-aware fixtures:
+  TestCudaBatch64          max_num_seqs 64, budget 2048: every TestBatch16 scenario
+                           (orders, cold/warm prefix cache, top-k/top-p, bad input, 200
+                           identical greedy requests, weight update) + a shuffled crowd
+  TestCudaGraphs64         the same with CUDA graphs on
+  TestCudaCrowd256         max_num_seqs 256, budget 512: 256 mixed requests, shuffled
+  TestCudaGraphsCrowd256   the same with budget 1024 and CUDA graphs on
+  TestCudaChunkedPreempt8  max_num_seqs 8, budget 32, 36 KV blocks: preemption; seeds
+  TestCudaSingle1          max_num_seqs 1
+Results are equal across all CUDA engines (greedy, seeded, crowd), graphs or not.
 """
 import pytest
 import torch
@@ -50,14 +63,25 @@ def trainer(model_dir):
     return model
 
 
-def trainer_logprobs(model, pairs):
+def trainer_logprobs(model, pairs, max_tokens=4096):
     """pairs: (prompt, completion token ids) -> the trainer's fp32 logprob of each
-    completion token, from one packed forward over all sequences."""
-    batch = pack_sequences([list(p) + list(c) for p, c in pairs])
-    with torch.no_grad():
-        lp = packed_logprobs(model, batch, T)
-    cu = batch.cu_seqlens.tolist()
-    return [lp[cu[k] + len(p) - 1: cu[k] + len(p) - 1 + len(c)] for k, (p, c) in enumerate(pairs)]
+    completion token (on the CPU), from packed forwards on the model's device of at most
+    max_tokens tokens each (one on the tiny CPU model; the packing does not change the
+    bits: tests/models)."""
+    device = next(model.parameters()).device
+    out, k = [], 0
+    while k < len(pairs):
+        group, n = [], 0
+        while k < len(pairs) and (not group or n + len(pairs[k][0]) + len(pairs[k][1]) <= max_tokens):
+            group.append(pairs[k])
+            n += len(pairs[k][0]) + len(pairs[k][1])
+            k += 1
+        batch = pack_sequences([list(p) + list(c) for p, c in group])
+        with torch.no_grad():
+            lp = packed_logprobs(model, batch.to(device), T).cpu()
+        cu = batch.cu_seqlens.tolist()
+        out += [lp[cu[j] + len(p) - 1: cu[j] + len(p) - 1 + len(c)] for j, (p, c) in enumerate(group)]
+    return out
 
 
 def assert_parity(model, prompts, results):
@@ -88,14 +112,21 @@ def metric(sampler, name):
     return sum(m.value for m in sampler.llm.get_metrics() if m.name == name)
 
 
+def model_device(model) -> str:
+    return next(model.parameters()).device.type
+
+
 def run_shared_workloads(sampler, trainer, name, seeded):
+    """The greedy (and seeded) workload: parity, and equal results across every engine
+    of the same device run so far."""
+    device, name = model_device(trainer), f"{name}#{id(sampler)}"
     greedy = sampler.sample(PROMPTS, n=1, params=GREEDY)
     assert_parity(trainer, PROMPTS, greedy)
-    CROSS.setdefault("greedy", {})[name] = flat(greedy)
+    CROSS.setdefault((device, "greedy"), {})[name] = flat(greedy)
     if seeded:
         sampled = sampler.sample(PROMPTS, n=2, params=SAMPLED, seeds=[100 * i for i in range(len(PROMPTS))])
         assert_parity(trainer, PROMPTS, sampled)
-        CROSS.setdefault("seeded", {})[name] = flat(sampled)
+        CROSS.setdefault((device, "seeded"), {})[name] = flat(sampled)
     for key, runs in CROSS.items():
         first = next(iter(runs.values()))
         for other in runs.values():
@@ -156,11 +187,11 @@ class TestBatch16:
         # the reported logprob is the full distribution's; the draw respects k and p
         for prompt, p, r in zip(prompts, params, res):
             for c in r.completions:
-                batch = pack_sequences([prompt + c.token_ids])
+                batch = pack_sequences([prompt + c.token_ids]).to(model_device(trainer))
                 with torch.no_grad():
                     logits = trainer(batch.input_ids, batch.positions, batch.context)
                 from exact_kernels.logprobs import log_softmax
-                rows = log_softmax(logits, T)[len(prompt) - 1: len(prompt) - 1 + len(c.token_ids)]
+                rows = log_softmax(logits, T)[len(prompt) - 1: len(prompt) - 1 + len(c.token_ids)].cpu()
                 for row, tok in zip(rows, c.token_ids):
                     rank = int((row > row[tok]).sum())
                     if p.top_k > 0:
@@ -175,15 +206,15 @@ class TestBatch16:
         good = PROMPTS[1]
         cases = [
             (good, SAMPLED, None),
-            (list(range(3, 3 + MAX_LEN)), SAMPLED, "max_model_len"),  # too long
+            (list(range(3, 3 + sampler.max_model_len)), SAMPLED, "max_model_len"),  # too long
             ([], SAMPLED, "empty prompt"),
-            ([5, 600, 7], SAMPLED, "token ids"),  # outside the vocabulary (512)
+            ([5, sampler.vocab_size + 88, 7], SAMPLED, "token ids"),  # outside the vocabulary
             (good, SamplingConfig(max_tokens=0), "max_tokens"),
             (good, SamplingConfig(top_p=1.5), "top_p"),
             (good, SamplingConfig(top_p=0.0), "top_p"),
             (good, SamplingConfig(top_k=-3), "top_k"),
             (good, SamplingConfig(temperature=0.3), "temperature"),  # not the engine's T
-            (good, SamplingConfig(stop_token_ids=(9999,)), "stop_token_ids"),
+            (good, SamplingConfig(stop_token_ids=(sampler.vocab_size + 9,)), "stop_token_ids"),
             (PROMPTS[2], SAMPLED, None),
         ]
         res = sampler.sample([c[0] for c in cases], n=2, params=[c[1] for c in cases], seeds=list(range(len(cases))))
@@ -223,7 +254,7 @@ class TestBatch16:
         ref = sampler.sample(PROMPTS[:3], n=2, params=SAMPLED, seeds=[1, 2, 3])
 
         # rejected whole: a wrong name, a wrong shape, a wrong dtype, each next to valid tensors
-        new_model, _ = load_model(model_dir, dtype=torch.bfloat16)
+        new_model, _ = load_model(model_dir, dtype=torch.bfloat16, device=model_device(trainer))
         new_model.init_weights(seed=99, std=0.05, norm_noise=0.1)
         new = hf_state_dict(new_model)
         emb = "model.embed_tokens.weight"
@@ -285,3 +316,165 @@ class TestSingle1:
 
     def test_shared_workloads(self, sampler, trainer):
         run_shared_workloads(sampler, trainer, "seqs1", seeded=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA: the same tests (subclasses, device-aware fixtures) on a Qwen3-0.6B-shaped random bf16
+# checkpoint, plus engines of 64 and 256 sequences with shuffled crowds, and CUDA graphs.
+# Same-GPU parity only: the trainer recompute runs on the same device (never CPU vs GPU).
+
+QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+                  rope_theta=1_000_000.0, max_position_embeddings=4096)
+CUDA_LEN = 512
+CROWD = SamplingConfig(max_tokens=24, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def cuda_model_dir(tmp_path_factory):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    return make_tiny_model_dir(tmp_path_factory.mktemp("sampler_cuda") / "qwen3-0.6b-shape", seed=5, std=0.02,
+                               norm_noise=0.1, **QWEN3_0_6B)
+
+
+@pytest.fixture(scope="module")
+def cuda_trainer(cuda_model_dir):
+    model, _ = load_model(cuda_model_dir, dtype=torch.bfloat16, device="cuda")
+    return model
+
+
+def cuda_sampler(model_dir, **kw):
+    """An exact engine for the 0.6B shape: 4 GiB of KV cache unless the test sets blocks,
+    no tokenizer (the random model emits ids beyond the tiny tokenizer's)."""
+    kw.setdefault("kv_cache_memory_bytes", 4 << 30)
+    # vLLM checks at start that this fraction of the GPU is free; the trainer model and
+    # the test process's cached logits hold part of it.
+    kw.setdefault("gpu_memory_utilization", 0.5)
+    return Sampler(model_dir, temperature=T, max_model_len=CUDA_LEN, skip_tokenizer_init=True,
+                   disable_log_stats=False, **kw)
+
+
+def crowd_prompts(n, seed):
+    """n prompts of 5..300 tokens (ids < 500), lengths and contents from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(5, 301, (n,), generator=g).tolist()
+    return [torch.randint(3, 500, (m,), generator=g).tolist() for m in lens]
+
+
+class CrowdTests:
+    """Many requests of mixed lengths, arriving in one order and then shuffled: every
+    token's logprob == the trainer's, each request's result independent of the order, and
+    equal across every CUDA engine that runs the crowd."""
+
+    CROWD_N = 256
+
+    def test_crowd_shuffled_arrival(self, sampler, trainer):
+        prompts = crowd_prompts(self.CROWD_N, seed=1)
+        seeds = [1000 + i for i in range(len(prompts))]
+        base = sampler.sample(prompts, n=1, params=CROWD, seeds=seeds)
+        assert assert_parity(trainer, prompts, base) == len(prompts)
+        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(2)).tolist()
+        shuffled = sampler.sample([prompts[i] for i in order], n=1, params=CROWD, seeds=[seeds[i] for i in order])
+        for k, i in enumerate(order):
+            assert_same(flat([shuffled[k]]), flat([base[i]]))
+        runs = CROSS.setdefault(("cuda", f"crowd{self.CROWD_N}"), {})
+        runs[id(sampler)] = flat(base)
+        for other in runs.values():
+            assert_same(other, flat(base))
+
+
+@pytest.mark.gpu
+class TestCudaBatch64(TestBatch16, CrowdTests):
+    """max_num_seqs 64, prefix caching, eager: every TestBatch16 scenario, and the crowd."""
+
+    @pytest.fixture(scope="class")
+    def model_dir(self, cuda_model_dir):
+        return cuda_model_dir
+
+    @pytest.fixture(scope="class")
+    def trainer(self, cuda_trainer):
+        return cuda_trainer
+
+    @pytest.fixture(scope="class")
+    def sampler(self, model_dir):
+        s = cuda_sampler(model_dir, max_num_seqs=64, max_num_batched_tokens=2048)
+        yield s
+        s.shutdown()
+
+
+@pytest.mark.gpu
+class TestCudaGraphs64(TestCudaBatch64):
+    """The same with CUDA graphs on (decode steps replayed from captured graphs)."""
+
+    @pytest.fixture(scope="class")
+    def sampler(self, model_dir):
+        s = cuda_sampler(model_dir, max_num_seqs=64, max_num_batched_tokens=2048, cuda_graphs=True)
+        yield s
+        s.shutdown()
+
+
+@pytest.mark.gpu
+class TestCudaCrowd256(CrowdTests):
+    """max_num_seqs 256, token budget 512 (chunked prefill), eager."""
+
+    @pytest.fixture(scope="class")
+    def trainer(self, cuda_trainer):
+        return cuda_trainer
+
+    @pytest.fixture(scope="class")
+    def sampler(self, cuda_model_dir):
+        s = cuda_sampler(cuda_model_dir, max_num_seqs=256, max_num_batched_tokens=512)
+        yield s
+        s.shutdown()
+
+    def test_shared_workloads(self, sampler, trainer):
+        run_shared_workloads(sampler, trainer, "seqs256_budget512", seeded=True)
+
+
+@pytest.mark.gpu
+class TestCudaGraphsCrowd256(TestCudaCrowd256):
+    """max_num_seqs 256, token budget 1024, CUDA graphs on."""
+
+    @pytest.fixture(scope="class")
+    def sampler(self, cuda_model_dir):
+        s = cuda_sampler(cuda_model_dir, max_num_seqs=256, max_num_batched_tokens=1024, cuda_graphs=True)
+        yield s
+        s.shutdown()
+
+
+@pytest.mark.gpu
+class TestCudaChunkedPreempt8(TestChunkedPreempt4):
+    """max_num_seqs 8, token budget 32, 36 KV blocks of 16 (vLLM needs one max_model_len
+    sequence to fit): chunked prefill, forced preemption and recompute. On CUDA seeded
+    requests work with split prompts."""
+
+    @pytest.fixture(scope="class")
+    def trainer(self, cuda_trainer):
+        return cuda_trainer
+
+    @pytest.fixture(scope="class")
+    def sampler(self, cuda_model_dir):
+        s = cuda_sampler(cuda_model_dir, max_num_seqs=8, max_num_batched_tokens=32, num_gpu_blocks_override=36,
+                         block_size=16)
+        yield s
+        s.shutdown()
+
+    def test_seeds_refused_per_request_with_split_prompts(self, sampler, trainer):
+        res = sampler.sample(PROMPTS * 2, n=1, params=SAMPLED, seeds=[7 * i for i in range(2 * len(PROMPTS))])
+        assert_parity(trainer, PROMPTS * 2, res)
+        assert_same(flat(res[:len(PROMPTS)]), flat(sampler.sample(PROMPTS, n=1, params=SAMPLED,
+                                                                  seeds=[7 * i for i in range(len(PROMPTS))])))
+
+
+@pytest.mark.gpu
+class TestCudaSingle1(TestSingle1):
+    @pytest.fixture(scope="class")
+    def trainer(self, cuda_trainer):
+        return cuda_trainer
+
+    @pytest.fixture(scope="class")
+    def sampler(self, cuda_model_dir):
+        s = cuda_sampler(cuda_model_dir, max_num_seqs=1, enable_prefix_caching=False)
+        yield s
+        s.shutdown()
