@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# On the GPU test machine (torch + triton only): `bash scripts/gpu_check.sh tests` runs
-# every gpu-marked test; `bash scripts/gpu_check.sh bench` runs every benchmark.
-# Logs go under $OUT (the device tool's output folder) or /tmp/gpu_out; a short
-# summary is printed last.
+# On a GPU machine with torch + triton only: `bash scripts/gpu_check.sh tests [LOG_DIR]`
+# runs every gpu-marked test; `bash scripts/gpu_check.sh bench [LOG_DIR]` runs every
+# benchmark; `all` both. Logs go under LOG_DIR (default /tmp/gpu_out); a short summary
+# is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
-out="${OUT:-/tmp/gpu_out}"; mkdir -p "$out"
+out="${2:-/tmp/gpu_out}"; mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$out/gpu.txt"
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
 run_tests() {
@@ -16,7 +16,7 @@ run_tests() {
 }
 case "${1:-tests}" in
   tests) run_tests ;;
-  all) run_tests; "$0" bench ;;
+  all) run_tests; "$0" bench "$out" ;;
   bench)
     for b in matmul attention rms_norm activation rotary logprobs model; do
       extra=(); [ "$b" != matmul ] && [ "$b" != attention ] && [ "$b" != model ] && extra=(--quick)

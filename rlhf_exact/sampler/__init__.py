@@ -10,7 +10,7 @@ logprobs equal the trainer's bit for bit.
     worker_ext.py       in-place, validated, bucketed weight updates (collective_rpc)
     engine.py           Sampler: sample() / update_weights() around vllm.LLM
     actor.py            the Ray actor around Sampler (Ray imported only there)
-    seed_experiment.py  `python -m rlhf_exact.sampler.seed_experiment`
+    group.py            SamplerGroup: the sampler fleet the loop drives (twin of trainer/group.py)
 
 Nothing here is imported by the model or the kernels; importing this package imports
 neither vLLM nor Ray.
