@@ -1,7 +1,7 @@
 """Trainer forward+backward throughput: the exact Qwen3 (batch-invariant kernels)
 against the same model code on stock torch ops.
 
-"Stock" swaps the op names that rlhf_exact/models/qwen3.py calls for torch's own:
+"Stock" builds the same model on the stock op table (rlhf_exact/models/ops.py STOCK):
 F.linear (cuBLAS), F.rms_norm, rotary in torch elementwise math, per-sequence SDPA
 (flash/efficient backends, causal, GQA), F.silu * up, log_softmax + gather. Module
 code, shapes, packing and parameters are identical, so the ratio is the cost of the
@@ -22,8 +22,8 @@ import time
 
 import torch
 
+from rlhf_exact.models.ops import EXACT, STOCK
 from rlhf_exact.models.qwen3 import Qwen3Config, Qwen3ForCausalLM, pack_sequences, packed_logprobs
-from rlhf_exact.models.stock import stock_ops
 
 QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                   num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
@@ -77,9 +77,11 @@ def main() -> None:
     if args.layers:
         shape["num_hidden_layers"] = args.layers
     cfg = Qwen3Config(**shape, max_position_embeddings=max(args.seq_len, 4096))
-    model = Qwen3ForCausalLM(cfg, device=args.device, dtype=torch.bfloat16,
-                             activation_checkpointing=args.activation_checkpointing)
-    model.init_weights(seed=0)
+    def build(ops):
+        model = Qwen3ForCausalLM(cfg, device=args.device, dtype=torch.bfloat16,
+                                 activation_checkpointing=args.activation_checkpointing, ops=ops)
+        model.init_weights(seed=0)  # the same weights for both
+        return model
     g = torch.Generator().manual_seed(0)
     lens = [args.seq_len] * (args.tokens // args.seq_len)
     if args.tokens % args.seq_len:
@@ -87,9 +89,8 @@ def main() -> None:
     seqs = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in lens]
     batch = pack_sequences(seqs).to(args.device)
 
-    exact = measure(model, batch, args.device, args.warmup, args.iters)
-    with stock_ops():
-        stock = measure(model, batch, args.device, args.warmup, args.iters)
+    exact = measure(build(EXACT), batch, args.device, args.warmup, args.iters)
+    stock = measure(build(STOCK), batch, args.device, args.warmup, args.iters)
 
     dev = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"Qwen3 {'tiny' if args.tiny else '0.6B'} shape, {cfg.num_hidden_layers} layers, bf16, {dev}, "

@@ -2,6 +2,8 @@
 
     qwen3.py       Qwen3 dense: config, modules, varlen (training) and paged (generation)
                    attention contexts, packed batches, trainer-side logprobs
+    ops.py         the op table the model computes with (exact kernels or stock torch) and
+                   `select_kernels(kind)`, the process's one kernel switch
     checkpoint.py  Hugging Face model directory load/save (safetensors only)
     tiny.py        tiny Qwen3 model + locally trained tokenizer, for CPU runs and tests
 

@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .ops import EXACT, Ops
 from .qwen3 import Qwen3Config, Qwen3ForCausalLM
 
 CONFIG = "config.json"
@@ -222,13 +223,15 @@ def check_tokenizer(path: str | os.PathLike, config: Qwen3Config) -> None:
 
 
 def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-               activation_checkpointing: bool = False) -> tuple[Qwen3ForCausalLM, Qwen3Config]:
+               activation_checkpointing: bool = False, ops: Ops = EXACT) -> tuple[Qwen3ForCausalLM, Qwen3Config]:
     """Build a Qwen3ForCausalLM with parameters in `dtype` on `device` from a local HF
-    model directory. Everything is validated before the module is created."""
+    model directory, computing with the op table `ops` (models/ops.py). Everything is
+    validated before the module is created."""
     config = read_config(path)
     check_tokenizer(path, config)
     state = read_state_dict(path, config, dtype=dtype)
-    model = Qwen3ForCausalLM(config, device="meta", dtype=dtype, activation_checkpointing=activation_checkpointing)
+    model = Qwen3ForCausalLM(config, device="meta", dtype=dtype, activation_checkpointing=activation_checkpointing,
+                             ops=ops)
     model.to_empty(device=device)  # rebuilds the fp32 rotary table on `device`
     model.tie_weights()
     load_state_dict_into(model, state)

@@ -10,8 +10,9 @@ One definition, two attention contexts, same op boundaries and rounding points:
 Inputs are PACKED token streams with no batch dimension ([T] token ids, [T]
 positions), the layout vLLM uses. Parameter names are those of Hugging Face's
 `Qwen3ForCausalLM` state dict, so checkpoints load and save directly
-(`rlhf_exact.models.checkpoint`). Compute goes only through `exact_kernels` (linear,
-rms_norm, silu_and_mul, apply_rotary, attention, token_logprobs); torch does data
+(`rlhf_exact.models.checkpoint`). Compute goes only through the op table (models/ops.py:
+`exact_kernels` by default; linear, rms_norm, silu_and_mul, apply_rotary, attention,
+token_logprobs) and the exact paged attention; torch does data
 movement, the embedding lookup and the residual adds (elementwise, so batch
 invariant). The model imports no Ray, vLLM or W&B.
 
@@ -57,12 +58,10 @@ from torch.utils.checkpoint import checkpoint
 
 # Imported from the op modules, not the package: once `exact_kernels.rms_norm` (the
 # module) is imported, the package attribute `rms_norm` is that module, not the op.
-from exact_kernels.activation import silu_and_mul
-from exact_kernels.attention import paged_attention, varlen_attention, write_kv_cache
-from exact_kernels.logprobs import token_logprobs
-from exact_kernels.matmul import linear
-from exact_kernels.rms_norm import rms_norm
-from exact_kernels.rotary import apply_rotary, rotary_table
+from exact_kernels.attention import paged_attention, write_kv_cache
+from exact_kernels.rotary import rotary_table
+
+from .ops import EXACT, Ops
 
 ARCHITECTURE = "Qwen3ForCausalLM"
 MODEL_TYPE = "qwen3"
@@ -207,30 +206,30 @@ AttentionContext = VarlenContext | PagedContext
 
 
 class Linear(nn.Module):
-    """Bias-free linear on `exact_kernels.matmul.linear`: [..., in] -> [..., out]."""
+    """Bias-free linear on `ops.linear` (`exact_kernels.matmul.linear`): [..., in] -> [..., out]."""
 
-    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None, ops: Ops = EXACT):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features, self.ops = in_features, out_features, ops
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, None)
+        return self.ops.linear(x, self.weight, None)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias=False"
 
 
 class RMSNorm(nn.Module):
-    """HF Qwen3RMSNorm on `exact_kernels.rms_norm` (rounding point 2): [..., H] -> [..., H]."""
+    """HF Qwen3RMSNorm on `ops.rms_norm` (rounding point 2): [..., H] -> [..., H]."""
 
-    def __init__(self, hidden_size: int, eps: float, device=None, dtype=None):
+    def __init__(self, hidden_size: int, eps: float, device=None, dtype=None, ops: Ops = EXACT):
         super().__init__()
-        self.eps = eps
+        self.eps, self.ops = eps, ops
         self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        return self.ops.rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
@@ -265,15 +264,15 @@ class RotaryTable(nn.Module):
 
 
 class Qwen3Attention(nn.Module):
-    def __init__(self, config: Qwen3Config, layer_idx: int, device=None, dtype=None):
+    def __init__(self, config: Qwen3Config, layer_idx: int, device=None, dtype=None, ops: Ops = EXACT):
         super().__init__()
-        self.layer_idx = layer_idx
+        self.layer_idx, self.ops = layer_idx, ops
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
         self.scale = config.head_dim ** -0.5
         h, qd, kvd = config.hidden_size, config.num_attention_heads * config.head_dim, \
             config.num_key_value_heads * config.head_dim
-        kw = dict(device=device, dtype=dtype)
+        kw = dict(device=device, dtype=dtype, ops=ops)
         self.q_proj = Linear(h, qd, **kw)
         self.k_proj = Linear(h, kvd, **kw)
         self.v_proj = Linear(h, kvd, **kw)
@@ -288,10 +287,10 @@ class Qwen3Attention(nn.Module):
         q = self.q_norm(self.q_proj(x).view(t, self.num_heads, self.head_dim))
         k = self.k_norm(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim))
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        q = apply_rotary(q, positions, cos, sin)
-        k = apply_rotary(k, positions, cos, sin)
+        q = self.ops.apply_rotary(q, positions, cos, sin)
+        k = self.ops.apply_rotary(k, positions, cos, sin)
         if isinstance(ctx, VarlenContext):
-            o = varlen_attention(q, k, v, ctx.cu_seqlens, ctx.max_seqlen, self.scale)
+            o = self.ops.varlen_attention(q, k, v, ctx.cu_seqlens, ctx.max_seqlen, self.scale)
         else:
             k_cache, v_cache = ctx.kv_caches[self.layer_idx]
             # written before it is read
@@ -302,22 +301,23 @@ class Qwen3Attention(nn.Module):
 
 
 class Qwen3MLP(nn.Module):
-    def __init__(self, config: Qwen3Config, device=None, dtype=None):
+    def __init__(self, config: Qwen3Config, device=None, dtype=None, ops: Ops = EXACT):
         super().__init__()
-        kw = dict(device=device, dtype=dtype)
+        self.ops = ops
+        kw = dict(device=device, dtype=dtype, ops=ops)
         self.gate_proj = Linear(config.hidden_size, config.intermediate_size, **kw)
         self.up_proj = Linear(config.hidden_size, config.intermediate_size, **kw)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Separate gate/up linears (rounded as HF), one fused silu*mul (rounding point 7).
-        return self.down_proj(silu_and_mul(torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)))
+        return self.down_proj(self.ops.silu_and_mul(torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)))
 
 
 class Qwen3DecoderLayer(nn.Module):
-    def __init__(self, config: Qwen3Config, layer_idx: int, device=None, dtype=None):
+    def __init__(self, config: Qwen3Config, layer_idx: int, device=None, dtype=None, ops: Ops = EXACT):
         super().__init__()
-        kw = dict(device=device, dtype=dtype)
+        kw = dict(device=device, dtype=dtype, ops=ops)
         self.self_attn = Qwen3Attention(config, layer_idx, **kw)
         self.mlp = Qwen3MLP(config, **kw)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
@@ -330,12 +330,13 @@ class Qwen3DecoderLayer(nn.Module):
 
 
 class Qwen3Model(nn.Module):
-    def __init__(self, config: Qwen3Config, device=None, dtype=None):
+    def __init__(self, config: Qwen3Config, device=None, dtype=None, ops: Ops = EXACT):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, **kw)
-        self.layers = nn.ModuleList(Qwen3DecoderLayer(config, i, **kw) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+        self.layers = nn.ModuleList(Qwen3DecoderLayer(config, i, **kw, ops=ops)
+                                    for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw, ops=ops)
         self.rotary_emb = RotaryTable(config.max_position_embeddings, config.head_dim, config.rope_theta,
                                       device=device)
         self.activation_checkpointing = False
@@ -359,13 +360,17 @@ class Qwen3ForCausalLM(nn.Module):
     `forward(input_ids [T], positions [T], ctx)` returns logits [R, V] (parameter
     dtype) of the rows `logits_indices` (all rows by default); with `targets` [R] it
     returns their fp32 logprobs [R] at `temperature` instead. Logits and logprobs are
-    computed inside forward so FSDP2 keeps lm_head unsharded for them."""
+    computed inside forward so FSDP2 keeps lm_head unsharded for them.
 
-    def __init__(self, config: Qwen3Config, device=None, dtype=None, activation_checkpointing: bool = False):
+    `ops` is the op table every module computes with (models/ops.py): the exact kernels
+    by default, stock torch for kernels=default runs."""
+
+    def __init__(self, config: Qwen3Config, device=None, dtype=None, activation_checkpointing: bool = False,
+                 ops: Ops = EXACT):
         super().__init__()
-        self.config = config
-        self.model = Qwen3Model(config, device=device, dtype=dtype)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, device=device, dtype=dtype)
+        self.config, self.ops = config, ops
+        self.model = Qwen3Model(config, device=device, dtype=dtype, ops=ops)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, device=device, dtype=dtype, ops=ops)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.set_activation_checkpointing(activation_checkpointing)
@@ -405,7 +410,7 @@ class Qwen3ForCausalLM(nn.Module):
         logits = self.lm_head(hidden)
         if targets is None:
             return logits
-        return token_logprobs(logits, targets, temperature)
+        return self.ops.token_logprobs(logits, targets, temperature)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ the driver hands each rank a plan with the SAME number of micro-batches (empty s
 are filled with a one-token dummy sequence of weight 0), because each FSDP2 forward
 all-gathers parameters from every rank.
 
-Numerics (docs/design.md): `enable_exact_mode()` runs before `init_process_group` when
-kernels=exact. The forward in bf16 compute from fp32 masters through
+Numerics (docs/design.md): `select_kernels` (models/ops.py; for kernels=exact the
+exact-mode switch) runs before `init_process_group`, and the model computes with the
+op table it returns. The forward in bf16 compute from fp32 masters through
 MixedPrecisionPolicy equals the sampler's bf16 model bit for bit (tests/models,
 FSDP2 1 vs 2 ranks); gradients are reduced in fp32.
 
@@ -66,14 +67,11 @@ class TrainerWorker:
         self.spec = spec
         self.rank, self.world_size = rank, world_size
         torch.set_num_threads(self.spec.num_threads)
-        if self.spec.exact:
-            from exact_kernels import enable_exact_mode
+        from rlhf_exact.models.ops import select_kernels
 
-            enable_exact_mode()  # before the process group: NCCL variables are read at init
-        else:
-            from rlhf_exact.models.stock import use_stock_ops
-
-            use_stock_ops()  # kernels=default: the comparison run on stock torch kernels
+        # before the process group: exact mode sets the NCCL variables read at its init;
+        # kernels=default: the comparison run on stock torch kernels
+        self.ops = select_kernels("exact" if self.spec.exact else "default")
         import torch.distributed as dist
 
         backend = "nccl" if self.spec.device == "cuda" else "gloo"
@@ -105,7 +103,7 @@ class TrainerWorker:
 
         s = self.spec
         model, config = load_model(s.model_path, dtype=getattr(torch, s.param_dtype), device=self.device,
-                                   activation_checkpointing=s.activation_checkpointing)
+                                   activation_checkpointing=s.activation_checkpointing, ops=self.ops)
         mesh = init_device_mesh(self.device.type, (self.world_size,))
         mp = MixedPrecisionPolicy(param_dtype=getattr(torch, self.spec.compute_dtype), reduce_dtype=torch.float32,
                                   cast_forward_inputs=False)
@@ -117,7 +115,8 @@ class TrainerWorker:
     def _build_reference(self):
         from rlhf_exact.models.checkpoint import load_model
 
-        ref, _ = load_model(self.spec.model_path, dtype=getattr(torch, self.spec.compute_dtype), device=self.device)
+        ref, _ = load_model(self.spec.model_path, dtype=getattr(torch, self.spec.compute_dtype), device=self.device,
+                            ops=self.ops)
         ref.requires_grad_(False)
         return ref
 
@@ -128,7 +127,6 @@ class TrainerWorker:
         with entropy=True also the entropy [L] of each of those tokens' distributions.
         Both come from the same logits and the same `token_logprobs` call, so asking
         for the entropy does not change a logprob bit."""
-        from rlhf_exact.models import qwen3, stock
         from rlhf_exact.models.qwen3 import pack_sequences
 
         batch = pack_sequences([s.prompt.tolist() + s.completion.tolist() for s in slots]).to(self.device)
@@ -139,13 +137,8 @@ class TrainerWorker:
             lp = model(batch.input_ids, batch.positions, batch.context, targets=batch.targets, temperature=T)
             return [lp[a:a + n] for a, n in spans]
         logits = model(batch.input_ids, batch.positions, batch.context)
-        lp = qwen3.token_logprobs(logits, batch.targets, T)  # the op the model itself uses
-        if self.spec.exact:
-            from exact_kernels.logprobs import log_softmax
-
-            lsm = log_softmax(logits, T)
-        else:
-            lsm = stock.log_softmax(logits, T)
+        lp = self.ops.token_logprobs(logits, batch.targets, T)  # the op the model itself uses
+        lsm = self.ops.log_softmax(logits, T)
         ent = -(lsm.exp() * lsm).sum(-1)
         return [lp[a:a + n] for a, n in spans], [ent[a:a + n] for a, n in spans]
 

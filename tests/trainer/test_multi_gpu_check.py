@@ -61,7 +61,7 @@ def test_imports_need_only_the_torch_stack(tmp_path):
     code = ("import runpy, sys\n"
             "import rlhf_exact.trainer.worker, rlhf_exact.trainer.plan, rlhf_exact.algo.grpo\n"
             "import rlhf_exact.models.qwen3, rlhf_exact.models.checkpoint, rlhf_exact.models.tiny\n"
-            "import tests.models.generate, rlhf_exact.models.stock, rlhf_exact.sampler.worker_ext\n"
+            "import tests.models.generate, rlhf_exact.models.ops, rlhf_exact.sampler.worker_ext\n"
             "import exact_kernels, exact_kernels.mode\n"
             "import torch.distributed.fsdp, torch.distributed.checkpoint.state_dict\n"
             f"runpy.run_path({str(SCRIPT)!r}, run_name='not_main')\n"

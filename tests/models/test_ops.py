@@ -1,0 +1,40 @@
+"""The model's op table (rlhf_exact/models/ops.py): `select_kernels` returns the table a
+model is built with, and the choice belongs to the model instance: a stock model
+beside an exact one in the same process leaves the exact one's bits unchanged.
+
+    python -m pytest tests/models/test_ops.py -q
+"""
+import pytest
+import torch
+
+from rlhf_exact.models.checkpoint import load_model
+from rlhf_exact.models.ops import EXACT, STOCK, select_kernels
+from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs
+
+from .conftest import random_sequences
+
+
+def test_select_kernels():
+    from exact_kernels import disable_exact_mode, is_exact_mode
+
+    assert select_kernels("default") is STOCK and not is_exact_mode()
+    try:
+        assert select_kernels("exact") is EXACT and is_exact_mode()  # the process switch is on
+        assert select_kernels("exact") is EXACT  # idempotent
+    finally:
+        disable_exact_mode()  # a trainer rank or sampler actor keeps it; a test process must not
+    with pytest.raises(ValueError, match="exact, default"):
+        select_kernels("fast")
+
+
+def test_stock_and_exact_models_side_by_side(tiny_dir):
+    batch = pack_sequences(random_sequences(4, [5, 17, 9, 30]))
+    exact, _ = load_model(tiny_dir, dtype=torch.float32)
+    with torch.no_grad():
+        before = packed_logprobs(exact, batch)
+        stock_model, _ = load_model(tiny_dir, dtype=torch.float32, ops=STOCK)
+        stock = packed_logprobs(stock_model, batch)
+        after = packed_logprobs(exact, batch)
+    assert torch.equal(before, after)  # building and running a stock model changed nothing global
+    assert all(m.ops is STOCK for m in stock_model.modules() if hasattr(m, "ops"))
+    torch.testing.assert_close(stock, before, rtol=0, atol=1e-4)  # the same model on other kernels
