@@ -9,8 +9,9 @@ logprobs equal the trainer's bit for bit.
     vllm_compat.py      the differences between vLLM releases, each named with its version
     worker_ext.py       in-place, validated, bucketed weight updates (collective_rpc)
     engine.py           Sampler: sample() / update_weights() around vllm.LLM
-    actor.py            the Ray actor around Sampler (Ray imported only there)
-    group.py            SamplerGroup: the sampler fleet the loop drives (twin of trainer/group.py)
+    actor.py            SamplerActor: one Sampler in a Ray actor process (plain Python)
+    group.py            SamplerGroup: the sampler actors the loop drives (twin of trainer/group.py),
+                        from_config, restarts (Ray imported only here)
 
 Nothing here is imported by the model or the kernels; importing this package imports
 neither vLLM nor Ray.

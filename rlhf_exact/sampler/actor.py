@@ -1,10 +1,10 @@
-"""The Ray sampler actor: one `engine.Sampler` (a vLLM engine with the exact plugin) in a
-Ray actor process. Ray is imported only inside `sampler_actor`, so the model, the
-kernels and the rest of the sampler never import it.
+"""The body of a sampler Ray actor: one `engine.Sampler` (a vLLM engine with the exact
+plugin) in a Ray actor process. Plain Python: `SamplerGroup` (group.py) wraps it with
+`ray.remote`, so the model, the kernels and the rest of the sampler never import Ray.
 
     import ray
-    from rlhf_exact.sampler.actor import sampler_actor
-    actor = sampler_actor(num_cpus=1).remote("path/to/model", temperature=1.0, max_model_len=512)
+    from rlhf_exact.sampler.actor import SamplerActor
+    actor = ray.remote(num_cpus=1)(SamplerActor).remote("path/to/model", temperature=1.0, max_model_len=512)
     ray.get(actor.ready.remote())
     results = ray.get(actor.sample.remote(prompts, n=4, params=SamplingConfig(max_tokens=64), seeds=seeds))
     seconds = ray.get(actor.update_weights.remote(named_bf16_tensors, bucket_bytes=64 << 20))
@@ -23,15 +23,15 @@ from .engine import SampleResult, Sampler, SamplingConfig
 
 
 class SamplerActor:
-    """The actor's body (plain Python; `sampler_actor` wraps it with ray.remote)."""
+    """The actor's body (plain Python; SamplerGroup wraps it with ray.remote)."""
 
     def __init__(self, model: str, **sampler_kwargs):
-        if sampler_kwargs.get("exact", True):
-            from exact_kernels import enable_exact_mode
+        from rlhf_exact.models.ops import select_kernels
 
-            # The one switch, before vLLM starts its workers and their process group: they
-            # inherit the NCCL variables it sets (its aten routing covers this process).
-            self.exact_mode_report = enable_exact_mode()
+        # The one switch, before vLLM starts its workers and their process group: they
+        # inherit the NCCL variables exact mode sets (its aten routing covers this process).
+        # kernels=default runs vLLM's own model (the group starts it with VLLM_PLUGINS=none).
+        select_kernels("exact" if sampler_kwargs.get("exact", True) else "default")
         self.sampler = Sampler(model, **sampler_kwargs)
 
     def ready(self) -> dict:
@@ -54,9 +54,3 @@ class SamplerActor:
     def shutdown(self) -> None:
         self.sampler.shutdown()
 
-
-def sampler_actor(num_cpus: float = 1, **ray_options):
-    """The Ray actor class of `SamplerActor` with the given resources (imports Ray)."""
-    import ray
-
-    return ray.remote(num_cpus=num_cpus, **ray_options)(SamplerActor)

@@ -37,7 +37,7 @@ class SamplerGroup:
         engine (engine.Sampler: temperature, dtype, max_model_len, ...)."""
         import ray
 
-        from .actor import sampler_actor
+        from .actor import SamplerActor
 
         self.bucket_bytes, self.params = bucket_bytes, params or SamplingConfig()
         opts = dict(max_restarts=MAX_RESTARTS, max_task_retries=0)
@@ -46,7 +46,7 @@ class SamplerGroup:
         env = {} if exact else {"VLLM_PLUGINS": "none"}  # kernels=default: vLLM's own model and kernels
         env |= {"OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
         opts["runtime_env"] = {"env_vars": env}
-        cls = sampler_actor(num_cpus=0.5 if device == "cpu" else 1, **opts)
+        cls = ray.remote(num_cpus=0.5 if device == "cpu" else 1, **opts)(SamplerActor)
         self.actors = [cls.remote(str(model_path), exact=exact, **engine_kwargs) for _ in range(num_samplers)]
         ray.get([a.ready.remote() for a in self.actors])  # surfaces an engine start error here
         self.weights = None  # the latest weights sent (re-sent to a restarted actor)

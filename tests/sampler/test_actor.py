@@ -16,10 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_ray_sampler_actor_samples_and_updates(local_ray, tmp_path):
-    from rlhf_exact.sampler.actor import sampler_actor
+    from rlhf_exact.sampler.actor import SamplerActor
 
     path = make_tiny_model_dir(tmp_path / "tiny", seed=5, std=0.05, norm_noise=0.1, num_hidden_layers=2)
-    actor = sampler_actor(num_cpus=1).remote(str(path), temperature=1.0, max_model_len=128, max_num_seqs=8)
+    actor = ray.remote(num_cpus=1)(SamplerActor).remote(str(path), temperature=1.0, max_model_len=128, max_num_seqs=8)
     info = ray.get(actor.ready.remote(), timeout=600)
     assert info["temperature"] == 1.0 and info["vocab_size"] == 512
 
