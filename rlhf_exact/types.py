@@ -8,7 +8,7 @@ and the trainer group, and what they hand back.
         --TrainerGroup.train_minibatch(seqs, LossNorm)--> MinibatchResult
 
 Per-token fields are tensors: token ids int64 [P] / [L], logprobs and weights fp32 [L]
-(L = completion length). Records are frozen; a phase that adds to one returns a new
+(L = completion length; with a loss mask, a multi-turn episode's, over the masked tokens). Records are frozen; a phase that adds to one returns a new
 one (`dataclasses.replace`). This module imports torch only, so the trainer ranks, the
 sampler actors and the multi-GPU check can all use it.
 """
@@ -33,11 +33,33 @@ class Episode:
     reward_error: str | None = None  # why a reward function failed on it (on_error=skip), else None
     advantage: float = 0.0  # group-relative advantage (every token of the completion gets it)
     kept: bool = True  # False: its group was dropped before the update (equal-reward filter)
+    # Multi-turn episodes (rlhf_exact/envs): the completion is every token after the first
+    # prompt, the model's turns and the environment's observations in order.
+    model_mask: torch.Tensor | None = None  # [L] bool: tokens the sampler generated; sampler_logprobs then
+    # has model_mask.sum() entries (those tokens' logprobs, in order); None: every token (single turn)
+    loss_mask: torch.Tensor | None = None  # [L] bool: tokens the loss covers (the model's, and observations
+    # an environment marked trained); None: every token
+    turns: int = 1  # model turns
+    tool_errors: int = 0  # turns whose tool call failed
 
     @property
     def num_tokens(self) -> int:
         """Prompt + completion tokens: what the trainer packs for it."""
         return self.prompt.numel() + self.completion.numel()
+
+    @property
+    def num_loss_tokens(self) -> int:
+        """Completion tokens the loss covers."""
+        return self.completion.numel() if self.loss_mask is None else int(self.loss_mask.sum())
+
+    def model_in_loss(self) -> torch.Tensor | None:
+        """[num_loss_tokens] bool: which of the loss tokens the sampler generated (those with
+        a sampler logprob); None when all of them are (single turn, or no trained
+        observation)."""
+        if self.loss_mask is None or self.model_mask is None:
+            return None
+        sel = self.model_mask[self.loss_mask]
+        return None if bool(sel.all()) else sel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +72,9 @@ class TrainSeq:
     advantage: float = 0.0  # the sequence's advantage (update only)
     tis: torch.Tensor | None = None  # [L] fp32 truncated importance weights (kernels=default + TIS), else None
     ref_logprobs: torch.Tensor | None = None  # [L] fp32 reference-policy logprobs (kl_coef > 0), else None
+    loss_mask: torch.Tensor | None = None  # [L] bool: the completion tokens whose logprobs are returned and
+    # trained on (multi-turn: not the observations); the per-token fields above then have loss_mask.sum()
+    # entries. None: every completion token
 
     @property
     def num_tokens(self) -> int:

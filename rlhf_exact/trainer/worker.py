@@ -123,7 +123,8 @@ class TrainerWorker:
     # ------------------------------------------------------------------ forward
 
     def _forward(self, model, slots: Sequence[TrainSeq], entropy: bool = False):
-        """Per slot: the logprobs [L] of its completion tokens (fp32, grad if enabled);
+        """Per slot: the logprobs [L] of its completion tokens, or of those under its loss
+        mask (multi-turn: the model's turns), (fp32, grad if enabled);
         with entropy=True also the entropy [L] of each of those tokens' distributions.
         Both come from the same logits and the same `token_logprobs` call, so asking
         for the entropy does not change a logprob bit."""
@@ -132,15 +133,20 @@ class TrainerWorker:
         batch = pack_sequences([s.prompt.tolist() + s.completion.tolist() for s in slots]).to(self.device)
         starts = batch.cu_seqlens.tolist()
         spans = [(a + s.prompt.numel() - 1, s.completion.numel()) for a, s in zip(starts, slots)]
+        masks = [None if s.loss_mask is None else s.loss_mask.to(self.device) for s in slots]
+
+        def per_slot(t):  # [num_tokens] -> each slot's completion tokens (under its loss mask)
+            return [t[a:a + n] if m is None else t[a:a + n][m] for (a, n), m in zip(spans, masks)]
+
         T = self.spec.temperature
         if not entropy:
             lp = model(batch.input_ids, batch.positions, batch.context, targets=batch.targets, temperature=T)
-            return [lp[a:a + n] for a, n in spans]
+            return per_slot(lp)
         logits = model(batch.input_ids, batch.positions, batch.context)
         lp = self.ops.token_logprobs(logits, batch.targets, T)  # the op the model itself uses
         lsm = self.ops.log_softmax(logits, T)
         ent = -(lsm.exp() * lsm).sum(-1)
-        return [lp[a:a + n] for a, n in spans], [ent[a:a + n] for a, n in spans]
+        return per_slot(lp), per_slot(ent)
 
     @staticmethod
     def _slots(micro: Sequence[TrainSeq]) -> list[TrainSeq]:
@@ -186,8 +192,7 @@ class TrainerWorker:
             out.forward_logprobs.append([t.detach().float().cpu() for t in lps[:len(micro)]])
             lp = torch.cat(lps)
             dev = lp.device
-            seq_ids = torch.cat([torch.full((sl.completion.numel(),), k, dtype=torch.int64)
-                                 for k, sl in enumerate(slots)]).to(dev)
+            seq_ids = torch.cat([torch.full((len(t),), k, dtype=torch.int64) for k, t in enumerate(lps)]).to(dev)
             cat = lambda name: torch.cat([getattr(sl, name) for sl in slots]).to(dev, torch.float32)  # noqa: E731
             adv = torch.tensor([sl.advantage for sl in slots], dtype=torch.float32, device=dev)[seq_ids]
             tis = cat("tis") if slots[0].tis is not None else None

@@ -134,3 +134,23 @@ def test_state_round_trip_reproduces_the_next_step(model_dir):
         assert all(torch.equal(want[k], got[k]) for k in want)
     finally:
         g.shutdown()
+
+
+def test_loss_mask_selects_tokens(model_dir):
+    """A multi-turn sequence's loss mask: the trainer returns and trains on the masked
+    completion tokens only, with the same bits as the unmasked recompute at those tokens."""
+    masks = [torch.tensor([True, False, False, True]), torch.tensor([True, True]), torch.tensor([False, True, True]),
+             torch.tensor([True, True, False, False, False, True, True])]
+    g = group(model_dir, 2)
+    try:
+        full = recompute(g)
+        masked = g.logprobs(seqs(loss_mask=lambda i: masks[i]))
+        for i in range(len(SEQS)):
+            assert torch.equal(masked[i], full[i][masks[i]]), i
+        out = g.train_minibatch(seqs(old_logprobs=lambda i: masked[i], advantage=lambda i: 1.0 - i,
+                                     loss_mask=lambda i: masks[i]), NORM)
+        assert out.tokens == float(sum(int(m.sum()) for m in masks))
+        for i in range(len(SEQS)):
+            assert torch.equal(out.forward_logprobs[i], masked[i]), i
+    finally:
+        g.shutdown()
