@@ -24,34 +24,67 @@ def request_seed(run_seed: int, step: int, prompt: int, group_size: int) -> int:
     return ((run_seed * 1_000_003 + step) * 65_537 + prompt) * group_size % (2 ** 31 - group_size)
 
 
+def groups_of(episodes: Sequence[Episode]) -> list[list[int]]:
+    """Episode indices per group, groups in order of appearance (each group's episodes
+    are consecutive in a step's group-major list)."""
+    out: dict[int, list[int]] = {}
+    for i, e in enumerate(episodes):
+        out.setdefault(e.group, []).append(i)
+    return list(out.values())
+
+
+def _complete(groups: list[list[int]], group_size: int) -> bool:
+    return all(len(g) == group_size for g in groups)
+
+
 def score(episodes: Sequence[Episode], rewards: Sequence[float], errors: Sequence[str | None], group_size: int,
           normalize_std: bool = True, filter_equal_reward_groups: bool = False) -> list[Episode]:
     """The episodes with their reward, reward error, group advantage and `kept` flag
-    (False for every episode of a group whose rewards are all equal, when filtering)."""
+    (False for every episode of a group whose rewards are all equal, when filtering).
+    A group may have fewer than group_size episodes (multi-turn: an episode whose
+    environment failed was dropped from it): its advantages are relative to the episodes
+    it still has."""
     r = torch.tensor(list(rewards), dtype=torch.float32)
-    adv = group_advantages(r, group_size, normalize_std=normalize_std)
-    keep = torch.ones(r.numel() // group_size, dtype=torch.bool)
-    if filter_equal_reward_groups:
-        keep = ~equal_reward_groups(r, group_size)
+    groups = groups_of(episodes)
+    if _complete(groups, group_size):
+        adv = group_advantages(r, group_size, normalize_std=normalize_std)
+        keep = torch.ones(r.numel() // group_size, dtype=torch.bool)
+        if filter_equal_reward_groups:
+            keep = ~equal_reward_groups(r, group_size)
+        kept = [bool(keep[i // group_size]) for i in range(r.numel())]
+    else:
+        adv, kept = torch.zeros_like(r), [True] * r.numel()
+        for g in groups:
+            idx = torch.tensor(g)
+            adv[idx] = group_advantages(r[idx], len(g), normalize_std=normalize_std)
+            if filter_equal_reward_groups and bool(equal_reward_groups(r[idx], len(g))[0]):
+                for i in g:
+                    kept[i] = False
     return [dataclasses.replace(e, reward=float(r[i]), reward_error=errors[i], advantage=float(adv[i]),
-                                kept=bool(keep[i // group_size]))
+                                kept=kept[i])
             for i, e in enumerate(episodes)]
 
 
 def minibatch_split(episodes: Sequence[Episode], group_size: int, num_minibatches: int) -> list[list[int]]:
     """Indices of the kept episodes per minibatch, whole groups together, in order (at
-    most one minibatch per kept group); [] when no group is kept."""
+    most one minibatch per kept group); [] when no group is kept. Groups smaller than
+    group_size (dropped episodes) are split by group count the same way."""
     kept = [i for i, e in enumerate(episodes) if e.kept]
-    num_groups = len(kept) // group_size
-    if not num_groups:
+    groups = groups_of([episodes[i] for i in kept])
+    if not groups:
         return []
-    return [[kept[int(k)] for k in m] for m in minibatches(len(kept), min(num_minibatches, num_groups), group_size)]
+    if _complete(groups, group_size):
+        return [[kept[int(k)] for k in m] for m in minibatches(len(kept), min(num_minibatches, len(groups)),
+                                                                group_size)]
+    chunks = torch.tensor_split(torch.arange(len(groups)), min(num_minibatches, len(groups)))
+    return [[kept[k] for g in chunk.tolist() for k in groups[g]] for chunk in chunks]
 
 
 def loss_norm(episodes: Sequence[Episode], aggregation: str, max_tokens: int) -> LossNorm:
-    """The minibatch's normaliser: token_mean divides by its completion tokens, the
-    seq-means by its sequence count (seq_mean_token_sum also by max_tokens, Dr. GRPO's L)."""
-    tokens = sum(e.completion.numel() for e in episodes)
+    """The minibatch's normaliser: token_mean divides by its completion tokens (those under
+    the loss mask), the seq-means by its sequence count (seq_mean_token_sum also by
+    max_tokens, Dr. GRPO's L)."""
+    tokens = sum(e.num_loss_tokens for e in episodes)
     return LossNorm(num_seqs=len(episodes), aggregation=aggregation,
                     loss_scale_tokens=tokens if aggregation == "token_mean" else max_tokens)
 
@@ -67,12 +100,13 @@ def rollout_metrics(episodes: Sequence[Episode], group_size: int) -> dict[str, f
     """reward/*, response_length/* and the kept-group counts of a scored rollout."""
     rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
     lengths = torch.tensor([e.completion.numel() for e in episodes], dtype=torch.float32)
-    kept = sum(e.kept for e in episodes) // group_size
+    groups = groups_of(episodes)
+    kept = sum(episodes[g[0]].kept for g in groups)
     return {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
             "reward/errors": float(sum(e.reward_error is not None for e in episodes)),
             "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
             "response_length/min": float(lengths.min()),
-            "train/groups_kept": float(kept), "train/groups": float(len(episodes) // group_size)}
+            "train/groups_kept": float(kept), "train/groups": float(len(groups))}
 
 
 def update_metrics(updates: Sequence[MinibatchResult], lr: float, kl: bool = False,

@@ -88,3 +88,28 @@ def test_minibatch_result_merge_sums_ranks():
     r1 = MinibatchResult(loss=0.25, clipped_tokens=0.0, tokens=2.0, grad_norm=2.0, nonfinite=True)
     m = MinibatchResult.merge([r0, r1], [torch.zeros(1)])
     assert (m.loss, m.clipped_tokens, m.tokens, m.grad_norm, m.nonfinite) == (0.75, 1.0, 6.0, 2.0, True)
+
+
+def test_groups_with_dropped_episodes():
+    """Multi-turn: an episode whose environment failed is dropped from its group; the rest of
+    the group is scored, split and counted on its own."""
+    eps = [ep(0, 2), ep(0, 2), ep(0, 2), ep(1, 2), ep(1, 2), ep(2, 2)]  # group_size 3: 1 and 2 lost episodes
+    out = score(eps, [1.0, 0.0, 2.0, 4.0, 2.0, 5.0], [None] * 6, group_size=3, normalize_std=False,
+                filter_equal_reward_groups=True)
+    assert [e.advantage for e in out] == [0.0, -1.0, 1.0, 1.0, -1.0, 0.0]  # r - mean of what the group has
+    assert [e.kept for e in out] == [True] * 5 + [False]  # a group of one has equal rewards
+    assert minibatch_split(out, 3, 2) == [[0, 1, 2], [3, 4]]
+    assert minibatch_split(out, 3, 1) == [[0, 1, 2, 3, 4]]
+    m = rollout_metrics(out, 3)
+    assert (m["train/groups"], m["train/groups_kept"]) == (3.0, 2.0)
+
+
+def test_loss_tokens_and_model_tokens():
+    e = Episode(group=0, prompt=torch.arange(2), completion=torch.arange(6), sampler_logprobs=torch.zeros(3),
+                finish_reason="done", model_mask=torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool),
+                loss_mask=torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool))
+    assert e.num_loss_tokens == 3 and e.model_in_loss() is None
+    assert loss_norm([e, ep(0, 4)], "token_mean", 12) == LossNorm(2, "token_mean", 7)
+    trained_obs = Episode(**{**e.__dict__, "loss_mask": torch.tensor([1, 1, 1, 0, 1, 0], dtype=torch.bool)})
+    assert trained_obs.num_loss_tokens == 4
+    assert trained_obs.model_in_loss().tolist() == [True, True, False, True]
