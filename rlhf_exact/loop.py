@@ -4,10 +4,14 @@ step as these phases, each a method of the same name over typed records (types.p
 
   sample       prompts_per_step prompts x group_size completions, per-request seeds
                derived from (run.seed, step, prompt) -> Episodes (token ids, sampler
-               logprobs, finish reason)
-  score        decode, reward functions from config, group advantages (+ DAPO filter);
-               the arithmetic is algo/rollout.py's
-  recompute    the trainer's logprobs of every sampled token in its own micro-batches;
+               logprobs, finish reason); with an environment (env.name), group_size
+               multi-turn episodes per prompt (envs/episode.py: each turn one request
+               whose prompt is the episode's ids so far), an episode whose environment
+               failed dropped from its group
+  score        decode, reward functions from config (+ the environment's reward), group
+               advantages (+ DAPO filter); the arithmetic is algo/rollout.py's
+  recompute    the trainer's logprobs of every sampled token in its own micro-batches
+               (multi-turn: every model token of every turn, under the loss mask);
                parity metrics sampler vs trainer (exact mode: every bit must agree,
                else warn or stop, by config) -> TrainSeqs
   train        epochs x minibatches of PPO-clip updates (old logprobs = the sampler's in
@@ -99,12 +103,25 @@ class Loop:
         from rlhf_exact.sampler.group import SamplerGroup
         from rlhf_exact.trainer.group import TrainerGroup
 
-        cfg = self.cfg
+        cfg, sp = self.cfg, self.cfg.sampling
         self.model_path = prepare_model(cfg, self.run_dir)
         self.tokenizer = _load_tokenizer(self.model_path)
         self.rows, self.stream = _load_data(cfg, self.tokenizer, self.model_path)
         init_ray(cfg)
         self.samplers = SamplerGroup.from_config(cfg, self.model_path)
+        self.env = None
+        if cfg.env.name:
+            from rlhf_exact.envs import EnvRunner, Limits
+            from rlhf_exact.models.checkpoint import read_config
+
+            e = cfg.env
+            self.env = EnvRunner(e.name, e.kwargs, self.tokenizer, vocab_size=read_config(self.model_path).vocab_size,
+                                 num_workers=e.num_workers, timeout_s=e.timeout_s, imports=cfg.run.imports)
+            self.limits = Limits(max_turns=e.max_turns, max_turn_tokens=sp.max_tokens,
+                                 max_episode_tokens=e.max_episode_tokens or cfg.sampler.max_model_len - 1)
+        # Dr. GRPO's constant L (loss_aggregation seq_mean_token_sum): the most tokens a sequence trains on
+        self.max_loss_tokens = sp.max_tokens if self.env is None else \
+            min(self.limits.max_turns * sp.max_tokens, self.limits.max_episode_tokens)
         self.trainer = TrainerGroup.from_config(cfg, self.model_path)
         self.start_step = self._maybe_resume()
         self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.start_step)
@@ -133,7 +150,7 @@ class Loop:
         """One step, phase by phase (module docstring); returns its metrics."""
         clock = _Clock()
         with clock("time/sample"):
-            rows, episodes = self.sample(step)
+            rows, episodes, env_metrics = self.sample(step)
         with clock("time/reward"):
             episodes = self.score(rows, episodes)
         with clock("time/train"):  # the recompute is the trainer's time too
@@ -142,16 +159,20 @@ class Loop:
         with clock("time/sync"):
             gather_s, update_s = self.sync_weights()
         clock.times["time/step"] = clock.total()
-        return self.step_metrics(episodes, parity, train, gather_s, update_s, clock.times)
+        return self.step_metrics(episodes, parity, train, gather_s, update_s, clock.times) | env_metrics
 
-    def sample(self, step: int) -> tuple[list[dict], list[Episode]]:
-        """The step's prompt rows and their group_size completions each (group-major)."""
+    def sample(self, step: int) -> tuple[list[dict], list[Episode], dict[str, float]]:
+        """The step's prompt rows, their group_size completions (or episodes) each
+        (group-major), and the episode/* metrics when there is an environment."""
         from rlhf_exact.algo.rollout import request_seed
 
         cfg, g = self.cfg, self.cfg.algorithm.group_size
         rows = next(self.stream)
+        seeds = [request_seed(cfg.run.seed, step, i, g) for i in range(len(rows))]
+        if self.env is not None:
+            episodes, metrics = self.sample_episodes(step, rows, seeds)
+            return rows, episodes, metrics
         prompts = [list(r["prompt_ids"]) for r in rows]
-        seeds = [request_seed(cfg.run.seed, step, i, g) for i in range(len(prompts))]
         results = self.samplers.sample(prompts, g, seeds)
         bad = [(i, r.error) for i, r in enumerate(results) if r.error]
         if bad:
@@ -159,18 +180,48 @@ class Loop:
         return rows, [Episode(group=i, prompt=torch.tensor(prompts[i], dtype=torch.int64),
                               completion=torch.tensor(c.token_ids, dtype=torch.int64),
                               sampler_logprobs=c.logprobs, finish_reason=c.finish_reason)
-                      for i, r in enumerate(results) for c in r.completions]
+                      for i, r in enumerate(results) for c in r.completions], {}
+
+    def sample_episodes(self, step: int, rows: list[dict], seeds: list[int]) -> tuple[list[Episode], dict]:
+        """group_size multi-turn episodes per row (episode j of row i seeded seeds[i] + j,
+        as completion j would be); the episodes whose environment failed are logged,
+        counted (episode/errors) and left out."""
+        from rlhf_exact.envs import episode_metrics, run_episodes
+
+        g = self.cfg.algorithm.group_size
+        trajectories = run_episodes(self.env, [r for r in rows for _ in range(g)],
+                                    lambda prompts, params, s: self.samplers.sample(prompts, 1, s, params),
+                                    limits=self.limits, params=self.samplers.params,
+                                    seeds=[seed + j for seed in seeds for j in range(g)], decode=self.tokenizer.decode)
+        failed = [t.error for t in trajectories if t.finish_reason == "error"]
+        if len(failed) == len(trajectories):
+            raise RuntimeError(f"step {step}: every episode failed (nothing to train on); first: {failed[0]}")
+        if failed:
+            log.warning("step %d: %d episode(s) dropped, environment or sampler failed; first: %s", step,
+                        len(failed), failed[0])
+        return [Episode(group=k // g, prompt=torch.tensor(t.prompt_ids, dtype=torch.int64),
+                        completion=torch.tensor(t.token_ids, dtype=torch.int64), sampler_logprobs=t.sampler_logprobs,
+                        finish_reason=t.finish_reason, reward=t.reward, model_mask=t.model_mask,
+                        loss_mask=t.loss_mask, turns=t.num_turns, tool_errors=t.tool_errors)
+                for k, t in enumerate(trajectories) if t.finish_reason != "error"], episode_metrics(trajectories)
 
     def score(self, rows: list[dict], episodes: list[Episode]) -> list[Episode]:
-        """Rewards of the decoded completions, group advantages, the equal-reward filter."""
+        """Rewards of the decoded completions (multi-turn: the environment's reward plus the
+        reward functions on the model's tokens of all turns), group advantages, the
+        equal-reward filter."""
         from rlhf_exact.algo.rollout import score
         from rlhf_exact.rewards import compute_rewards
 
         cfg, a = self.cfg, self.cfg.algorithm
-        ids = [e.completion.tolist() for e in episodes]
-        rewards, errors = compute_rewards([(f.name, f.weight) for f in cfg.reward.functions],
-                                          [self.tokenizer.decode(t) for t in ids], ids,
-                                          [rows[e.group] for e in episodes], on_error=cfg.reward.on_error)
+        ids = [(e.completion if e.model_mask is None else e.completion[e.model_mask]).tolist() for e in episodes]
+        rewards, errors = [0.0] * len(episodes), [None] * len(episodes)
+        if cfg.reward.functions:
+            rewards, errors = compute_rewards([(f.name, f.weight) for f in cfg.reward.functions],
+                                              [self.tokenizer.decode(t) for t in ids], ids,
+                                              [rows[e.group] for e in episodes], on_error=cfg.reward.on_error,
+                                              timeout_s=cfg.reward.timeout_s)
+        if self.env is not None:  # a reward function's error still zeroes the total (compute_rewards)
+            rewards = [0.0 if err else e.reward + r for e, r, err in zip(episodes, rewards, errors)]
         return score(episodes, rewards, errors, a.group_size, a.normalize_std, a.filter_equal_reward_groups)
 
     def recompute(self, step: int, episodes: list[Episode]) -> tuple[list[TrainSeq], dict[str, float]]:
@@ -179,20 +230,24 @@ class Loop:
         from rlhf_exact.algo.grpo import parity_metrics, tis_weights
 
         a = self.cfg.algorithm
-        plain = [TrainSeq(e.prompt, e.completion) for e in episodes]
-        trainer_lp = self.trainer.logprobs(plain)
-        sampler_lp = [e.sampler_logprobs for e in episodes]
-        par = parity_metrics(torch.cat(sampler_lp), torch.cat(trainer_lp))
+        plain = [TrainSeq(e.prompt, e.completion, loss_mask=e.loss_mask) for e in episodes]
+        trainer_lp = self.trainer.logprobs(plain)  # per episode [num_loss_tokens]
+        sampler_lp = [e.sampler_logprobs for e in episodes]  # per episode [model tokens]
+        sel = [e.model_in_loss() for e in episodes]  # None: every loss token is a model token
+        model_lp = [t if m is None else t[m] for t, m in zip(trainer_lp, sel)]
+        par = parity_metrics(torch.cat(sampler_lp), torch.cat(model_lp))
         ref_lp = self.trainer.logprobs(plain, reference=True) if a.kl_coef > 0 else None
         if par["parity/tokens_bitwise_equal_frac"] != 1.0:
             self._violation(f"at step {step}: sampler and trainer logprobs differ (bitwise-equal fraction "
                             f"{par['parity/tokens_bitwise_equal_frac']:.6f}, max |diff| "
                             f"{par['parity/logprob_abs_diff_max']:.3e}, KL {par['parity/kl']:.3e})")
         # the ratio's denominator: the sampler's logprobs, which exact mode makes the trainer's
-        old = sampler_lp if self.exact else trainer_lp
+        # (observation tokens an environment marked trained have none: the trainer's own)
+        old = [_on_loss_tokens(s, t, m) for s, t, m in zip(sampler_lp, trainer_lp, sel)] if self.exact else trainer_lp
         return [TrainSeq(e.prompt, e.completion, old_logprobs=old[i], advantage=e.advantage,
-                         tis=tis_weights(trainer_lp[i], sampler_lp[i], a.tis_cap) if a.tis else None,
-                         ref_logprobs=ref_lp[i] if ref_lp else None)
+                         tis=_on_loss_tokens(tis_weights(model_lp[i], sampler_lp[i], a.tis_cap),
+                                             torch.ones_like(trainer_lp[i]), sel[i]) if a.tis else None,
+                         ref_logprobs=ref_lp[i] if ref_lp else None, loss_mask=e.loss_mask)
                 for i, e in enumerate(episodes)], par
 
     def train(self, step: int, episodes: list[Episode], seqs: list[TrainSeq]) -> dict[str, float]:
@@ -205,13 +260,15 @@ class Loop:
         splits = minibatch_split(episodes, a.group_size, a.num_minibatches)
         for epoch in range(a.epochs):
             for k, ids in enumerate(splits):
-                norm = loss_norm([episodes[i] for i in ids], a.loss_aggregation, self.cfg.sampling.max_tokens)
+                norm = loss_norm([episodes[i] for i in ids], a.loss_aggregation, self.max_loss_tokens)
                 out = self.trainer.train_minibatch([seqs[i] for i in ids], norm)
                 if out.nonfinite:
                     raise NonFiniteLossError(f"step {step}: non-finite loss or gradient (epoch {epoch}, "
                                              f"minibatch {k}); the update was not applied, the run stops")
                 if epoch == 0 and k == 0:
-                    ratio = ratio_range(out.forward_logprobs, [episodes[i].sampler_logprobs for i in ids])
+                    sel = [episodes[i].model_in_loss() for i in ids]
+                    ratio = ratio_range([f if m is None else f[m] for f, m in zip(out.forward_logprobs, sel)],
+                                        [episodes[i].sampler_logprobs for i in ids])
                 updates.append(out)
         if updates and ratio != (1.0, 1.0):
             self._violation(f"at step {step}: first-minibatch importance ratio {ratio} != 1")
@@ -299,11 +356,11 @@ class Loop:
         return {"first": first, "last": last}
 
     def close(self) -> None:
-        for name in ("metrics", "samplers", "trainer"):
+        for name in ("metrics", "samplers", "trainer", "env"):
             obj = getattr(self, name, None)
             if obj is not None:
                 try:
-                    obj.close() if name == "metrics" else obj.shutdown()
+                    obj.close() if name in ("metrics", "env") else obj.shutdown()
                 except Exception as e:  # noqa: BLE001 - shutting down after an error must not mask it
                     log.warning("closing %s: %s", name, e)
 
@@ -313,6 +370,16 @@ def _log_step(step: int, m: dict[str, float]) -> None:
              "time %.1fs (sample %.1f, train %.1f, sync %.1f)", step, m["reward/mean"], m["parity/kl"],
              m["parity/logprob_abs_diff_max"], m["parity/tokens_bitwise_equal_frac"], m["parity/ratio_min"],
              m["parity/ratio_max"], m["time/step"], m["time/sample"], m["time/train"], m["time/sync"])
+
+
+def _on_loss_tokens(model_values: torch.Tensor, fill: torch.Tensor, model_in_loss: torch.Tensor | None):
+    """A per-loss-token tensor: `model_values` at the model's tokens, `fill` at observation
+    tokens an environment marked trained (model_in_loss: Episode.model_in_loss())."""
+    if model_in_loss is None:
+        return model_values
+    out = fill.clone()
+    out[model_in_loss] = model_values
+    return out
 
 
 def _load_tokenizer(model_path: pathlib.Path):

@@ -12,6 +12,8 @@ entry point prints with exit status 2. What is checked, in this order:
   rewards  run.imports import; each reward.functions name resolves (a registered name or
            an import path 'pkg.module:fn') to a function that takes
            (completion_text, completion_ids, sample).
+  env      env.name (when set) resolves like a reward name to an Environment class whose
+           constructor takes env.kwargs.
   model    model.path (unless model.tiny.enabled): config.json is a Qwen3 config with model_type,
            tokenizer.json loads, every safetensors header is readable, covers its file
            (a truncated file fails) and has the tensors with the config's shapes
@@ -53,6 +55,7 @@ def preflight(cfg: TrainConfig, run_dir: Path) -> Preflight:
         if report.finished:
             return report
     check_rewards(cfg)
+    check_env(cfg)
     tokenizer, template = check_model(cfg)
     check_data(cfg, tokenizer, template, report)
     return report
@@ -81,6 +84,23 @@ def check_rewards(cfg: TrainConfig) -> None:
                               f"are called as fn(completion_text, completion_ids, sample)") from None
         except ValueError:  # builtins without a signature: nothing to check
             pass
+
+
+def check_env(cfg: TrainConfig) -> None:
+    """env.name resolves (after run.imports, which check_rewards imported) to an
+    Environment whose constructor takes env.kwargs."""
+    if not cfg.env.name:
+        return
+    from rlhf_exact.envs import get_env
+
+    try:
+        cls = get_env(cfg.env.name)
+    except ValueError as e:
+        raise ConfigError(f"env.name: {e}") from None
+    try:
+        inspect.signature(cls).bind(tokenizer=None, **cfg.env.kwargs)
+    except TypeError as e:
+        raise ConfigError(f"env.kwargs: environment {cfg.env.name!r} takes {inspect.signature(cls)}: {e}") from None
 
 
 def check_model(cfg: TrainConfig):

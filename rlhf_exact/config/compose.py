@@ -35,7 +35,8 @@ import os
 import re
 from pathlib import Path
 
-from .schema import ConfigError, TrainConfig, list_of_records_keys, renamed_keys, section_types, valid_keys
+from .schema import (ConfigError, TrainConfig, list_of_records_keys, mapping_keys, renamed_keys, section_types,
+                     valid_keys)
 
 DEFAULT_RECIPE = "grpo_qwen3_tiny"
 _MAIN = "rlhf_exact_main"  # the primary config: [schema, recipe, _self_] (ConfigStore)
@@ -122,6 +123,8 @@ def _check_override(ov: str, groups: dict[str, list[str]]) -> str:
         raise ConfigError(f"{plain!r}: Hydra settings are not used here (Hydra only composes the config)")
     if plain in valid_keys():
         return f"{plain}={value}"
+    if any(plain.startswith(k + ".") for k in mapping_keys()):
+        return f"++{plain}={value}"  # a mapping's key: set it whether or not the recipe has it
     for lkey, item in list_of_records_keys().items():
         m = re.fullmatch(re.escape(lkey) + r"\.(\d+)(?:\.(\w+))?", plain)
         if m and (m.group(2) is None or m.group(2) in {f.name for f in dataclasses.fields(item)}):

@@ -27,6 +27,7 @@ import os
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -251,15 +252,14 @@ class RewardConfig:
     """Reward functions and what to do when one fails."""
 
     functions: list[RewardFunctionConfig] = field(default_factory=_default_rewards)  # weighted terms; >= 1,
-    # names unique
+    # names unique (with env.name: added to the environment's reward, on the text of the model's turns;
+    # may be [])
     on_error: str = "stop"  # a reward function raising on a sample: "skip": count it and drop the
     # sample, "stop": raise
     timeout_s: float = 60.0  # seconds an async reward function may take per sample; past it the sample's
     # reward is an error (on_error); > 0
 
     def validate(self, p: str = "reward") -> None:
-        if not self.functions:
-            _fail(f"{p}.functions", self.functions, "a non-empty list of {name, weight}")
         seen = set()
         for i, f in enumerate(self.functions):
             if not f.name:
@@ -270,6 +270,35 @@ class RewardConfig:
             _num(f"{p}.functions[{i}].weight", f.weight)
         _choice(f"{p}.on_error", self.on_error, ("skip", "stop"))
         _num(f"{p}.timeout_s", self.timeout_s, 0, lo_open=True)
+
+
+@dataclass
+class EnvConfig:
+    """Multi-turn, tool-using episodes (rlhf_exact/envs, docs/training.md "Environments"):
+    each turn is a sampler request whose prompt is the episode's ids so far; the episode's
+    reward is the environment's. Off (single-turn completions) while `name` is empty."""
+
+    name: str = ""  # a registered environment ("synthetic_calculator", "gsm8k_calculator", or one a
+    # run.imports module registers) or an import path "my_pkg.envs:MyEnv"; "": single-turn sampling
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the environment's constructor arguments
+    # (env.kwargs.turns=3 on the command line)
+    num_workers: int = 0  # environment calls in the driver (0) or in this many worker processes; >= 0
+    timeout_s: float = 30.0  # seconds an environment call may take; past it the episode is an error
+    # (counted in episode/errors, dropped from its group); > 0
+    max_turns: int = 4  # model turns per episode; >= 1 (each turn at most sampling.max_tokens tokens)
+    max_episode_tokens: int = 0  # prompt + turns + observations; 0: sampler.max_model_len - 1;
+    # else in [2, sampler.max_model_len - 1]
+
+    def validate(self, p: str = "env") -> None:
+        if self.name and not (":" in self.name or self.name.isidentifier()):
+            _fail(f"{p}.name", self.name, "an environment name or an import path 'package.module:Class'")
+        if not all(isinstance(k, str) for k in self.kwargs):
+            _fail(f"{p}.kwargs", self.kwargs, "a mapping with string keys")
+        _int(f"{p}.num_workers", self.num_workers, 0)
+        _num(f"{p}.timeout_s", self.timeout_s, 0, lo_open=True)
+        _int(f"{p}.max_turns", self.max_turns, 1)
+        if self.max_episode_tokens != 0:
+            _int(f"{p}.max_episode_tokens", self.max_episode_tokens, 2)
 
 
 @dataclass
@@ -443,6 +472,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # the policy
     data: DataConfig = field(default_factory=DataConfig)  # the prompts
     reward: RewardConfig = field(default_factory=RewardConfig)  # the reward functions
+    env: EnvConfig = field(default_factory=EnvConfig)  # multi-turn episodes with an environment (off: name "")
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)  # objective and optimizer
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how completions are drawn
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # the vLLM engines
@@ -458,6 +488,9 @@ class TrainConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate(f.name)
+        if not self.reward.functions and not self.env.name:
+            _fail("reward.functions", self.reward.functions, "a non-empty list of {name, weight} (it may be "
+                  "empty only with env.name, whose environment gives the reward)")
         if self.algorithm.tis and self.kernels != "default":
             _fail("algorithm.tis", True, "false with kernels=exact (sampler and trainer logprobs are equal, "
                   "the importance weight is exactly 1); TIS is for kernels=default")
@@ -468,6 +501,9 @@ class TrainConfig:
         if self.sampler.max_model_len < seq:
             _fail("sampler.max_model_len", self.sampler.max_model_len,
                   f">= data.max_prompt_tokens + sampling.max_tokens = {seq}")
+        if self.env.name and self.env.max_episode_tokens > self.sampler.max_model_len - 1:
+            _fail("env.max_episode_tokens", self.env.max_episode_tokens,
+                  f"<= sampler.max_model_len - 1 = {self.sampler.max_model_len - 1} (or 0)")
         if self.trainer.micro_batch_tokens < self.sampler.max_model_len:
             _fail("trainer.micro_batch_tokens", self.trainer.micro_batch_tokens,
                   f">= sampler.max_model_len = {self.sampler.max_model_len} (a sequence is never split)")
@@ -536,6 +572,11 @@ def renamed_keys() -> dict[str, str]:
             if f.name != "enabled"}
     old |= {f"data.synthetic_{f.name}": f"data.synthetic.{f.name}" for f in dataclasses.fields(SyntheticDataConfig)}
     return old
+
+
+def mapping_keys() -> tuple[str, ...]:
+    """Fields that are free-form mappings: any `KEY.sub=value` below them is valid."""
+    return ("env.kwargs",)
 
 
 def list_of_records_keys() -> dict[str, type]:

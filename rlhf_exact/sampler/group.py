@@ -71,10 +71,11 @@ class SamplerGroup:
                    bucket_bytes=c.weight_sync_bucket_mb << 20, params=params, **kw)
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, seeds: Sequence[int],
-               params: SamplingConfig | None = None) -> list[SampleResult]:
+               params: SamplingConfig | Sequence[SamplingConfig] | None = None) -> list[SampleResult]:
         """n completions of every prompt (sample j of prompt i seeded seeds[i] + j), in
-        prompt order, with `params` (default: the group's). A sampler that dies is
-        restarted and its share sampled again."""
+        prompt order, with `params` (default: the group's), one for all prompts or one per
+        prompt (a multi-turn episode's turn gets the token budget it has left). A sampler
+        that dies is restarted and its share sampled again."""
         import ray
         from ray.exceptions import RayActorError
 
@@ -85,7 +86,8 @@ class SamplerGroup:
 
         def submit(i):
             share = shares[i]
-            return self.actors[i].sample.remote([prompts[j] for j in share], n, params, [seeds[j] for j in share])
+            p = params if isinstance(params, SamplingConfig) else [params[j] for j in share]
+            return self.actors[i].sample.remote([prompts[j] for j in share], n, p, [seeds[j] for j in share])
 
         out = [None] * len(prompts)
         pending = {i: submit(i) for i in shares}

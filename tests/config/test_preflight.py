@@ -112,6 +112,16 @@ def test_user_rewards_by_import_path_and_run_imports(tmp_path, user_pkg):
     check_rewards(cfg)
 
 
+def test_environment_name_and_kwargs_checked_at_config_time(tmp_path):
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny_tools", "env.name=synthetic_calculater")
+    assert line.startswith("error: env.name: unknown environment 'synthetic_calculater'") and \
+        line.endswith("did you mean 'synthetic_calculator'?")
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny_tools", "env.kwargs.turnz=2")
+    assert line.startswith("error: env.kwargs: environment 'synthetic_calculator' takes") and "turnz" in line
+    line = one_line_exit_2(tmp_path, "reward.functions=[]")
+    assert line.startswith("error: reward.functions must be a non-empty list") and "env.name" in line
+
+
 def test_async_reward_timeout_is_an_error(user_pkg):
     from rlhf_exact.rewards import compute_rewards
 
