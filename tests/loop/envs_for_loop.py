@@ -1,5 +1,5 @@
 """An environment for the loop's fault test, importable by path in worker processes: the
-synthetic calculator, except that rows misbehave by their first prompt token (raise,
+synthetic calculator, except that rows misbehave by their index (raise,
 hang, malformed observation, kill the worker process) or run into the limits (never done,
 or an observation too long for the episode's token budget), and some return observations
 to train on (trained=True: in the loss, not in the parity check)."""
@@ -13,8 +13,8 @@ FAULTS = ("raise", "hang", "malformed", "exit", "never_done", "huge", "trained")
 
 
 def fault(row) -> str | None:
-    """Which fault a row has: one per residue of its second prompt token mod 16 (the rest behave)."""
-    k = row["prompt_ids"][1] % 16
+    """Which fault a row has: synthetic row i has FAULTS[i] (rows 7, 8, ... behave)."""
+    k = int(row["row_id"].removeprefix("synthetic:"))
     return FAULTS[k] if k < len(FAULTS) else None
 
 

@@ -54,11 +54,16 @@ def test_tiny_tools_recipe_learns(tmp_path):
 
 def test_bad_environments_run_goes_on(tmp_path):
     module = __name__.rpartition(".")[0] + ".envs_for_loop"
+    # 8 rows, all in every step: rows 0-6 carry FAULTS, row 7 behaves
     rows = run(tmp_path, "faulty", "run.steps=2", f"env.name={module}:FaultyCalculatorEnv", "env.num_workers=2",
-               "env.timeout_s=3", "sampler.max_model_len=64", "data.max_prompt_tokens=16")
+               "env.timeout_s=3", "sampler.max_model_len=64", "data.max_prompt_tokens=16",
+               "data.synthetic.num_prompts=8")
     assert len(rows) == 2
     assert_exact(rows)
     for m in rows:
-        print({k: v for k, v in m.items() if k.startswith("episode/")})
-    assert sum(m["episode/errors"] for m in rows) > 0
-    assert sum(m["episode/truncated_frac"] for m in rows) > 0
+        print({k: v for k, v in m.items() if k.startswith(("episode/", "reward/mean"))})
+        assert m["episode/errors"] == 4 * 8  # raise, hang, malformed, exit: every episode of those rows
+        # never_done and huge end at a limit: 2 of the 4 groups that remain
+        assert m["episode/truncated_frac"] == 2 / 4
+        # huge ends after its first turn, the other three groups run all three
+        assert m["episode/turns_mean"] == (1 + 3 + 3 + 3) / 4
