@@ -57,6 +57,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int, normalize_std: bool
       rewards: [B] float, B = num_groups * group_size, groups contiguous.
       normalize_std: True: GRPO, A_i = (r_i - mean_G) / (std_G + eps), with the
         unbiased std (divide by g - 1; needs g >= 2). False: Dr.GRPO, A_i = r_i - mean_G.
+      A NaN reward marks a sample without a reward (its reward function failed,
+      reward.on_error=skip): it is left out of its group, whose mean and std come from
+      the other members (n of them; the std divides by n - 1, and a group left with one
+      member has std 0), and its advantage is NaN.
     Returns:
       [B] advantages, same dtype as rewards. A group whose rewards are all equal
       gets A = 0 exactly (both variants).
@@ -65,10 +69,24 @@ def group_advantages(rewards: torch.Tensor, group_size: int, normalize_std: bool
     if normalize_std and group_size < 2:
         raise ValueError("group_size must be >= 2 when normalize_std=True (the group std is undefined for 1 sample)")
     r = rewards.view(num_groups, group_size)
+    if torch.isnan(r).any():
+        return _advantages_without_nan(r, normalize_std, eps).reshape(-1)
     centered = r - r.mean(dim=1, keepdim=True)
     if normalize_std:
         centered = centered / (r.std(dim=1, unbiased=True, keepdim=True) + eps)
     return centered.reshape(-1)
+
+
+def _advantages_without_nan(r: torch.Tensor, normalize_std: bool, eps: float) -> torch.Tensor:
+    """group_advantages over the non-NaN members of each group [G, g]."""
+    valid = ~torch.isnan(r)
+    n = valid.sum(dim=1, keepdim=True)
+    filled = torch.where(valid, r, torch.zeros_like(r))
+    centered = torch.where(valid, r - filled.sum(dim=1, keepdim=True) / n.clamp(min=1), torch.nan)
+    if normalize_std:
+        sq = torch.where(valid, centered, torch.zeros_like(r)).square().sum(dim=1, keepdim=True)
+        centered = centered / ((sq / (n - 1).clamp(min=1)).sqrt() + eps)
+    return centered
 
 
 def equal_reward_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -78,11 +96,15 @@ def equal_reward_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
       rewards: [B], groups contiguous.
     Returns:
       BoolTensor [num_groups]: True where every reward of the group is equal (their
-      advantages are all 0, so the group only dilutes the batch).
+      advantages are all 0, so the group only dilutes the batch); NaN rewards (no
+      reward) are left out, and a group with at most one reward left is all equal.
     """
     num_groups = _check_group_shape(rewards, group_size)
     r = rewards.view(num_groups, group_size)
-    return r.amax(dim=1) == r.amin(dim=1)
+    valid = ~torch.isnan(r)  # NaN: a sample without a reward, left out (group_advantages)
+    hi = torch.where(valid, r, -torch.inf).amax(dim=1)
+    lo = torch.where(valid, r, torch.inf).amin(dim=1)
+    return (hi == lo) | (valid.sum(dim=1) <= 1)
 
 
 def _check_tokens(seq_ids: torch.Tensor, **tensors: torch.Tensor) -> None:

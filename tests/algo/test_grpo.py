@@ -64,6 +64,31 @@ def test_equal_reward_groups():
         equal_reward_groups(r, 4)
 
 
+def test_samples_without_reward_are_left_out_of_their_group():
+    nan = math.nan
+    # group [3, nan, 1, 0, 0] = [3, 1, 0, 0] of the group-of-four test plus a dropped one:
+    # the same advantages [sqrt2, 0, -1/sqrt2, -1/sqrt2], NaN for the dropped sample.
+    # group [nan, 2, nan, nan, nan]: one member left, mean 2, deviation 0, std 0 -> 0 / eps = 0.
+    # group [1, 1, 1, 1, nan]: all equal -> 0.
+    r = torch.tensor([3.0, nan, 1.0, 0.0, 0.0, nan, 2.0, nan, nan, nan, 1.0, 1.0, 1.0, 1.0, nan], dtype=F64)
+    s2 = math.sqrt(2)
+    a = group_advantages(r[:5], 5, eps=0.0)
+    assert a[[0, 2, 3, 4]].tolist() == pytest.approx([s2, 0.0, -1 / s2, -1 / s2], rel=1e-12) and math.isnan(a[1])
+    a = group_advantages(r, 5)[5:]
+    want = [nan, 0.0, nan, nan, nan, 0.0, 0.0, 0.0, 0.0, nan]
+    assert [math.isnan(x) for x in a.tolist()] == [math.isnan(x) for x in want]
+    assert [x for x in a.tolist() if not math.isnan(x)] == [0.0] * 5
+    # Dr. GRPO: centered only; [3, 1, 0, 0] -> [2, 0, -1, -1]
+    d = group_advantages(r[:5], 5, normalize_std=False)
+    assert d[[0, 2, 3, 4]].tolist() == [2.0, 0.0, -1.0, -1.0] and math.isnan(d[1])
+    # without NaN the result is the plain path's, bit for bit
+    plain = torch.tensor([3.0, 1.0, 0.0, 0.0])
+    assert torch.equal(group_advantages(plain, 4), group_advantages(torch.cat([plain, torch.tensor([nan] * 4)]),
+                                                                    4)[:4])
+    assert equal_reward_groups(r, 5).tolist() == [False, True, True]
+    assert equal_reward_groups(torch.tensor([nan, nan, 0.0, 1.0]), 2).tolist() == [True, False]
+
+
 # ---------------------------------------------------------------- policy loss
 # Five tokens, eps_low 0.2, eps_high 0.28 (clip range [0.8, 1.28]), old logprobs 0:
 #   token  seq  A   ratio  unclipped -A*r  clipped -A*clip(r)  max (loss)  clipped active?
