@@ -103,12 +103,20 @@ class Loop:
         from rlhf_exact.sampler.group import SamplerGroup
         from rlhf_exact.trainer.group import TrainerGroup
 
+        from rlhf_exact.eval import Evaluator
+        from rlhf_exact.rewards import import_reward_modules
+
         cfg, sp = self.cfg, self.cfg.sampling
+        import_reward_modules(cfg.run.imports)  # their rewards are looked up by name in this process
         self.model_path = prepare_model(cfg, self.run_dir)
         self.tokenizer = _load_tokenizer(self.model_path)
         self.rows, self.stream = _load_data(cfg, self.tokenizer, self.model_path)
-        init_ray(cfg)
-        self.samplers = SamplerGroup.from_config(cfg, self.model_path)
+        self.evaluator = Evaluator.from_config(cfg, self.tokenizer, self.model_path)
+        with _starting("Ray " + (f"(joining {cfg.cluster.ray_address})" if cfg.cluster.ray_address else
+                                 f"(private, on {cfg.cluster.ray_host})")):
+            init_ray(cfg)
+        with _starting(f"{cfg.sampler.num_samplers} sampler engine(s) (vLLM, kernels={cfg.kernels})"):
+            self.samplers = SamplerGroup.from_config(cfg, self.model_path)
         self.env = None
         if cfg.env.name:
             from rlhf_exact.envs import EnvRunner, Limits
@@ -122,9 +130,11 @@ class Loop:
         # Dr. GRPO's constant L (loss_aggregation seq_mean_token_sum): the most tokens a sequence trains on
         self.max_loss_tokens = sp.max_tokens if self.env is None else \
             min(self.limits.max_turns * sp.max_tokens, self.limits.max_episode_tokens)
-        self.trainer = TrainerGroup.from_config(cfg, self.model_path)
+        with _starting(f"{cfg.trainer.world_size} trainer rank(s) (FSDP2 on {cfg.cluster.device})"):
+            self.trainer = TrainerGroup.from_config(cfg, self.model_path)
         self.start_step = self._maybe_resume()
         self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.start_step)
+        self.step_seconds: list[float] = []  # this process's steps, for the ETA
         torch.set_num_threads(1)
 
     def _maybe_resume(self) -> int:
@@ -153,6 +163,7 @@ class Loop:
             rows, episodes, env_metrics = self.sample(step)
         with clock("time/reward"):
             episodes = self.score(rows, episodes)
+        self.log_samples(step + 1, rows, episodes)
         with clock("time/train"):  # the recompute is the trainer's time too
             seqs, parity = self.recompute(step, episodes)
             train = self.train(step, episodes, seqs)
@@ -176,7 +187,7 @@ class Loop:
         results = self.samplers.sample(prompts, g, seeds)
         bad = [(i, r.error) for i, r in enumerate(results) if r.error]
         if bad:
-            raise RuntimeError(f"step {step}: the sampler refused prompt(s) {bad[:3]}")
+            raise RuntimeError(f"step {step + 1}: the sampler refused prompt(s) {bad[:3]}")
         return rows, [Episode(group=i, prompt=torch.tensor(prompts[i], dtype=torch.int64),
                               completion=torch.tensor(c.token_ids, dtype=torch.int64),
                               sampler_logprobs=c.logprobs, finish_reason=c.finish_reason)
@@ -220,9 +231,22 @@ class Loop:
                                               [self.tokenizer.decode(t) for t in ids], ids,
                                               [rows[e.group] for e in episodes], on_error=cfg.reward.on_error,
                                               timeout_s=cfg.reward.timeout_s)
-        if self.env is not None:  # a reward function's error still zeroes the total (compute_rewards)
+        if self.env is not None:  # an episode whose reward failed is dropped from its group by score()
             rewards = [0.0 if err else e.reward + r for e, r, err in zip(episodes, rewards, errors)]
         return score(episodes, rewards, errors, a.group_size, a.normalize_std, a.filter_equal_reward_groups)
+
+    def log_samples(self, step: int, rows: list[dict], episodes: list[Episode]) -> None:
+        """logging.samples_per_step completions (the first of each of the first groups) to
+        samples.jsonl and W&B, every logging.samples_every steps (1-based `step`)."""
+        lg = self.cfg.logging
+        if not lg.samples_every or step % lg.samples_every:
+            return
+        firsts = [e for i, e in enumerate(episodes) if i == 0 or episodes[i - 1].group != e.group]
+        self.metrics.log_samples(step, [
+            {"prompt": rows[e.group].get("prompt_text", rows[e.group].get("prompt", "")),
+             "completion": self.tokenizer.decode(e.completion.tolist()), "reward": e.reward,
+             "advantage": e.advantage, "finish_reason": e.finish_reason, "reward_error": e.reward_error}
+            for e in firsts[:lg.samples_per_step]])
 
     def recompute(self, step: int, episodes: list[Episode]) -> tuple[list[TrainSeq], dict[str, float]]:
         """The trainer's logprobs of every sampled token and the parity metrics against the
@@ -238,7 +262,7 @@ class Loop:
         par = parity_metrics(torch.cat(sampler_lp), torch.cat(model_lp))
         ref_lp = self.trainer.logprobs(plain, reference=True) if a.kl_coef > 0 else None
         if par["parity/tokens_bitwise_equal_frac"] != 1.0:
-            self._violation(f"at step {step}: sampler and trainer logprobs differ (bitwise-equal fraction "
+            self._violation(f"at step {step + 1}: sampler and trainer logprobs differ (bitwise-equal fraction "
                             f"{par['parity/tokens_bitwise_equal_frac']:.6f}, max |diff| "
                             f"{par['parity/logprob_abs_diff_max']:.3e}, KL {par['parity/kl']:.3e})")
         # the ratio's denominator: the sampler's logprobs, which exact mode makes the trainer's
@@ -263,7 +287,7 @@ class Loop:
                 norm = loss_norm([episodes[i] for i in ids], a.loss_aggregation, self.max_loss_tokens)
                 out = self.trainer.train_minibatch([seqs[i] for i in ids], norm)
                 if out.nonfinite:
-                    raise NonFiniteLossError(f"step {step}: non-finite loss or gradient (epoch {epoch}, "
+                    raise NonFiniteLossError(f"step {step + 1}: non-finite loss or gradient (epoch {epoch}, "
                                              f"minibatch {k}); the update was not applied, the run stops")
                 if epoch == 0 and k == 0:
                     sel = [episodes[i].model_in_loss() for i in ids]
@@ -271,7 +295,7 @@ class Loop:
                                         [episodes[i].sampler_logprobs for i in ids])
                 updates.append(out)
         if updates and ratio != (1.0, 1.0):
-            self._violation(f"at step {step}: first-minibatch importance ratio {ratio} != 1")
+            self._violation(f"at step {step + 1}: first-minibatch importance ratio {ratio} != 1")
         return {**update_metrics(updates, self.trainer.end_step(), kl=a.kl_coef > 0, entropy=a.entropy_coef > 0),
                 "parity/ratio_min": ratio[0], "parity/ratio_max": ratio[1]}
 
@@ -292,6 +316,7 @@ class Loop:
                 "perf/sample_tokens_per_s": sample_tokens / max(times["time/sample"], 1e-9),
                 "perf/train_tokens_per_s": train_tokens / max(times["time/train"], 1e-9),
                 "sync/gather_s": gather_s, "sync/update_s": update_s, "sampler/restarts": float(self.samplers.restarts),
+                "data/skipped_rows": float(getattr(self.rows, "skipped", 0)),
                 **times}
 
     def _violation(self, what: str) -> None:
@@ -342,11 +367,14 @@ class Loop:
                        total=cfg.run.steps, disable=None if cfg.logging.progress_bars else True)
             for step in bar:
                 m = self.step(step)
+                self.step_seconds.append(m["time/step"])
+                if self.evaluator is not None and self.evaluator.due(step + 1):
+                    m |= self.evaluator.evaluate(self.samplers, step + 1)
                 self.metrics.log(step + 1, m)
                 first = first or m
                 last = m
                 bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl=f"{m['parity/kl']:.1e}")
-                _log_step(step + 1, m)
+                log.info("%s", progress_line(step + 1, cfg.run.steps, m, self.step_seconds, self.exact))
                 if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
                     self.checkpoint(step + 1)
             export = self.export()
@@ -365,11 +393,39 @@ class Loop:
                     log.warning("closing %s: %s", name, e)
 
 
-def _log_step(step: int, m: dict[str, float]) -> None:
-    log.info("step %d: reward %.4f  parity/kl %.3g  max|diff| %.3g  bitwise %.4f  ratio [%s, %s]  "
-             "time %.1fs (sample %.1f, train %.1f, sync %.1f)", step, m["reward/mean"], m["parity/kl"],
-             m["parity/logprob_abs_diff_max"], m["parity/tokens_bitwise_equal_frac"], m["parity/ratio_min"],
-             m["parity/ratio_max"], m["time/step"], m["time/sample"], m["time/train"], m["time/sync"])
+@contextlib.contextmanager
+def _starting(what: str):
+    """'starting WHAT ...' now and 'WHAT ready (N s)' after: start-up takes minutes on CPU."""
+    log.info("starting %s ...", what)
+    t = time.perf_counter()
+    yield
+    log.info("%s ready (%.1f s)", what, time.perf_counter() - t)
+
+
+def progress_line(step: int, steps: int, m: dict[str, float], step_seconds: Sequence[float], exact: bool) -> str:
+    """The console line of a step (1-based): k/N, reward (and reward errors), parity status,
+    times, eval when it ran, ETA from this process's steps (the first, a warm-up, left out
+    when there are others)."""
+    errors = int(m.get("reward/errors", 0))
+    reward = f"reward {m['reward/mean']:.4f}" + (f" ({errors} reward error{'s' * (errors != 1)}, dropped)"
+                                                  if errors else "")
+    if m["parity/tokens_bitwise_equal_frac"] == 1.0 and m["parity/kl"] == 0.0:
+        parity = "parity exact (KL 0, every token bitwise equal" + (", ratio 1)" if m["parity/ratio_max"] == 1.0
+                                                                   and m["parity/ratio_min"] == 1.0 else ")")
+    else:
+        parity = (f"parity {'VIOLATED' if exact else 'differs'}: KL {m['parity/kl']:.3g}, max|diff| "
+                  f"{m['parity/logprob_abs_diff_max']:.3g}, bitwise {m['parity/tokens_bitwise_equal_frac']:.4f}")
+    recent = list(step_seconds[1:] or step_seconds)
+    eta = (steps - step) * sum(recent) / max(len(recent), 1)
+    ev = " ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("eval/pass@") or k == "eval/greedy_pass@1")
+    return (f"step {step}/{steps}: {reward}  {parity}  time {m['time/step']:.1f}s (sample {m['time/sample']:.1f}, "
+            f"train {m['time/train']:.1f}, sync {m['time/sync']:.1f})" + (f"  eval: {ev}" if ev else "")
+            + f"  ETA {_hms(eta)}")
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def _on_loss_tokens(model_values: torch.Tensor, fill: torch.Tensor, model_in_loss: torch.Tensor | None):

@@ -18,7 +18,7 @@ entry point prints with exit status 2. What is checked, in this order:
            tokenizer.json loads, every safetensors header is readable, covers its file
            (a truncated file fails) and has the tensors with the config's shapes
            (models/checkpoint.check_model_dir; no tensor data is read).
-  data     data.train_files are read row by row (file:line of the first bad row; a missing
+  data     data.train_files (and eval.files) are read row by row (file:line of the first bad row; a missing
            key says which data.*_key to set) and, when the model's tokenizer is at hand,
            tokenized with its chat template against data.max_prompt_tokens: the same
            code the loop runs (data/loader.py), so it cannot fail there later.
@@ -141,6 +141,11 @@ def check_data(cfg: TrainConfig, tokenizer, template, report: Preflight) -> None
         raise ConfigError(f"data.train_files: {e}{hint}") from None
     except ValueError as e:
         raise ConfigError(f"data.train_files: {e}") from None
+    if cfg.eval.every_steps:
+        try:
+            load_prompts(cfg.eval.files, d.prompt_key, d.answer_key, d.on_malformed)
+        except ValueError as e:
+            raise ConfigError(f"eval.files: {e}") from None
     if skipped:
         report.notes.append(f"data.on_malformed=skip: {skipped} malformed prompt rows skipped "
                             f"(counted in metrics as data/skipped_rows)")

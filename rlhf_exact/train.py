@@ -17,9 +17,12 @@ What the user sees, by exit status:
   0    the run finished (or a resumed run was already finished: one line says so)
   2    a config error, found before anything starts: one line naming the key, file, line;
        no run directory is left behind
-  3    exact mode violated, or a non-finite loss: one line naming the step
+  3    exact mode violated, or a non-finite loss: one line naming the step (1-based, as
+       the step lines count)
   130  Ctrl-C (SIGINT): "interrupted after step N; resume with run.resume=auto run.name=..."
-  1    anything else: its traceback, once
+  1    a reward function that raised (reward.on_error=stop): its traceback once and one
+       line naming the reward, the sample and its data row; anything else: its traceback,
+       once
 """
 from __future__ import annotations
 
@@ -173,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
 
     from rlhf_exact import loop
+    from rlhf_exact.rewards import RewardError
 
     try:
         result = loop.run(cfg, run_dir)
@@ -182,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(interrupted_message(cfg, run_dir), file=sys.stderr)
         return 130
+    except RewardError as e:  # user code: its own traceback once, then what happened
+        import traceback
+
+        traceback.print_exception(e.__cause__ or e, file=sys.stderr)
+        print(f"error: {e} (reward.on_error=skip drops such samples instead)", file=sys.stderr)
+        return 1
     print(loop.summarize(result))
     print(f"metrics: {run_dir / 'metrics.jsonl'}  plots: python -m rlhf_exact.plot {run_dir}")
     return 0

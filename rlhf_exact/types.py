@@ -29,10 +29,11 @@ class Episode:
     completion: torch.Tensor  # [L] int64 generated token ids
     sampler_logprobs: torch.Tensor  # [L] fp32, the sampler's logprob of each generated token
     finish_reason: str  # "stop" (EOS or a stop token) or "length"
-    reward: float = 0.0  # total weighted reward (0.0 for a completion whose reward failed, on_error=skip)
+    reward: float = 0.0  # total weighted reward (NaN for a completion whose reward failed, on_error=skip)
     reward_error: str | None = None  # why a reward function failed on it (on_error=skip), else None
     advantage: float = 0.0  # group-relative advantage (every token of the completion gets it)
-    kept: bool = True  # False: its group was dropped before the update (equal-reward filter)
+    kept: bool = True  # False: not trained on (its reward failed, or its group was dropped by the
+    # equal-reward filter)
     # Multi-turn episodes (rlhf_exact/envs): the completion is every token after the first
     # prompt, the model's turns and the environment's observations in order.
     model_mask: torch.Tensor | None = None  # [L] bool: tokens the sampler generated; sampler_logprobs then

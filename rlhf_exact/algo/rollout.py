@@ -9,6 +9,7 @@ itself (advantages, losses, KL) is grpo.py's.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import torch
@@ -39,12 +40,13 @@ def _complete(groups: list[list[int]], group_size: int) -> bool:
 
 def score(episodes: Sequence[Episode], rewards: Sequence[float], errors: Sequence[str | None], group_size: int,
           normalize_std: bool = True, filter_equal_reward_groups: bool = False) -> list[Episode]:
-    """The episodes with their reward, reward error, group advantage and `kept` flag
-    (False for every episode of a group whose rewards are all equal, when filtering).
-    A group may have fewer than group_size episodes (multi-turn: an episode whose
-    environment failed was dropped from it): its advantages are relative to the episodes
-    it still has."""
-    r = torch.tensor(list(rewards), dtype=torch.float32)
+    """The episodes with their reward, reward error, group advantage and `kept` flag:
+    False for an episode without a reward (its reward failed, reward.on_error=skip: reward
+    NaN; it is left out of its group's mean and std too) and for every episode of a group
+    whose rewards are all equal, when filtering. A group may have fewer than group_size
+    episodes (multi-turn: an episode whose environment failed was dropped from it): its
+    advantages are relative to the episodes it still has."""
+    r = torch.tensor([math.nan if err is not None else v for v, err in zip(rewards, errors)], dtype=torch.float32)
     groups = groups_of(episodes)
     if _complete(groups, group_size):
         adv = group_advantages(r, group_size, normalize_std=normalize_std)
@@ -61,7 +63,7 @@ def score(episodes: Sequence[Episode], rewards: Sequence[float], errors: Sequenc
                 for i in g:
                     kept[i] = False
     return [dataclasses.replace(e, reward=float(r[i]), reward_error=errors[i], advantage=float(adv[i]),
-                                kept=kept[i])
+                                kept=kept[i] and errors[i] is None)
             for i, e in enumerate(episodes)]
 
 
@@ -97,11 +99,12 @@ def ratio_range(logprobs: Sequence[torch.Tensor], sampler_logprobs: Sequence[tor
 
 
 def rollout_metrics(episodes: Sequence[Episode], group_size: int) -> dict[str, float]:
-    """reward/*, response_length/* and the kept-group counts of a scored rollout."""
-    rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
+    """reward/* (mean and std over the episodes that have a reward; NaN if none has),
+    response_length/* and the kept-group counts of a scored rollout."""
+    rewards = torch.tensor([e.reward for e in episodes if e.reward_error is None], dtype=torch.float32)
     lengths = torch.tensor([e.completion.numel() for e in episodes], dtype=torch.float32)
     groups = groups_of(episodes)
-    kept = sum(episodes[g[0]].kept for g in groups)
+    kept = len({e.group for e in episodes if e.kept})
     return {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
             "reward/errors": float(sum(e.reward_error is not None for e in episodes)),
             "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),

@@ -276,6 +276,7 @@ def _absolutize(cfg: TrainConfig) -> None:
     if cfg.model.path:
         cfg.model.path = ab(cfg.model.path)
     cfg.data.train_files = [ab(f) for f in cfg.data.train_files]
+    cfg.eval.files = [ab(f) for f in cfg.eval.files]
     cfg.run.output_dir = ab(cfg.run.output_dir)
     if cfg.run.resume not in ("never", "auto", ""):
         cfg.run.resume = ab(cfg.run.resume)

@@ -453,11 +453,45 @@ class LoggingConfig:
     wandb_project: str = "rlhf_exact"  # W&B project name
     wandb_entity: str | None = None  # W&B entity (user or team); null: the account's default
     progress_bars: bool = True  # tqdm bars for steps and sampling on stderr
+    samples_every: int = 1  # steps between sample-completion logs (run_dir/samples.jsonl and the W&B
+    # table "samples"); 0: off; >= 0
+    samples_per_step: int = 4  # completions logged each time (the first of each of the first groups); >= 1
 
     def validate(self, p: str = "logging") -> None:
         _choice(f"{p}.wandb_mode", self.wandb_mode, ("offline", "online", "disabled"))
         if not self.wandb_project:
             _fail(f"{p}.wandb_project", self.wandb_project, "a project name")
+        _int(f"{p}.samples_every", self.samples_every, 0)
+        _int(f"{p}.samples_per_step", self.samples_per_step, 1)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during training (rlhf_exact/eval.py): held-out prompts through the same
+    samplers, greedy and sampled pass@k, mean reward and response length, logged as eval/*."""
+
+    every_steps: int = 0  # evaluate after every N steps and after the last one; 0: off; >= 0
+    files: list[str] = field(default_factory=list)  # held-out prompt files (.jsonl/.parquet, read like
+    # data.train_files) for data.name=gsm8k; unused for synthetic (its prompts after the training ones)
+    num_prompts: int = 64  # held-out prompts evaluated (the first N); >= 1
+    k: int = 4  # sampled completions per prompt for pass@k (the run's sampling parameters); >= 1
+    pass_threshold: float = 1.0  # a completion passes when the first reward function gives at least this
+
+    def validate(self, p: str = "eval") -> None:
+        _int(f"{p}.every_steps", self.every_steps, 0)
+        _int(f"{p}.num_prompts", self.num_prompts, 1)
+        _int(f"{p}.k", self.k, 1)
+        _num(f"{p}.pass_threshold", self.pass_threshold)
+
+    def check_files(self, data_name: str, p: str = "eval") -> None:
+        if not self.every_steps or data_name == "synthetic":
+            return
+        if not self.files:
+            _fail(f"{p}.files", self.files, f"held-out prompt files when {p}.every_steps > 0 and data.name="
+                  f"{data_name!r} (e.g. [../shared/data/gsm8k/test.jsonl])")
+        for i, f in enumerate(self.files):
+            if not Path(f).is_file():
+                raise ConfigError(f"{p}.files[{i}]={f!r} does not exist")
 
 
 @dataclass
@@ -479,6 +513,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the FSDP2 trainer
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # devices and Ray
     logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics and W&B
+    eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation during training (eval/*)
 
     def validate(self) -> TrainConfig:
         """Range and cross-field checks; raises ConfigError naming the dotted key. Touches
@@ -524,6 +559,7 @@ class TrainConfig:
         load_config runs it after validate() (--print-config does not)."""
         self.model.check_files()
         self.data.check_files()
+        self.eval.check_files(self.data.name)
         if self.run.resume not in ("never", "auto") and not Path(self.run.resume).exists():
             _fail("run.resume", self.run.resume, "'never', 'auto' or an existing run directory or checkpoint")
         return self

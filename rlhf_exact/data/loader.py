@@ -75,15 +75,18 @@ class PromptRows(list):
     skipped: int = 0
 
 
-def load_prompt_rows(cfg, tokenizer, chat_template: str | None = None) -> PromptRows:
-    """Rows with "prompt_ids" for `PromptStream` (see the module docstring)."""
+def load_prompt_rows(cfg, tokenizer, chat_template: str | None = None, offset: int = 0,
+                     count: int | None = None) -> PromptRows:
+    """Rows with "prompt_ids" for `PromptStream` (see the module docstring). For the
+    synthetic task, `offset` and `count` pick task rows offset .. offset+count-1 (default:
+    the data.synthetic.num_prompts training rows; eval.py takes the rows after them)."""
     d = cfg.data
     if d.name == "synthetic":
         task = SyntheticTask(seed=0, vocab_size=tokenizer.get_vocab_size(), num_targets=d.synthetic.num_targets,
                              prompt_len=d.synthetic.prompt_len, num_target_sets=d.synthetic.num_target_sets,
                              reserved_ids=tuple(sorted(tokenizer.get_added_tokens_decoder())))
-        rows = task.rows(d.synthetic.num_prompts)
-        for i, row in enumerate(rows):
+        rows = task.rows(d.synthetic.num_prompts if count is None else count, offset=offset)
+        for i, row in enumerate(rows, start=offset):
             row.update(prompt=tokenizer.decode(row["prompt_ids"]), row_id=f"synthetic:{i}")
         return PromptRows(rows)
     if d.name != "gsm8k":

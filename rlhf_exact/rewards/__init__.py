@@ -44,6 +44,11 @@ REWARDS: dict[str, RewardFn] = {"gsm8k": gsm8k_reward, "format": format_reward, 
 ON_ERROR = ("skip", "stop")
 
 
+class RewardError(RuntimeError):
+    """A reward function failed on a sample with reward.on_error=stop; the message names
+    the reward, the sample and its row, __cause__ is the function's exception."""
+
+
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     """Decorator adding a reward to REWARDS under `name` (a duplicate name is an error)."""
     def add(fn: RewardFn) -> RewardFn:
@@ -135,10 +140,11 @@ def compute_rewards(names_weights: Sequence[tuple[str, float]], completions: Seq
     Names are registered names or import paths (see get_reward). An async reward gets
     timeout_s seconds per sample, all samples awaited together.
     A reward that raises, returns a non-finite value or times out:
-      on_error="stop": RuntimeError naming the reward, the completion index and the error;
-      on_error="skip": that completion's total reward is 0.0 (not a partial sum: a
-        broken completion earns nothing) and errors[i] holds the message, so the loop
-        can count and log them. errors[i] is None for completions without error.
+      on_error="stop": RewardError naming the reward, the completion index, its row and
+        the error (the reward's own exception is its __cause__);
+      on_error="skip": that completion has no reward: rewards[i] is NaN (not a partial
+        sum), errors[i] holds the message; the loop drops the sample from its group
+        (algo/rollout.py) and counts it. errors[i] is None for completions without error.
     Returns (rewards [len(completions)] floats, errors [len(completions)]).
     """
     if on_error not in ON_ERROR:
@@ -171,13 +177,13 @@ def compute_rewards(names_weights: Sequence[tuple[str, float]], completions: Seq
                 where = f" (row {sample['row_id']})" if isinstance(sample, Mapping) and "row_id" in sample else ""
                 error = f"reward {name!r} failed on sample {i}{where}: {type(e).__name__}: {e}"
                 if on_error == "stop":
-                    raise RuntimeError(error) from e
+                    raise RewardError(error) from e
                 break
             total += weight * value
-        rewards.append(0.0 if error else total)
+        rewards.append(math.nan if error else total)
         errors.append(error)
     return rewards, errors
 
 
-__all__ = ["ON_ERROR", "REWARDS", "RewardFn", "compute_rewards", "format_reward", "get_reward", "gsm8k_reward",
+__all__ = ["ON_ERROR", "REWARDS", "RewardError", "RewardFn", "compute_rewards", "format_reward", "get_reward", "gsm8k_reward",
            "import_reward_modules", "register_reward", "resolve_rewards", "synthetic_reward"]

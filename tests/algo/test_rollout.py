@@ -31,10 +31,13 @@ def test_score_grpo_and_filter():
     eps = [ep(0, 2), ep(0, 2), ep(1, 2), ep(1, 2)]
     out = score(eps, [1.0, 0.0, 0.5, 0.5], [None, None, "boom", None], group_size=2, normalize_std=False,
                 filter_equal_reward_groups=True)
-    assert [e.reward for e in out] == [1.0, 0.0, 0.5, 0.5]
-    assert [e.advantage for e in out] == [0.5, -0.5, 0.0, 0.0]  # r - group mean (Dr. GRPO)
-    assert [e.kept for e in out] == [True, True, False, False]  # group 1: all rewards equal
+    assert [e.reward for e in out][:2] == [1.0, 0.0] and math.isnan(out[2].reward) and out[3].reward == 0.5
+    adv = [e.advantage for e in out]  # r - group mean (Dr. GRPO); episode 2 has no reward: left out
+    assert adv[:2] == [0.5, -0.5] and math.isnan(adv[2]) and adv[3] == 0.0
+    assert [e.kept for e in out] == [True, True, False, False]  # group 1: one reward left, all equal
     assert [e.reward_error for e in out] == [None, None, "boom", None]
+    out = score(eps, [1.0, 0.0, 0.5, 0.5], [None, None, "boom", None], group_size=2, normalize_std=False)
+    assert [e.kept for e in out] == [True, True, False, True]  # no filter: only the failed one is dropped
     assert eps[0].reward == 0.0  # the input records are not changed
 
     out = score(eps, [1.0, 0.0, 0.5, 0.5], [None] * 4, group_size=2)  # GRPO: / (unbiased std + 1e-6)
@@ -49,6 +52,10 @@ def test_minibatch_split_keeps_groups_whole():
     dropped = [e if e.group != 1 else Episode(**{**e.__dict__, "kept": False}) for e in eps]
     assert minibatch_split(dropped, 2, 5) == [[0, 1], [4, 5]]  # at most one minibatch per kept group
     assert minibatch_split([Episode(**{**e.__dict__, "kept": False}) for e in eps], 2, 1) == []
+    # an episode without a reward leaves its group short; the group stays whole otherwise
+    failed = [Episode(**{**e.__dict__, "kept": i != 1}) for i, e in enumerate(eps)]
+    assert minibatch_split(failed, 2, 2) == [[0, 2, 3], [4, 5]]
+    assert minibatch_split(failed, 2, 3) == [[0], [2, 3], [4, 5]]
 
 
 def test_loss_norm():
@@ -68,9 +75,13 @@ def test_rollout_metrics():
     eps = score([ep(0, 2), ep(0, 4), ep(1, 6), ep(1, 8)], [1.0, 3.0, 2.0, 2.0], [None, "x", None, None], 2,
                 filter_equal_reward_groups=True)
     m = rollout_metrics(eps, 2)
-    assert m == {"reward/mean": 2.0, "reward/std": float(torch.tensor(0.5).sqrt()), "reward/errors": 1.0,  # fp32
-                 "response_length/mean": 5.0, "response_length/max": 8.0, "response_length/min": 2.0,
-                 "train/groups_kept": 1.0, "train/groups": 2.0}
+    # rewards with a value: 1, 2, 2 -> mean 5/3, population std sqrt(((2/3)^2 + 2 (1/3)^2) / 3) = sqrt(2/9);
+    # both groups have all-equal rewards left (group 0 only its 1.0) -> none kept
+    assert m == {"reward/mean": float(torch.tensor(5 / 3)), "reward/std": float(torch.tensor(2 / 9).sqrt()),
+                 "reward/errors": 1.0, "response_length/mean": 5.0, "response_length/max": 8.0,
+                 "response_length/min": 2.0, "train/groups_kept": 0.0, "train/groups": 2.0}
+    m = rollout_metrics(score([ep(0, 2), ep(0, 4), ep(1, 6), ep(1, 8)], [1.0, 3.0, 2.0, 0.0], [None] * 4, 2), 2)
+    assert m["reward/mean"] == 1.5 and m["train/groups_kept"] == 2.0
 
 
 def test_update_metrics():

@@ -49,9 +49,14 @@ def test_qwen3_recipe_composes(model_dir):
 def test_data_dir_from_environment(model_dir, tmp_path, monkeypatch):
     (tmp_path / "gsm8k").mkdir()
     (tmp_path / "gsm8k" / "train.jsonl").write_text("{}\n")
+    (tmp_path / "gsm8k" / "test.jsonl").write_text("{}\n")
     monkeypatch.setenv("RLHF_EXACT_DATA_DIR", str(tmp_path))
     cfg = load_config(["recipe=grpo_qwen3", f"model.path={model_dir}"])
     assert cfg.data.train_files == [str(tmp_path / "gsm8k" / "train.jsonl")]
+    assert cfg.eval.files == [str(tmp_path / "gsm8k" / "test.jsonl")]  # the held-out split, for eval/*
+    (tmp_path / "gsm8k" / "test.jsonl").unlink()
+    with pytest.raises(ConfigError, match=r"eval.files\[0\]='.*test.jsonl' does not exist"):
+        load_config(["recipe=grpo_qwen3", f"model.path={model_dir}"])
 
 
 def test_overrides_typed():

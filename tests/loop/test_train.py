@@ -12,6 +12,11 @@ and trainer group).
         restarted by Ray, gets the current weights, and every step still has KL 0.
   test_default_kernels_with_tis         kernels=default (stock vLLM + stock torch ops)
         with truncated importance sampling runs and reports the parity metrics.
+  test_eval_samples_and_reward_errors   eval/* on held-out synthetic prompts every step,
+        sample completions in samples.jsonl, a user reward (import path) that fails on
+        some samples with on_error=skip: they are counted, dropped from their groups, named
+        on the step line; the start-up and step lines say what the user needs (k/N, ETA,
+        parity).
 
     python -m pytest tests/loop -q
 """
@@ -157,3 +162,56 @@ def test_gsm8k_recipe_on_a_tiny_checkpoint(tmp_path, gsm8k_dir):
     assert_exact(rows)
     assert rows[0]["reward/errors"] == 0.0
     assert 0.0 <= rows[0]["reward/mean"] <= 1.1  # gsm8k (0/1) + 0.1 x format
+
+
+def test_eval_samples_and_reward_errors(tmp_path, monkeypatch, caplog):
+    (tmp_path / "flaky_rewards.py").write_text(
+        "def sometimes(text, ids, sample):\n"
+        "    if ids and ids[0] % 7 == 0:\n"
+        "        raise TimeoutError('judge did not answer')\n"
+        "    return 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run, run_dir = start(tmp_path, "eval", "run.steps=2", "run.save_every=0", "eval.every_steps=1",
+                         "eval.num_prompts=4", "eval.k=2", "logging.samples_per_step=3", "reward.on_error=skip",
+                         "reward.functions=[{name:synthetic},{name:'flaky_rewards:sometimes'}]")
+    caplog.set_level("INFO", logger="rlhf_exact")
+    run.run()
+    rows = metrics(run_dir)
+    assert [m["step"] for m in rows] == [1, 2]
+    assert_exact(rows)  # the dropped samples were still compared, and nothing else changed
+    for m in rows:
+        for k in ("eval/greedy_pass@1", "eval/pass@2", "eval/pass@1", "eval/reward_mean"):
+            assert 0.0 <= m[k] <= 1.0, (k, m[k])
+        assert m["eval/pass@2"] >= m["eval/pass@1"] and m["eval/response_length_mean"] > 0
+        assert m["data/skipped_rows"] == 0.0
+    errors = [int(m["reward/errors"]) for m in rows]
+    assert sum(errors) > 0, "the flaky reward never failed: the test shows nothing"
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in samples] == [1, 1, 1, 2, 2, 2]
+    assert all(r["prompt"] and isinstance(r["completion"], str) for r in samples)
+
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("starting 1 sampler engine(s) (vLLM, kernels=exact)") for line in lines)
+    assert any(line.startswith("2 trainer rank(s) (FSDP2 on cpu) ready (") for line in lines)
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) == 2 and steps[0].startswith("step 1/2: reward ") and steps[1].startswith("step 2/2: ")
+    for line, n in zip(steps, errors):
+        assert "parity exact (KL 0, every token bitwise equal, ratio 1)" in line and " ETA 0:00:" in line
+        assert "eval: greedy_pass@1 " in line and " pass@2 " in line
+        assert (f"({n} reward error{'s' * (n != 1)}, dropped)" in line) == (n > 0), line
+
+
+def test_progress_line():
+    """The step line's parts, without a run (the line of a run is checked above)."""
+    m = {"reward/mean": 0.25, "reward/errors": 1.0, "parity/kl": 0.0, "parity/tokens_bitwise_equal_frac": 1.0,
+         "parity/logprob_abs_diff_max": 0.0, "parity/ratio_min": 1.0, "parity/ratio_max": 1.0, "time/step": 2.0,
+         "time/sample": 1.0, "time/train": 0.5, "time/sync": 0.5}
+    # ETA: 7 steps left x the mean of the steps after the warm-up one (2 s, 4 s) = 21 s
+    assert loop.progress_line(3, 10, m, [40.0, 2.0, 4.0], exact=True) == (
+        "step 3/10: reward 0.2500 (1 reward error, dropped)  parity exact (KL 0, every token bitwise equal, "
+        "ratio 1)  time 2.0s (sample 1.0, train 0.5, sync 0.5)  ETA 0:00:21")
+    bad = m | {"reward/errors": 0.0, "parity/kl": 1e-5, "parity/tokens_bitwise_equal_frac": 0.5,
+               "parity/logprob_abs_diff_max": 0.01, "eval/greedy_pass@1": 0.5, "eval/pass@4": 0.75}
+    assert loop.progress_line(1, 2, bad, [3600.0], exact=False) == (
+        "step 1/2: reward 0.2500  parity differs: KL 1e-05, max|diff| 0.01, bitwise 0.5000  time 2.0s (sample 1.0, "
+        "train 0.5, sync 0.5)  eval: greedy_pass@1 0.500 pass@4 0.750  ETA 1:00:00")

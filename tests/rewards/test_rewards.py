@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from rlhf_exact.rewards import REWARDS, compute_rewards, get_reward, register_reward
+from rlhf_exact.rewards import REWARDS, RewardError, compute_rewards, get_reward, register_reward
 from rlhf_exact.rewards.gsm8k import extract_answer, format_reward, gold_answer, gsm8k_reward
 from rlhf_exact.rewards.synthetic import synthetic_reward
 
@@ -108,10 +108,10 @@ def test_compute_rewards_errors(monkeypatch):
 
     monkeypatch.setitem(REWARDS, "flaky", flaky)
     samples = [{"answer": "ok"}, {"answer": "boom", "row_id": "f.jsonl:7"}, {"answer": "nan"}]
-    with pytest.raises(RuntimeError, match=r"reward 'flaky' failed on sample 1 \(row f.jsonl:7\): KeyError"):
+    with pytest.raises(RewardError, match=r"reward 'flaky' failed on sample 1 \(row f.jsonl:7\): KeyError"):
         compute_rewards([("format", 1.0), ("flaky", 2.0)], ["#### 1"] * 3, [[]] * 3, samples, on_error="stop")
     r, err = compute_rewards([("format", 1.0), ("flaky", 2.0)], ["#### 1"] * 3, [[]] * 3, samples, on_error="skip")
-    assert r == [3.0, 0.0, 0.0]   # 1 + 2*1; failures earn 0 in total, not the partial 1.0
+    assert r[0] == 3.0 and math.isnan(r[1]) and math.isnan(r[2])  # 1 + 2*1; failures have no reward (not 1.0)
     assert err[0] is None
     assert "sample 1" in err[1] and "missing field" in err[1]
     assert "sample 2" in err[2] and "non-finite" in err[2]
