@@ -390,6 +390,10 @@ class SamplerConfig:
     kv_cache_bytes: int | None = None  # KV cache per engine in bytes; null: from gpu_memory_utilization
     # on CUDA, 64 MiB on CPU; >= 1 MiB
     gpu_memory_utilization: float = 0.5  # CUDA: fraction of the GPU's memory vLLM may take; in (0, 1]
+    deadline_s: float = 600.0  # a sampling call's deadline: these seconds plus its tokens at
+    # deadline_tokens_per_s; past it the engine is taken for dead and its actor restarted; > 0
+    deadline_tokens_per_s: float = 20.0  # the slowest sampling rate (generated tokens per second, per engine)
+    # that still counts as alive; > 0
 
     def validate(self, p: str = "sampler") -> None:
         _int(f"{p}.num_samplers", self.num_samplers, 1)
@@ -398,6 +402,8 @@ class SamplerConfig:
         if self.kv_cache_bytes is not None:
             _int(f"{p}.kv_cache_bytes", self.kv_cache_bytes, 1 << 20)
         _num(f"{p}.gpu_memory_utilization", self.gpu_memory_utilization, 0, lo_open=True, hi=1)
+        _num(f"{p}.deadline_s", self.deadline_s, 0, lo_open=True)
+        _num(f"{p}.deadline_tokens_per_s", self.deadline_tokens_per_s, 0, lo_open=True)
 
 
 @dataclass

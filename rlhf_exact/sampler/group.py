@@ -2,6 +2,13 @@
 the exact plugin, or stock vLLM for kernels=default. Prompts are dealt round-robin to
 the engines; results come back in prompt order.
 
+Every sampling call has a deadline derived from its work: deadline_s plus its tokens
+(prompts x n x max_tokens) at deadline_tokens_per_s. A call past its deadline (a vLLM
+EngineCore that died mid-call leaves it hanging), or one whose requests come back with
+EngineDeadError (an engine that died while idle), is handled like a dead actor: the
+actor is killed and restarted by Ray, gets the latest weights, and samples its share
+again.
+
     samplers = SamplerGroup.from_config(cfg, model_path)
     results = samplers.sample(prompts, n=8, seeds=seeds)   # the config's sampling parameters
     seconds = samplers.update_weights(trainer.full_weights("bfloat16"))
@@ -32,14 +39,17 @@ MAX_RESTARTS = 3  # per actor, by Ray
 class SamplerGroup:
     def __init__(self, model_path: str | os.PathLike, num_samplers: int, *, exact: bool = True,
                  device: str = "cpu", colocate: bool = False, bucket_bytes: int = 64 << 20,
-                 params: SamplingConfig | None = None, **engine_kwargs):
-        """params: the default per-request sampling parameters; engine_kwargs go to every
-        engine (engine.Sampler: temperature, dtype, max_model_len, ...)."""
+                 params: SamplingConfig | None = None, deadline_s: float = 600.0,
+                 deadline_tokens_per_s: float = 20.0, **engine_kwargs):
+        """params: the default per-request sampling parameters; deadline_s,
+        deadline_tokens_per_s: a sampling call's deadline (module docstring); engine_kwargs
+        go to every engine (engine.Sampler: temperature, dtype, max_model_len, ...)."""
         import ray
 
         from .actor import SamplerActor
 
         self.bucket_bytes, self.params = bucket_bytes, params or SamplingConfig()
+        self.deadline_s, self.deadline_tokens_per_s = deadline_s, deadline_tokens_per_s
         opts = dict(max_restarts=MAX_RESTARTS, max_task_retries=0)
         if device == "cuda":
             opts["num_gpus"] = 0.4 if colocate else 1
@@ -68,16 +78,18 @@ class SamplerGroup:
             if not s.kv_cache_bytes:
                 kw["kv_cache_memory_bytes"] = None  # from gpu_memory_utilization
         return cls(model_path, s.num_samplers, exact=cfg.kernels == "exact", device=c.device, colocate=c.colocate,
-                   bucket_bytes=c.weight_sync_bucket_mb << 20, params=params, **kw)
+                   bucket_bytes=c.weight_sync_bucket_mb << 20, params=params, deadline_s=s.deadline_s,
+                   deadline_tokens_per_s=s.deadline_tokens_per_s, **kw)
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, seeds: Sequence[int],
                params: SamplingConfig | Sequence[SamplingConfig] | None = None) -> list[SampleResult]:
         """n completions of every prompt (sample j of prompt i seeded seeds[i] + j), in
         prompt order, with `params` (default: the group's), one for all prompts or one per
         prompt (a multi-turn episode's turn gets the token budget it has left). A sampler
-        that dies is restarted and its share sampled again."""
+        that dies is restarted and its share sampled again, as is one past its deadline or
+        with a dead engine (module docstring)."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import GetTimeoutError, RayActorError
 
         params = params or self.params
         k = len(self.actors)
@@ -94,13 +106,30 @@ class SamplerGroup:
         for _ in range(MAX_RESTARTS + 1):
             failed = []
             for i, ref in pending.items():
+                tokens = n * sum((params if isinstance(params, SamplingConfig) else params[j]).max_tokens
+                                 for j in shares[i])
+                deadline = self.deadline_s + tokens / self.deadline_tokens_per_s
                 try:
-                    for j, r in zip(shares[i], ray.get(ref)):
-                        out[j] = r
+                    results = ray.get(ref, timeout=deadline)
                 except RayActorError as e:
                     log.warning("sampler %d died during sampling (%s); waiting for Ray to restart it", i,
                                 type(e).__name__)
                     failed.append(i)
+                    continue
+                except GetTimeoutError:
+                    log.warning("sampler %d gave no result within its deadline of %.0f s (a dead or hung vLLM "
+                                "engine); restarting it", i, deadline)
+                    ray.kill(self.actors[i], no_restart=False)
+                    failed.append(i)
+                    continue
+                dead = next((r.error for r in results if r.error and "EngineDeadError" in r.error), None)
+                if dead:
+                    log.warning("sampler %d: its vLLM engine is dead (%s); restarting it", i, dead[:200])
+                    ray.kill(self.actors[i], no_restart=False)
+                    failed.append(i)
+                    continue
+                for j, r in zip(shares[i], results):
+                    out[j] = r
             if not failed:
                 return out
             self.restarts += len(failed)

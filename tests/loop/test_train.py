@@ -10,6 +10,9 @@ and trainer group).
         bitwise the same weights at step 4 as the uninterrupted run.
   test_sampler_killed_mid_run           a sampler actor killed during the run is
         restarted by Ray, gets the current weights, and every step still has KL 0.
+  test_engine_core_killed_mid_run       the vLLM EngineCore process of the sampler killed
+        (SIGKILL) mid-run: the hung call hits its deadline, the actor is restarted and
+        re-synced, the run finishes with every step's KL 0.
   test_default_kernels_with_tis         kernels=default (stock vLLM + stock torch ops)
         with truncated importance sampling runs and reports the parity metrics.
   test_eval_samples_and_reward_errors   eval/* on held-out synthetic prompts every step,
@@ -215,3 +218,39 @@ def test_progress_line():
     assert loop.progress_line(1, 2, bad, [3600.0], exact=False) == (
         "step 1/2: reward 0.2500  parity differs: KL 1e-05, max|diff| 0.01, bitwise 0.5000  time 2.0s (sample 1.0, "
         "train 0.5, sync 0.5)  eval: greedy_pass@1 0.500 pass@4 0.750  ETA 1:00:00")
+
+
+def test_engine_core_killed_mid_run(tmp_path, caplog):
+    import os
+    import signal
+
+    psutil = pytest.importorskip("psutil")
+    run, run_dir = start(tmp_path, "core", "run.steps=4", "run.save_every=0", "eval.every_steps=0",
+                         "sampler.deadline_s=120")
+    caplog.set_level("INFO", logger="rlhf_exact")
+    killed = []
+
+    def killer():  # the engine processes of this test's Ray (descendants of this process) only
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            f = run_dir / "metrics.jsonl"
+            if f.exists() and f.read_text().count("\n") >= 1:
+                cores = [p for p in psutil.Process(os.getpid()).children(recursive=True)
+                         if p.name().startswith("VLLM::EngineCore")]
+                for p in cores:
+                    os.kill(p.pid, signal.SIGKILL)
+                    killed.append(p.pid)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    run.run()
+    t.join()
+    assert killed, "no EngineCore process found to kill"
+    rows = metrics(run_dir)
+    assert [m["step"] for m in rows] == [1, 2, 3, 4]
+    assert rows[-1]["sampler/restarts"] >= 1
+    assert_exact(rows)  # the restarted engine got the current weights
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("sampler 0" in w and ("deadline" in w or "engine is dead" in w or "died" in w) for w in warned), warned
