@@ -132,10 +132,52 @@ class Loop:
             min(self.limits.max_turns * sp.max_tokens, self.limits.max_episode_tokens)
         with _starting(f"{cfg.trainer.world_size} trainer rank(s) (FSDP2 on {cfg.cluster.device})"):
             self.trainer = TrainerGroup.from_config(cfg, self.model_path)
+        self.start_state = self._driver_state()  # for a trainer restart before the first checkpoint
         self.start_step = self._maybe_resume()
         self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.start_step)
         self.step_seconds: list[float] = []  # this process's steps, for the ETA
+        self.trainer_restarts = 0
         torch.set_num_threads(1)
+
+    def _driver_state(self):
+        from rlhf_exact.runtime.checkpoint import capture_rng_state
+
+        return capture_rng_state(), self.stream.state_dict()
+
+    def restart_trainer(self, error: BaseException) -> int:
+        """A trainer rank died: a new trainer group from the newest checkpoint (the initial
+        model before the first one), the driver's RNG and data position restored, the
+        samplers re-synced, the metrics after that step dropped (the steps run again, bit
+        for bit). Returns the step to continue from. At most trainer.max_restarts times."""
+        from rlhf_exact.runtime.checkpoint import latest_checkpoint, load_run_checkpoint, restore_rng_state
+        from rlhf_exact.trainer.group import TrainerGroup
+
+        self.trainer_restarts += 1
+        if self.trainer_restarts > self.cfg.trainer.max_restarts:
+            raise RuntimeError(f"a trainer rank died again ({type(error).__name__}); trainer.max_restarts="
+                               f"{self.cfg.trainer.max_restarts} restarts used up, the run stops") from error
+        path = latest_checkpoint(self.run_dir)
+        log.warning("a trainer rank died (%s); restarting the trainer group from %s (restart %d of %d)",
+                    type(error).__name__, path.name if path else "the initial model", self.trainer_restarts,
+                    self.cfg.trainer.max_restarts)
+        try:
+            self.trainer.shutdown()
+        except Exception:  # noqa: BLE001 - the group is broken; its actors are killed either way
+            pass
+        with _starting(f"{self.cfg.trainer.world_size} trainer rank(s) again"):
+            self.trainer = TrainerGroup.from_config(self.cfg, self.model_path)
+        if path is None:
+            (rng_t, rng_meta), data = self.start_state
+            step = 0
+        else:
+            tensors, meta = load_run_checkpoint(path)
+            self.trainer.load_state({k: tensors[k] for k in ("model", "optimizer")}, meta["trainer"])
+            (rng_t, rng_meta), data, step = (tensors["rng"], meta["rng"]), meta["data"], int(meta["step"])
+        restore_rng_state(rng_t, rng_meta)
+        self.stream.load_state_dict(data)
+        self.sync_weights()
+        self.metrics.rewind(step)
+        return step
 
     def _maybe_resume(self) -> int:
         from rlhf_exact.runtime.checkpoint import discard_checkpoints_after, load_run_checkpoint, restore_rng_state
@@ -363,10 +405,20 @@ class Loop:
         try:
             from tqdm import tqdm
 
-            bar = tqdm(range(self.start_step, cfg.run.steps), desc="steps", initial=self.start_step,
-                       total=cfg.run.steps, disable=None if cfg.logging.progress_bars else True)
-            for step in bar:
-                m = self.step(step)
+            from ray.exceptions import RayActorError
+
+            bar = tqdm(desc="steps", initial=self.start_step, total=cfg.run.steps,
+                       disable=None if cfg.logging.progress_bars else True)
+            step = self.start_step
+            while step < cfg.run.steps:
+                try:
+                    m = self.step(step)
+                except RayActorError as e:  # the samplers restart their own: a trainer rank died
+                    step = self.restart_trainer(e)
+                    bar.reset(total=cfg.run.steps)
+                    bar.update(step)
+                    continue
+                m["trainer/restarts"] = float(self.trainer_restarts)
                 self.step_seconds.append(m["time/step"])
                 if self.evaluator is not None and self.evaluator.due(step + 1):
                     m |= self.evaluator.evaluate(self.samplers, step + 1)
@@ -377,6 +429,8 @@ class Loop:
                 log.info("%s", progress_line(step + 1, cfg.run.steps, m, self.step_seconds, self.exact))
                 if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
                     self.checkpoint(step + 1)
+                bar.update(1)
+                step += 1
             export = self.export()
             log.info("exported the final policy to %s", export)
         finally:

@@ -411,6 +411,8 @@ class TrainerConfig:
     """The FSDP2 trainer (one Ray actor per rank)."""
 
     world_size: int = 1  # FSDP2 ranks (one GPU each on CUDA, one process each on CPU with gloo); >= 1
+    max_restarts: int = 2  # a trainer rank that dies (its process, not an exception in it): the group is
+    # restarted from the newest checkpoint at most this many times per run; >= 0
     micro_batch_tokens: int = 8192  # tokens packed into one forward/backward; >= sampler.max_model_len
     # (a sequence is never split); logprobs do not depend on it
     param_dtype: str = "float32"  # "float32" | "bfloat16": master weights and optimizer state
@@ -419,6 +421,7 @@ class TrainerConfig:
 
     def validate(self, p: str = "trainer") -> None:
         _int(f"{p}.world_size", self.world_size, 1)
+        _int(f"{p}.max_restarts", self.max_restarts, 0)
         _int(f"{p}.micro_batch_tokens", self.micro_batch_tokens, 1)
         _choice(f"{p}.param_dtype", self.param_dtype, ("float32", "bfloat16"))
         _choice(f"{p}.compute_dtype", self.compute_dtype, ("bfloat16", "float32"))

@@ -162,6 +162,14 @@ class MetricsLogger:
             self._wandb_next = int(step) + 1
         return record
 
+    def rewind(self, step: int) -> None:
+        """Drop the records after `step` (they will be logged again: a trainer restarted from
+        that step's checkpoint); W&B keeps the steps it has (the same numbers, recomputed)."""
+        self._file.close()
+        truncate_metrics(self.path, step)
+        truncate_metrics(self.run_dir / SAMPLES_FILE, step)
+        self._file = open(self.path, "a")
+
     def log_samples(self, step: int, rows: list[dict]) -> None:
         """Sample completions of a step: samples.jsonl, and W&B's `samples` table (call it
         before `log(step, ...)`: the table joins that step's W&B row)."""

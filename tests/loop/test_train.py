@@ -7,7 +7,9 @@ and trainer group).
         every token bitwise equal, ratio exactly 1 at every step; metrics.jsonl and
         config.yaml in the run dir; the exported model loads in transformers; and a
         run stopped after step 2 and resumed (resume=auto) gives the same metrics and
-        bitwise the same weights at step 4 as the uninterrupted run.
+        bitwise the same weights at step 4 as the uninterrupted run; so does a run whose
+        trainer rank is killed in step 4 (the group restarts from the step-2 checkpoint in
+        the same process).
   test_sampler_killed_mid_run           a sampler actor killed during the run is
         restarted by Ray, gets the current weights, and every step still has KL 0.
   test_engine_core_killed_mid_run       the vLLM EngineCore process of the sampler killed
@@ -105,6 +107,42 @@ def test_tiny_recipe_kl_zero_and_resume(tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+    # a trainer rank's process killed (SIGKILL) in step 4: the group restarts from the
+    # step-2 checkpoint in the same process and ends where the uninterrupted run did
+    import os
+    import signal
+
+    cut, cut_dir = start(tmp_path, "rank", *steps)
+    killed = []
+
+    def killer():
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            f = cut_dir / "metrics.jsonl"
+            if f.exists() and f.read_text().count("\n") >= 3:
+                pid = ray.get(cut.trainer.actors[1].__ray_call__.remote(lambda self: os.getpid()))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    cut.run()
+    t.join()
+    assert killed
+    again = metrics(cut_dir)
+    assert [m["step"] for m in again] == [1, 2, 3, 4]
+    assert again[-1]["trainer/restarts"] == 1.0
+    assert_exact(again)  # KL 0 after the restart: the samplers got the checkpoint's weights
+    for a, b in zip(rows, again):
+        for k in a:
+            if not k.startswith(TIMING) and k not in ("elapsed", "wall_time", "time", "trainer/restarts"):
+                assert a[k] == b[k], (a["step"], k, a[k], b[k])
+    wc = final_weights(cut_dir)
+    for k in wa:
+        assert torch.equal(wa[k], wc[k]), k
 
 
 def test_sampler_killed_mid_run(tmp_path):
