@@ -354,7 +354,7 @@ class Loop:
 
         train_tokens = self.cfg.algorithm.epochs * float(sum(e.num_tokens for e in episodes if e.kept))
         sample_tokens = float(sum(e.completion.numel() for e in episodes))
-        return {**rollout_metrics(episodes, self.cfg.algorithm.group_size), **parity, **train,
+        return {**rollout_metrics(episodes), **parity, **train,
                 "perf/sample_tokens_per_s": sample_tokens / max(times["time/sample"], 1e-9),
                 "perf/train_tokens_per_s": train_tokens / max(times["time/train"], 1e-9),
                 "sync/gather_s": gather_s, "sync/update_s": update_s, "sampler/restarts": float(self.samplers.restarts),

@@ -98,7 +98,7 @@ def ratio_range(logprobs: Sequence[torch.Tensor], sampler_logprobs: Sequence[tor
     return float(r.min()), float(r.max())
 
 
-def rollout_metrics(episodes: Sequence[Episode], group_size: int) -> dict[str, float]:
+def rollout_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
     """reward/* (mean and std over the episodes that have a reward; NaN if none has),
     response_length/* and the kept-group counts of a scored rollout."""
     rewards = torch.tensor([e.reward for e in episodes if e.reward_error is None], dtype=torch.float32)

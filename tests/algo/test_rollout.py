@@ -74,13 +74,13 @@ def test_ratio_range():
 def test_rollout_metrics():
     eps = score([ep(0, 2), ep(0, 4), ep(1, 6), ep(1, 8)], [1.0, 3.0, 2.0, 2.0], [None, "x", None, None], 2,
                 filter_equal_reward_groups=True)
-    m = rollout_metrics(eps, 2)
+    m = rollout_metrics(eps)
     # rewards with a value: 1, 2, 2 -> mean 5/3, population std sqrt(((2/3)^2 + 2 (1/3)^2) / 3) = sqrt(2/9);
     # both groups have all-equal rewards left (group 0 only its 1.0) -> none kept
     assert m == {"reward/mean": float(torch.tensor(5 / 3)), "reward/std": float(torch.tensor(2 / 9).sqrt()),
                  "reward/errors": 1.0, "response_length/mean": 5.0, "response_length/max": 8.0,
                  "response_length/min": 2.0, "train/groups_kept": 0.0, "train/groups": 2.0}
-    m = rollout_metrics(score([ep(0, 2), ep(0, 4), ep(1, 6), ep(1, 8)], [1.0, 3.0, 2.0, 0.0], [None] * 4, 2), 2)
+    m = rollout_metrics(score([ep(0, 2), ep(0, 4), ep(1, 6), ep(1, 8)], [1.0, 3.0, 2.0, 0.0], [None] * 4, 2))
     assert m["reward/mean"] == 1.5 and m["train/groups_kept"] == 2.0
 
 
@@ -111,7 +111,7 @@ def test_groups_with_dropped_episodes():
     assert [e.kept for e in out] == [True] * 5 + [False]  # a group of one has equal rewards
     assert minibatch_split(out, 3, 2) == [[0, 1, 2], [3, 4]]
     assert minibatch_split(out, 3, 1) == [[0, 1, 2, 3, 4]]
-    m = rollout_metrics(out, 3)
+    m = rollout_metrics(out)
     assert (m["train/groups"], m["train/groups_kept"]) == (3.0, 2.0)
 
 
