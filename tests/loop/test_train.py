@@ -53,6 +53,30 @@ def start(tmp_path, name, *overrides):
     return loop.Loop(cfg, run_dir), run_dir
 
 
+def run_and_kill_after(run, run_dir, rows, kill, timeout=900):
+    """Run `run` while a thread calls kill() once metrics.jsonl holds `rows` steps.
+    Returns what kill() returned, or None if it never fired."""
+    fired, over = [], threading.Event()
+
+    def watch():
+        deadline = time.time() + timeout
+        while time.time() < deadline and not over.is_set():
+            f = run_dir / "metrics.jsonl"
+            if f.exists() and f.read_text().count("\n") >= rows:
+                fired.append(kill())
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        run.run()
+    finally:
+        over.set()
+        t.join()
+    return fired[0] if fired else None
+
+
 def metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -115,23 +139,13 @@ def test_tiny_recipe_kl_zero_and_resume(tmp_path):
     import signal
 
     cut, cut_dir = start(tmp_path, "rank", *steps)
-    killed = []
 
-    def killer():
-        deadline = time.time() + 900
-        while time.time() < deadline:
-            f = cut_dir / "metrics.jsonl"
-            if f.exists() and f.read_text().count("\n") >= 3:
-                pid = ray.get(cut.trainer.actors[1].__ray_call__.remote(lambda self: os.getpid()))
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
-            time.sleep(0.02)
+    def kill_rank():
+        pid = ray.get(cut.trainer.actors[1].__ray_call__.remote(lambda self: os.getpid()))
+        os.kill(pid, signal.SIGKILL)
+        return pid
 
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    cut.run()
-    t.join()
+    killed = run_and_kill_after(cut, cut_dir, 3, kill_rank)
     assert killed
     again = metrics(cut_dir)
     assert [m["step"] for m in again] == [1, 2, 3, 4]
@@ -148,23 +162,13 @@ def test_tiny_recipe_kl_zero_and_resume(tmp_path):
 
 def test_sampler_killed_mid_run(tmp_path):
     run, run_dir = start(tmp_path, "kill", "run.steps=4", "run.save_every=0")
-    killed = threading.Event()
 
-    def killer():
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            f = run_dir / "metrics.jsonl"
-            if f.exists() and f.read_text().count("\n") >= 1:
-                ray.kill(run.samplers.actors[0], no_restart=False)
-                killed.set()
-                return
-            time.sleep(0.05)
+    def kill_sampler():
+        ray.kill(run.samplers.actors[0], no_restart=False)
+        return True
 
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    run.run()
-    t.join()
-    assert killed.is_set()
+    killed = run_and_kill_after(run, run_dir, 1, kill_sampler, timeout=600)
+    assert killed
     rows = metrics(run_dir)
     assert [m["step"] for m in rows] == [1, 2, 3, 4]
     assert rows[-1]["sampler/restarts"] >= 1
@@ -268,25 +272,15 @@ def test_engine_core_killed_mid_run(tmp_path, caplog):
     run, run_dir = start(tmp_path, "core", "run.steps=4", "run.save_every=0", "eval.every_steps=0",
                          "sampler.deadline_s=120")
     caplog.set_level("INFO", logger="rlhf_exact")
-    killed = []
 
-    def killer():  # the engine processes of this test's Ray (descendants of this process) only
-        deadline = time.time() + 900
-        while time.time() < deadline:
-            f = run_dir / "metrics.jsonl"
-            if f.exists() and f.read_text().count("\n") >= 1:
-                cores = [p for p in psutil.Process(os.getpid()).children(recursive=True)
-                         if p.name().startswith("VLLM::EngineCore")]
-                for p in cores:
-                    os.kill(p.pid, signal.SIGKILL)
-                    killed.append(p.pid)
-                return
-            time.sleep(0.05)
+    def kill_cores():  # the engine processes of this test's Ray (descendants of this process) only
+        cores = [p for p in psutil.Process(os.getpid()).children(recursive=True)
+                 if p.name().startswith("VLLM::EngineCore")]
+        for p in cores:
+            os.kill(p.pid, signal.SIGKILL)
+        return [p.pid for p in cores]
 
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    run.run()
-    t.join()
+    killed = run_and_kill_after(run, run_dir, 1, kill_cores)
     assert killed, "no EngineCore process found to kill"
     rows = metrics(run_dir)
     assert [m["step"] for m in rows] == [1, 2, 3, 4]
