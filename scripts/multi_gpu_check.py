@@ -298,7 +298,8 @@ def _trainer(rank: int, world: int, ports: tuple[int, int], spec: dict, job: dic
     who = f"W{world} r{rank}"
     if spec["device"] == "cuda":
         os.environ["LOCAL_RANK"] = str(rank)  # TrainerWorker picks cuda:LOCAL_RANK
-    w = TrainerWorker(rank, world, ports[0], TrainerSpec(**spec))
+    w = TrainerWorker(rank, world, TrainerSpec(**spec), master_port=ports[0])
+    w.start(ports[0])
     dev, cfg = w.device, job["workload"]
     res = {"env": _env_in_force(), "device": str(dev), "steps": [], "syncs": []}
     sync = SyncGroup(0, ports[1], dev, job["sync_backend"], job["timeout_s"]) if rank == 0 else None

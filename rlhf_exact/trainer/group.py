@@ -44,15 +44,17 @@ class TrainerGroup:
         bundle = {"CPU": cpus_per_rank} | ({"GPU": gpus_per_rank} if device == "cuda" else {})
         self.pg = placement_group([bundle] * world_size, strategy="PACK")
         ray.get(self.pg.ready())
-        port = free_port()
         cls = ray.remote(TrainerWorker)
         self.actors = [
             cls.options(num_cpus=cpus_per_rank, num_gpus=gpus_per_rank if device == "cuda" else 0,
                         scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
                         runtime_env={"env_vars": {"LOCAL_RANK": "0", "OMP_NUM_THREADS": "1"}})
-            .remote(r, world_size, port, spec)
+            .remote(r, world_size, spec)
             for r in range(world_size)]
-        self._all(lambda a: a.ready.remote())  # surfaces a rank's constructor error here
+        # rank 0 bound its rendezvous port in its constructor: no window for another
+        # process to take it (a port picked here and bound there can be gone by then)
+        port = self._all(lambda a: (a.master_port if a is self.actors[0] else a.ready).remote())[0]
+        self._all(lambda a: a.start.remote(port))  # surfaces a rank's start error here
 
     @classmethod
     def from_config(cls, cfg, model_path) -> TrainerGroup:

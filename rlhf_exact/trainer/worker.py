@@ -63,7 +63,12 @@ DUMMY = TrainSeq(prompt=torch.zeros(1, dtype=torch.int64), completion=torch.zero
 
 
 class TrainerWorker:
-    def __init__(self, rank: int, world_size: int, master_port: int, spec: TrainerSpec):
+    """One FSDP2 rank. Two phases, so that no port is ever chosen before it is bound:
+    the constructor selects the kernels and, on rank 0, opens the rendezvous store
+    (on `master_port`, 0: a port the OS picks and `master_port()` reports); `start(port)`
+    joins the process group through that store and builds the model."""
+
+    def __init__(self, rank: int, world_size: int, spec: TrainerSpec, master_port: int = 0):
         self.spec = spec
         self.rank, self.world_size = rank, world_size
         torch.set_num_threads(self.spec.num_threads)
@@ -74,11 +79,23 @@ class TrainerWorker:
         self.ops = select_kernels("exact" if self.spec.exact else "default")
         import torch.distributed as dist
 
+        self._store = dist.TCPStore("127.0.0.1", master_port, world_size, is_master=True,
+                                    wait_for_workers=False) if rank == 0 else None
+
+    def master_port(self) -> int:
+        """Rank 0's rendezvous port (bound since the constructor)."""
+        return self._store.port
+
+    def start(self, master_port: int) -> int:
+        """Join the process group (every rank at once) and build policy, reference and
+        optimizer; returns the rank."""
+        import torch.distributed as dist
+
         backend = "nccl" if self.spec.device == "cuda" else "gloo"
         if self.spec.device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{master_port}", rank=rank,
-                                world_size=world_size)
+        store = self._store or dist.TCPStore("127.0.0.1", master_port, self.world_size, is_master=False)
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size)
         self.device = torch.device(self.spec.device, torch.cuda.current_device()) \
             if self.spec.device == "cuda" else torch.device("cpu")
         self.model, self.config = self._build_policy()
@@ -89,6 +106,7 @@ class TrainerWorker:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / (s.warmup_steps + 1)) if s.warmup_steps else 1.0)
         self.steps_done = 0
+        return self.rank
 
     def ready(self) -> int:
         return self.rank
