@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 T = 0.7
 MAX_LEN = 160
-LIMITS = Limits(max_turns=3, max_episode_tokens=MAX_LEN - 1, max_turn_tokens=10)
+LIMITS = Limits(max_turns=3, max_episode_tokens=MAX_LEN - 1, max_turn_tokens=20)
 TASK = SyntheticTask(seed=1, prompt_len=40)
 ROWS = [r for r in TASK.rows(4) for _ in range(2)]  # 4 prompts x 2 episodes
 SEEDS = [1000 + 10 * (k // 2) + k % 2 for k in range(len(ROWS))]
@@ -158,7 +158,11 @@ class TestRoomy:
 class TestTightPreempting:
     @pytest.fixture(scope="class")
     def sampler(self, model_dir):
-        # 12 blocks of 16 = 192 tokens of KV for 8 episodes of up to 40 + 3 x 10 + observations tokens
+        # 12 blocks of 16 = 192 tokens of KV for 8 episodes of 40 + 3 x 20 + observation tokens.
+        # Every turn grows its requests across block boundaries after the cache is full of
+        # their prompts (turn 1: 3 -> 4 blocks, turn 2: 4 -> 6, turn 3: 6 -> 7), so each
+        # turn preempts whatever order the requests reach the engine in. With 10-token
+        # turns only turn 1 grew, and one CI run saw no preemption at all.
         s = Sampler(model_dir, temperature=T, max_model_len=MAX_LEN, max_num_seqs=8, enable_prefix_caching=False,
                     num_gpu_blocks_override=12, block_size=16, disable_log_stats=False)
         yield s
