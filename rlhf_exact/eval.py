@@ -57,11 +57,11 @@ def load_eval_rows(cfg, tokenizer, chat_template: str | None) -> list[dict]:
 
 class Evaluator:
     def __init__(self, cfg, tokenizer, rows: list[dict]):
-        from rlhf_exact.sampler.engine import SamplingConfig
+        from rlhf_exact.sampler.engine import RequestParams
 
         self.cfg, self.tokenizer, self.rows = cfg, tokenizer, rows
         sp = cfg.sampling
-        self.sampled = SamplingConfig(max_tokens=sp.max_tokens, top_k=sp.top_k, top_p=sp.top_p,
+        self.sampled = RequestParams(max_tokens=sp.max_tokens, top_k=sp.top_k, top_p=sp.top_p,
                                       stop_token_ids=tuple(sp.stop_token_ids))
         self.greedy = dataclasses.replace(self.sampled, temperature=0.0, top_k=0, top_p=1.0)
 

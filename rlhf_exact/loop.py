@@ -120,7 +120,7 @@ class Loop:
         self.env = None
         if cfg.env.name:
             from rlhf_exact.envs import EnvRunner, Limits
-            from rlhf_exact.models.checkpoint import read_config
+            from rlhf_exact.models.hf_io import read_config
 
             e = cfg.env
             self.env = EnvRunner(e.name, e.kwargs, self.tokenizer, vocab_size=read_config(self.model_path).vocab_size,
@@ -383,7 +383,7 @@ class Loop:
 
     def export(self) -> pathlib.Path:
         """The final policy as a Hugging Face model directory (transformers / vLLM load it)."""
-        from rlhf_exact.models.checkpoint import read_config, save_model
+        from rlhf_exact.models.hf_io import read_config, save_model
 
         weights = self.trainer.full_weights(self.cfg.model.dtype)
         return save_model(weights, self.run_dir / "final_model", config=read_config(self.model_path),

@@ -1,5 +1,5 @@
 """`python -m rlhf_exact.plot RUN_DIR [--out DIR]`: a run's metrics.jsonl as PNGs and one
-self-contained HTML page (rlhf_exact/runtime/plot.py)."""
+self-contained HTML page (rlhf_exact/runtime/report.py)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="run directory holding metrics.jsonl")
     parser.add_argument("--out", default=None, help="output directory (default: RUN_DIR/plots)")
     args = parser.parse_args(argv)
-    from rlhf_exact.runtime.plot import render
+    from rlhf_exact.runtime.report import render
 
     try:
         report = render(args.run_dir, args.out)

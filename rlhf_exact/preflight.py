@@ -17,7 +17,7 @@ entry point prints with exit status 2. What is checked, in this order:
   model    model.path (unless model.tiny.enabled): config.json is a Qwen3 config with model_type,
            tokenizer.json loads, every safetensors header is readable, covers its file
            (a truncated file fails) and has the tensors with the config's shapes
-           (models/checkpoint.check_model_dir; no tensor data is read).
+           (models/hf_io.check_model_dir; no tensor data is read).
   data     data.train_files (and eval.files) are read row by row (file:line of the first bad row; a missing
            key says which data.*_key to set) and, when the model's tokenizer is at hand,
            tokenized with its chat template against data.max_prompt_tokens: the same
@@ -111,7 +111,7 @@ def check_model(cfg: TrainConfig):
     from tokenizers import Tokenizer
 
     from rlhf_exact.data import read_chat_template
-    from rlhf_exact.models.checkpoint import check_model_dir
+    from rlhf_exact.models.hf_io import check_model_dir
 
     try:
         check_model_dir(cfg.model.path)

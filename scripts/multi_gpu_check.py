@@ -414,7 +414,7 @@ def _sampler(world: int, ports: tuple[int, int], spec: dict, job: dict) -> None:
     import torch
 
     from exact_kernels import enable_exact_mode
-    from rlhf_exact.models.checkpoint import load_model
+    from rlhf_exact.models.hf_io import load_model
     from tests.models.generate import generate
 
     who = f"W{world} sampler"
@@ -598,7 +598,7 @@ def main(argv=None) -> int:
 def _main(args, device, ngpu, worlds, repeat_world, shape, work, out_path) -> int:
     import torch
 
-    from rlhf_exact.models.checkpoint import read_config
+    from rlhf_exact.models.hf_io import read_config
 
     t0 = time.perf_counter()
     if args.model_dir:

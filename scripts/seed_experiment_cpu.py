@@ -46,13 +46,13 @@ def groups(n: int) -> list[int]:
 
 def run_mode(mode: str, model: str, n: int, max_tokens: int, dtype: str) -> dict:
     """Runs in the child process: returns {"mode", "n", "distinct", "largest_share"}."""
-    from rlhf_exact.sampler.engine import Sampler, SamplingConfig
+    from rlhf_exact.sampler.engine import Sampler, RequestParams
 
     sampler = Sampler(model, exact=(mode == "exact"), dtype=dtype, max_model_len=256, max_num_seqs=16,
                       block_size=32, max_num_batched_tokens=96)
     prompt = [(13 * j) % 200 + 20 for j in range(24)]
-    greedy = SamplingConfig(max_tokens=max_tokens, temperature=0, ignore_eos=True)
-    filler = SamplingConfig(max_tokens=max_tokens)
+    greedy = RequestParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    filler = RequestParams(max_tokens=max_tokens)
     outs = []
     for k, g in enumerate(groups(n)):
         fill = [[(7 * j + k) % 300 + 10 for j in range(5 + 9 * i)] for i in range(k % 4)]

@@ -53,7 +53,7 @@ def write_model(path: pathlib.Path, shape: str) -> pathlib.Path:
         return path
     import torch
 
-    from rlhf_exact.models.checkpoint import save_model
+    from rlhf_exact.models.hf_io import save_model
     from rlhf_exact.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 
     config = Qwen3Config(**SHAPES[shape], rms_norm_eps=1e-6, rope_theta=1_000_000.0, max_position_embeddings=4096,
@@ -70,13 +70,13 @@ def write_model(path: pathlib.Path, shape: str) -> pathlib.Path:
 
 
 def experiment1(sampler, n: int) -> dict:
-    from rlhf_exact.sampler.engine import SamplingConfig
+    from rlhf_exact.sampler.engine import RequestParams
 
     rng = random.Random(0)
     prompt = [rng.randrange(10, 100_000) for _ in range(40)]
     fillers = [[rng.randrange(10, 100_000) for _ in range(rng.randrange(5, 401))] for _ in range(n)]
-    copy = SamplingConfig(max_tokens=100, temperature=0, ignore_eos=True)
-    jobs = [(prompt, copy, True)] * n + [(f, SamplingConfig(max_tokens=rng.randrange(1, 101), temperature=0,
+    copy = RequestParams(max_tokens=100, temperature=0, ignore_eos=True)
+    jobs = [(prompt, copy, True)] * n + [(f, RequestParams(max_tokens=rng.randrange(1, 101), temperature=0,
                                                             ignore_eos=True), False) for f in fillers]
     rng.shuffle(jobs)
     t0 = time.perf_counter()
@@ -94,11 +94,11 @@ def experiment1(sampler, n: int) -> dict:
 
 
 def experiment2(sampler, n: int) -> dict:
-    from rlhf_exact.sampler.engine import SamplingConfig
+    from rlhf_exact.sampler.engine import RequestParams
 
     rng = random.Random(1)
     prompts = [[rng.randrange(10, 100_000) for _ in range(rng.randrange(20, 61))] for _ in range(n)]
-    params = [SamplingConfig(max_tokens=rng.randrange(90, 111), temperature=0, ignore_eos=True) for _ in range(n)]
+    params = [RequestParams(max_tokens=rng.randrange(90, 111), temperature=0, ignore_eos=True) for _ in range(n)]
     t0 = time.perf_counter()
     res = sampler.sample(prompts, params=params)
     seconds = time.perf_counter() - t0
@@ -107,19 +107,19 @@ def experiment2(sampler, n: int) -> dict:
     for b in (1, 8, 64, 256):
         ps = [[rng.randrange(10, 100_000) for _ in range(40)] for _ in range(b)]
         t0 = time.perf_counter()
-        out = sampler.sample(ps, params=SamplingConfig(max_tokens=100, temperature=0, ignore_eos=True))
+        out = sampler.sample(ps, params=RequestParams(max_tokens=100, temperature=0, ignore_eos=True))
         dt = time.perf_counter() - t0
         by_batch[b] = sum(len(r.completions[0].token_ids) for r in out) / dt
     return {"sequences": n, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s_by_batch": by_batch}
 
 
 def child(mode: str, graphs: bool, model: str, experiments: list[int], n: int) -> dict:
-    from rlhf_exact.sampler.engine import Sampler, SamplingConfig
+    from rlhf_exact.sampler.engine import Sampler, RequestParams
 
     t0 = time.perf_counter()
     sampler = Sampler(model, exact=(mode == "exact"), cuda_graphs=graphs, **ENGINE)
     row = {"mode": mode, "graphs": graphs, "model_class": sampler.model_class, "start_s": time.perf_counter() - t0}
-    sampler.sample([[11, 12, 13]], params=SamplingConfig(max_tokens=8, temperature=0))  # first-call costs
+    sampler.sample([[11, 12, 13]], params=RequestParams(max_tokens=8, temperature=0))  # first-call costs
     if 1 in experiments:
         row["exp1"] = experiment1(sampler, n)
     if 2 in experiments:

@@ -1,7 +1,7 @@
 """Multi-turn episodes, token-in, token-out: the rollout of a batch of episodes through
 a sampler and an environment runner.
 
-    episodes = run_episodes(runner, rows, sample, limits=Limits(max_turns=4), params=SamplingConfig(...),
+    episodes = run_episodes(runner, rows, sample, limits=Limits(max_turns=4), params=RequestParams(...),
                             seeds=[...], decode=tokenizer.decode)
 
 Each round sends every active episode's whole sequence so far (prompt, previous turns,
@@ -123,7 +123,7 @@ def run_episodes(runner: EnvRunner, rows: Sequence[Mapping[str, Any]], sample: S
                  params, seeds: Sequence[int | None], decode: Callable[[list[int]], str]) -> list[Trajectory]:
     """One episode per row (repeat a row per group member), rolled out in rounds of one
     turn (module docstring). `params` is the sampler's per-request config (a dataclass
-    with max_tokens, e.g. sampler.engine.SamplingConfig); each turn's request gets
+    with max_tokens, e.g. sampler.engine.RequestParams); each turn's request gets
     max_tokens = turn_budget(...). Returns the episodes in row order; failed ones have
     finish_reason "error" and keep what they had."""
     if len(seeds) != len(rows):

@@ -4,7 +4,7 @@
                    attention contexts, packed batches, trainer-side logprobs
     ops.py         the op table the model computes with (exact kernels or stock torch) and
                    `select_kernels(kind)`, the process's one kernel switch
-    checkpoint.py  Hugging Face model directory load/save (safetensors only)
+    hf_io.py       Hugging Face model directory load/save (safetensors only)
     tiny.py        tiny Qwen3 model + locally trained tokenizer, for CPU runs and tests
 
 Submodules are imported on use; `from rlhf_exact.models import Qwen3ForCausalLM` works.

@@ -10,7 +10,7 @@ One definition, two attention contexts, same op boundaries and rounding points:
 Inputs are PACKED token streams with no batch dimension ([T] token ids, [T]
 positions), the layout vLLM uses. Parameter names are those of Hugging Face's
 `Qwen3ForCausalLM` state dict, so checkpoints load and save directly
-(`rlhf_exact.models.checkpoint`). Compute goes only through the op table (models/ops.py:
+(`rlhf_exact.models.hf_io`). Compute goes only through the op table (models/ops.py:
 `exact_kernels` by default; linear, rms_norm, silu_and_mul, apply_rotary, attention,
 token_logprobs) and the exact paged attention; torch does data
 movement, the embedding lookup and the residual adds (elementwise, so batch

@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-from .checkpoint import save_model
+from .hf_io import save_model
 from .qwen3 import Qwen3Config, Qwen3ForCausalLM
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")

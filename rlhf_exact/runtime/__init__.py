@@ -3,6 +3,6 @@
     rundir.py      the run directory (naming, reuse, which checkpoint to resume)
     checkpoint.py  atomic run checkpoints (safetensors + JSON, never pickle)
     metrics.py     metrics.jsonl (+ W&B) per step
-    plot.py        metrics.jsonl -> PNGs + HTML (`python -m rlhf_exact.plot RUN_DIR`)
+    report.py      metrics.jsonl -> PNGs + HTML (`python -m rlhf_exact.plot RUN_DIR`)
     cluster.py     a private local Ray that leaves nothing behind, or an existing cluster
 """

@@ -6,7 +6,7 @@ plugin) in a Ray actor process. Plain Python: `SamplerGroup` (group.py) wraps it
     from rlhf_exact.sampler.actor import SamplerActor
     actor = ray.remote(num_cpus=1)(SamplerActor).remote("path/to/model", temperature=1.0, max_model_len=512)
     ray.get(actor.ready.remote())
-    results = ray.get(actor.sample.remote(prompts, n=4, params=SamplingConfig(max_tokens=64), seeds=seeds))
+    results = ray.get(actor.sample.remote(prompts, n=4, params=RequestParams(max_tokens=64), seeds=seeds))
     seconds = ray.get(actor.update_weights.remote(named_bf16_tensors, bucket_bytes=64 << 20))
 
 Results are `engine.SampleResult` objects (token ids, fp32 logprob tensors, finish
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .engine import SampleResult, Sampler, SamplingConfig
+from .engine import SampleResult, Sampler, RequestParams
 
 
 class SamplerActor:
@@ -40,7 +40,7 @@ class SamplerActor:
         return {"temperature": s.temperature, "vocab_size": s.vocab_size, "max_model_len": s.max_model_len}
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int = 1,
-               params: SamplingConfig | Sequence[SamplingConfig] | None = None,
+               params: RequestParams | Sequence[RequestParams] | None = None,
                seeds: Sequence[int | None] | None = None) -> list[SampleResult]:
         return self.sampler.sample(prompts, n=n, params=params, seeds=seeds)
 

@@ -2,9 +2,9 @@
 API: sample token ids with their logprobs and finish reasons, and update the weights in
 place without a restart.
 
-    from rlhf_exact.sampler.engine import Sampler, SamplingConfig
+    from rlhf_exact.sampler.engine import Sampler, RequestParams
     sampler = Sampler("path/to/model", temperature=1.0, max_model_len=512)  # in a main guard
-    results = sampler.sample([[5, 6, 7], [8, 9]], n=4, params=SamplingConfig(max_tokens=32),
+    results = sampler.sample([[5, 6, 7], [8, 9]], n=4, params=RequestParams(max_tokens=32),
                              seeds=[0, 100])
     results[0].completions[1].token_ids, .logprobs (fp32 [L]), .finish_reason
     seconds = sampler.update_weights(named_bf16_tensors, bucket_bytes=64 << 20)
@@ -62,7 +62,7 @@ MODEL_CLASS = "ExactQwen3ForCausalLM"
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingConfig:
+class RequestParams:
     """Per-request sampling parameters (the temperature is the engine's; see module docstring)."""
 
     max_tokens: int = 16  # generated tokens at most, >= 1
@@ -155,7 +155,7 @@ class Sampler:
 
     # ------------------------------------------------------------------ sampling
 
-    def _check(self, prompt, n, p: SamplingConfig) -> str | None:
+    def _check(self, prompt, n, p: RequestParams) -> str | None:
         """The first problem of one request, or None."""
         if not isinstance(prompt, Sequence) or isinstance(prompt, (str, bytes)) or len(prompt) == 0:
             return "empty prompt" if isinstance(prompt, Sequence) and len(prompt) == 0 \
@@ -166,8 +166,8 @@ class Sampler:
             return f"prompt of {len(prompt)} tokens does not fit max_model_len={self.max_model_len}"
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             return f"n must be an int >= 1, got {n!r}"
-        if not isinstance(p, SamplingConfig):
-            return f"params must be a SamplingConfig, got {type(p).__name__}"
+        if not isinstance(p, RequestParams):
+            return f"params must be a RequestParams, got {type(p).__name__}"
         if not isinstance(p.max_tokens, int) or p.max_tokens < 1:
             return f"max_tokens must be an int >= 1, got {p.max_tokens!r}"
         if p.temperature is not None and p.temperature not in (0, 0.0, self.temperature):
@@ -181,7 +181,7 @@ class Sampler:
             return f"stop_token_ids must be ints in [0, {self.vocab_size})"
         return None
 
-    def _vllm_params(self, p: SamplingConfig, seed: int | None):
+    def _vllm_params(self, p: RequestParams, seed: int | None):
         from vllm import SamplingParams
 
         greedy = p.temperature == 0
@@ -194,12 +194,12 @@ class Sampler:
             logprobs=0, detokenize=False)
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int = 1,
-               params: SamplingConfig | Sequence[SamplingConfig] | None = None,
+               params: RequestParams | Sequence[RequestParams] | None = None,
                seeds: Sequence[int | None] | None = None) -> list[SampleResult]:
         """prompts: token-id lists; n samples each; params: one for all or one per prompt;
         seeds: one per prompt (sample j gets seeds[i] + j). Returns one SampleResult per
         prompt, in order."""
-        params = params if params is not None else SamplingConfig()
+        params = params if params is not None else RequestParams()
         per = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
         seeds = list(seeds) if seeds is not None else [None] * len(prompts)
         if len(per) != len(prompts) or len(seeds) != len(prompts):

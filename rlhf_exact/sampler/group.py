@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .engine import SampleResult, SamplingConfig
+from .engine import SampleResult, RequestParams
 
 log = logging.getLogger("rlhf_exact")
 
@@ -39,7 +39,7 @@ MAX_RESTARTS = 3  # per actor, by Ray
 class SamplerGroup:
     def __init__(self, model_path: str | os.PathLike, num_samplers: int, *, exact: bool = True,
                  device: str = "cpu", colocate: bool = False, bucket_bytes: int = 64 << 20,
-                 params: SamplingConfig | None = None, deadline_s: float = 600.0,
+                 params: RequestParams | None = None, deadline_s: float = 600.0,
                  deadline_tokens_per_s: float = 20.0, **engine_kwargs):
         """params: the default per-request sampling parameters; deadline_s,
         deadline_tokens_per_s: a sampling call's deadline (module docstring); engine_kwargs
@@ -48,7 +48,7 @@ class SamplerGroup:
 
         from .actor import SamplerActor
 
-        self.bucket_bytes, self.params = bucket_bytes, params or SamplingConfig()
+        self.bucket_bytes, self.params = bucket_bytes, params or RequestParams()
         self.deadline_s, self.deadline_tokens_per_s = deadline_s, deadline_tokens_per_s
         opts = dict(max_restarts=MAX_RESTARTS, max_task_retries=0)
         if device == "cuda":
@@ -67,7 +67,7 @@ class SamplerGroup:
         """The run's samplers: engines from the sampler section, requests from the sampling
         section (its temperature is the engines': engine.py)."""
         s, c, sp = cfg.sampler, cfg.cluster, cfg.sampling
-        params = SamplingConfig(max_tokens=sp.max_tokens, top_k=sp.top_k, top_p=sp.top_p,
+        params = RequestParams(max_tokens=sp.max_tokens, top_k=sp.top_k, top_p=sp.top_p,
                                 stop_token_ids=tuple(sp.stop_token_ids))
         kw = dict(temperature=cfg.sampling.temperature, dtype=cfg.model.dtype, max_model_len=s.max_model_len,
                   max_num_seqs=s.max_num_seqs, enable_prefix_caching=s.enable_prefix_caching, seed=cfg.run.seed)
@@ -82,7 +82,7 @@ class SamplerGroup:
                    deadline_tokens_per_s=s.deadline_tokens_per_s, **kw)
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, seeds: Sequence[int],
-               params: SamplingConfig | Sequence[SamplingConfig] | None = None) -> list[SampleResult]:
+               params: RequestParams | Sequence[RequestParams] | None = None) -> list[SampleResult]:
         """n completions of every prompt (sample j of prompt i seeded seeds[i] + j), in
         prompt order, with `params` (default: the group's), one for all prompts or one per
         prompt (a multi-turn episode's turn gets the token budget it has left). A sampler
@@ -98,7 +98,7 @@ class SamplerGroup:
 
         def submit(i):
             share = shares[i]
-            p = params if isinstance(params, SamplingConfig) else [params[j] for j in share]
+            p = params if isinstance(params, RequestParams) else [params[j] for j in share]
             return self.actors[i].sample.remote([prompts[j] for j in share], n, p, [seeds[j] for j in share])
 
         out = [None] * len(prompts)
@@ -106,7 +106,7 @@ class SamplerGroup:
         for _ in range(MAX_RESTARTS + 1):
             failed = []
             for i, ref in pending.items():
-                tokens = n * sum((params if isinstance(params, SamplingConfig) else params[j]).max_tokens
+                tokens = n * sum((params if isinstance(params, RequestParams) else params[j]).max_tokens
                                  for j in shares[i])
                 deadline = self.deadline_s + tokens / self.deadline_tokens_per_s
                 try:

@@ -20,8 +20,8 @@ points) with vLLM's model interface on top:
   sampled token's logprob, and samples from softmax(row) = softmax(logits / T)
   (requests must use vLLM temperature 1.0; see engine.py).
 - `load_weights(weights)`: the HF-named tensors of the checkpoint, validated whole
-  (names, shapes) against `checkpoint.expected_tensors`, cast to the engine dtype as
-  `checkpoint.load_model` casts them for the trainer. (Not `load_state_dict_into`: the
+  (names, shapes) against `hf_io.expected_tensors`, cast to the engine dtype as
+  `hf_io.load_model` casts them for the trainer. (Not `load_state_dict_into`: the
   vLLM Attention layers carry scale buffers that are in state_dict.)
 
 The temperature T is fixed per engine: `LLM(..., additional_config={"rlhf_exact":
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exact_kernels.logprobs import log_softmax
-from rlhf_exact.models.checkpoint import expected_tensors
+from rlhf_exact.models.hf_io import expected_tensors
 from rlhf_exact.models.qwen3 import PagedContext, Qwen3Config, Qwen3ForCausalLM, VarlenContext
 from rlhf_exact.sampler.vllm_attention import ExactAttentionBackend, ExactAttentionMetadata, kv_cache_views
 
@@ -124,8 +124,8 @@ class ExactQwen3ForCausalLM(Qwen3ForCausalLM):
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """HF-named checkpoint tensors -> parameters, cast to the engine dtype as
-        `checkpoint.load_model` casts them for the trainer. The complete set of names and
-        every shape are checked against `checkpoint.expected_tensors` before anything is
+        `hf_io.load_model` casts them for the trainer. The complete set of names and
+        every shape are checked against `hf_io.expected_tensors` before anything is
         copied. Returns the parameter names loaded (vLLM checks none is left out)."""
         state = dict(weights)
         if self.config.tie_word_embeddings and "lm_head.weight" in state:

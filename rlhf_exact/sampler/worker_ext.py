@@ -73,7 +73,7 @@ class ExactWorkerExtension:
         if self._exact_is_ours():
             return self._exact_params()
         if getattr(self, "_exact_hf_targets", None) is None:  # fixed by the checkpoint: read once
-            from rlhf_exact.models.checkpoint import expected_tensors, read_config
+            from rlhf_exact.models.hf_io import expected_tensors, read_config
 
             mc = self.model_runner.model_config
             self._exact_hf_targets = {n: (s, dtype_name(mc.dtype))

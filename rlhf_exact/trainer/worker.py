@@ -117,7 +117,7 @@ class TrainerWorker:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        from rlhf_exact.models.checkpoint import load_model
+        from rlhf_exact.models.hf_io import load_model
 
         s = self.spec
         model, config = load_model(s.model_path, dtype=getattr(torch, s.param_dtype), device=self.device,
@@ -131,7 +131,7 @@ class TrainerWorker:
         return model, config
 
     def _build_reference(self):
-        from rlhf_exact.models.checkpoint import load_model
+        from rlhf_exact.models.hf_io import load_model
 
         ref, _ = load_model(self.spec.model_path, dtype=getattr(torch, self.spec.compute_dtype), device=self.device,
                             ops=self.ops)

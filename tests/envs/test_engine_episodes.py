@@ -20,10 +20,10 @@ pytest.importorskip("vllm")
 
 from rlhf_exact.data.synthetic import SyntheticTask  # noqa: E402
 from rlhf_exact.envs import EnvRunner, Limits, run_episodes  # noqa: E402
-from rlhf_exact.models.checkpoint import load_model  # noqa: E402
+from rlhf_exact.models.hf_io import load_model  # noqa: E402
 from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs  # noqa: E402
 from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
-from rlhf_exact.sampler.engine import Sampler, SamplingConfig  # noqa: E402
+from rlhf_exact.sampler.engine import Sampler, RequestParams  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def episodes(sampler, runner, tokenizer):
     def sample(prompts, params, seeds):
         return sampler.sample(prompts, n=1, params=params, seeds=seeds)
 
-    return run_episodes(runner, ROWS, sample, limits=LIMITS, params=SamplingConfig(max_tokens=1), seeds=SEEDS,
+    return run_episodes(runner, ROWS, sample, limits=LIMITS, params=RequestParams(max_tokens=1), seeds=SEEDS,
                         decode=tokenizer.decode)
 
 

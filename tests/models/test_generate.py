@@ -7,7 +7,7 @@ budget, chunked prefill, joining and leaving, stop tokens, seeded sampling.
 import pytest
 import torch
 
-from rlhf_exact.models.checkpoint import load_model
+from rlhf_exact.models.hf_io import load_model
 
 from .conftest import random_sequences
 from .generate import BlockAllocator, GenerationRequest, generate

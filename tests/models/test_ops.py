@@ -7,7 +7,7 @@ beside an exact one in the same process leaves the exact one's bits unchanged.
 import pytest
 import torch
 
-from rlhf_exact.models.checkpoint import load_model
+from rlhf_exact.models.hf_io import load_model
 from rlhf_exact.models.ops import EXACT, STOCK, select_kernels
 from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs
 

@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rlhf_exact.models.checkpoint import load_model
+from rlhf_exact.models.hf_io import load_model
 from rlhf_exact.models.qwen3 import Qwen3Config, Qwen3ForCausalLM, pack_sequences, packed_logprobs
 from rlhf_exact.trainer.group import free_port
 

@@ -14,7 +14,7 @@ Tolerances (max |ours - HF| over all logits, relative to max |HF logit|):
 import pytest
 import torch
 
-from rlhf_exact.models.checkpoint import load_model
+from rlhf_exact.models.hf_io import load_model
 from rlhf_exact.models.qwen3 import pack_sequences
 
 from .conftest import random_sequences

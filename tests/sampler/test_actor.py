@@ -7,10 +7,10 @@ import torch
 pytest.importorskip("vllm")
 ray = pytest.importorskip("ray")
 
-from rlhf_exact.models.checkpoint import hf_state_dict, load_model  # noqa: E402
+from rlhf_exact.models.hf_io import hf_state_dict, load_model  # noqa: E402
 from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs  # noqa: E402
 from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
-from rlhf_exact.sampler.engine import SamplingConfig  # noqa: E402
+from rlhf_exact.sampler.engine import RequestParams  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def test_ray_sampler_actor_samples_and_updates(local_ray, tmp_path):
     assert info["temperature"] == 1.0 and info["vocab_size"] == 512
 
     prompts = [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45, 46], []]
-    res = ray.get(actor.sample.remote(prompts, n=3, params=SamplingConfig(max_tokens=12), seeds=[1, 2, 3]),
+    res = ray.get(actor.sample.remote(prompts, n=3, params=RequestParams(max_tokens=12), seeds=[1, 2, 3]),
                   timeout=600)
     assert res[2].error == "empty prompt" and all(r.error is None for r in res[:2])
     model, _ = load_model(path, dtype=torch.bfloat16)
@@ -32,7 +32,7 @@ def test_ray_sampler_actor_samples_and_updates(local_ray, tmp_path):
     new_model.init_weights(seed=42, std=0.05, norm_noise=0.1)
     seconds = ray.get(actor.update_weights.remote(hf_state_dict(new_model), bucket_bytes=1 << 18), timeout=600)
     assert seconds > 0
-    res_new = ray.get(actor.sample.remote(prompts[:2], n=2, params=SamplingConfig(max_tokens=12), seeds=[1, 2]),
+    res_new = ray.get(actor.sample.remote(prompts[:2], n=2, params=RequestParams(max_tokens=12), seeds=[1, 2]),
                       timeout=600)
     for m, results in ((model, res[:2]), (new_model, res_new)):
         pairs = [(p, c) for p, r in zip(prompts, results) for c in r.completions]

@@ -35,10 +35,10 @@ import torch
 
 pytest.importorskip("vllm")
 
-from rlhf_exact.models.checkpoint import hf_state_dict, load_model  # noqa: E402
+from rlhf_exact.models.hf_io import hf_state_dict, load_model  # noqa: E402
 from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs  # noqa: E402
 from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
-from rlhf_exact.sampler.engine import Sampler, SamplingConfig  # noqa: E402
+from rlhf_exact.sampler.engine import Sampler, RequestParams  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +46,8 @@ T = 0.7  # engine temperature: != 1 so the division is exercised
 MAX_LEN = 128
 # Prompts of 3..63 tokens: several KV blocks of 16, longer than the chunked engine's budget.
 PROMPTS = [[(11 * i + 7 * j) % 500 + 3 for j in range(3 + 10 * i)] for i in range(7)]
-GREEDY = SamplingConfig(max_tokens=20, temperature=0, ignore_eos=True)
-SAMPLED = SamplingConfig(max_tokens=20, ignore_eos=True)
+GREEDY = RequestParams(max_tokens=20, temperature=0, ignore_eos=True)
+SAMPLED = RequestParams(max_tokens=20, ignore_eos=True)
 CROSS = {}  # engine name -> results of the shared workloads
 
 
@@ -179,8 +179,8 @@ class TestBatch16:
         assert_parity(trainer, [longer, cont], res)
 
     def test_top_k_top_p(self, sampler, trainer):
-        params = [SamplingConfig(max_tokens=16, top_k=5), SamplingConfig(max_tokens=16, top_p=0.6),
-                  SamplingConfig(max_tokens=16, top_k=3, top_p=0.9), SamplingConfig(max_tokens=16, top_k=1)]
+        params = [RequestParams(max_tokens=16, top_k=5), RequestParams(max_tokens=16, top_p=0.6),
+                  RequestParams(max_tokens=16, top_k=3, top_p=0.9), RequestParams(max_tokens=16, top_k=1)]
         prompts = [PROMPTS[2], PROMPTS[4], PROMPTS[5], PROMPTS[6]]
         res = sampler.sample(prompts, n=4, params=params, seeds=[11, 12, 13, 14])
         assert_parity(trainer, prompts, res)
@@ -199,7 +199,7 @@ class TestBatch16:
                     if p.top_p < 1:
                         mass_before = float(row[row > row[tok]].double().exp().sum())
                         assert mass_before < p.top_p + 1e-4
-        greedy = sampler.sample(prompts[3:4], n=1, params=SamplingConfig(max_tokens=16, temperature=0))
+        greedy = sampler.sample(prompts[3:4], n=1, params=RequestParams(max_tokens=16, temperature=0))
         assert [c.token_ids for c in res[3].completions] == [greedy[0].completions[0].token_ids] * 4
 
     def test_bad_input_is_per_request(self, sampler, trainer):
@@ -209,12 +209,12 @@ class TestBatch16:
             (list(range(3, 3 + sampler.max_model_len)), SAMPLED, "max_model_len"),  # too long
             ([], SAMPLED, "empty prompt"),
             ([5, sampler.vocab_size + 88, 7], SAMPLED, "token ids"),  # outside the vocabulary
-            (good, SamplingConfig(max_tokens=0), "max_tokens"),
-            (good, SamplingConfig(top_p=1.5), "top_p"),
-            (good, SamplingConfig(top_p=0.0), "top_p"),
-            (good, SamplingConfig(top_k=-3), "top_k"),
-            (good, SamplingConfig(temperature=0.3), "temperature"),  # not the engine's T
-            (good, SamplingConfig(stop_token_ids=(sampler.vocab_size + 9,)), "stop_token_ids"),
+            (good, RequestParams(max_tokens=0), "max_tokens"),
+            (good, RequestParams(top_p=1.5), "top_p"),
+            (good, RequestParams(top_p=0.0), "top_p"),
+            (good, RequestParams(top_k=-3), "top_k"),
+            (good, RequestParams(temperature=0.3), "temperature"),  # not the engine's T
+            (good, RequestParams(stop_token_ids=(sampler.vocab_size + 9,)), "stop_token_ids"),
             (PROMPTS[2], SAMPLED, None),
         ]
         res = sampler.sample([c[0] for c in cases], n=2, params=[c[1] for c in cases], seeds=list(range(len(cases))))
@@ -229,12 +229,12 @@ class TestBatch16:
         r = sampler.sample([good, good], n=1, params=SAMPLED, seeds=[-1, 4])
         assert "seed" in r[0].error and r[1].error is None
         # temperature=T explicitly is accepted (the engine's own)
-        r = sampler.sample([good], n=1, params=SamplingConfig(max_tokens=4, temperature=T), seeds=[0])
+        r = sampler.sample([good], n=1, params=RequestParams(max_tokens=4, temperature=T), seeds=[0])
         assert r[0].error is None
 
     def test_200_identical_greedy_requests_one_completion(self, sampler):
         prompt = PROMPTS[3]
-        params = SamplingConfig(max_tokens=16, temperature=0, ignore_eos=True)
+        params = RequestParams(max_tokens=16, temperature=0, ignore_eos=True)
         completions = []
         # varied batches: all at once, small groups, and mixed with sampled requests of other lengths
         for group in (64, 1, 7, 16, 33, 79):
@@ -327,7 +327,7 @@ QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, n
                   num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
                   rope_theta=1_000_000.0, max_position_embeddings=4096)
 CUDA_LEN = 512
-CROWD = SamplingConfig(max_tokens=24, ignore_eos=True)
+CROWD = RequestParams(max_tokens=24, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")

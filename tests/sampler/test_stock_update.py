@@ -24,12 +24,12 @@ CHILD = textwrap.dedent("""
     import json, sys
     from safetensors.torch import load_file
     from rlhf_exact.models.tiny import make_tiny_model_dir
-    from rlhf_exact.sampler.engine import Sampler, SamplingConfig
+    from rlhf_exact.sampler.engine import Sampler, RequestParams
 
     def run(tmp):
         a = make_tiny_model_dir(tmp + "/a", seed=1, std=0.05, norm_noise=0.1, num_hidden_layers=2)
         b = make_tiny_model_dir(tmp + "/b", seed=2, std=0.05, norm_noise=0.1, num_hidden_layers=2)
-        prompt, params = [[5, 6, 7, 8, 9]], SamplingConfig(max_tokens=12, temperature=0.0, ignore_eos=True)
+        prompt, params = [[5, 6, 7, 8, 9]], RequestParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
         def greedy(s):
             c = s.sample(prompt, n=1, params=params)[0].completions[0]

@@ -60,7 +60,7 @@ def test_imports_need_only_the_torch_stack(tmp_path):
     """Everything the script uses imports with the blocked packages unavailable."""
     code = ("import runpy, sys\n"
             "import rlhf_exact.trainer.worker, rlhf_exact.trainer.plan, rlhf_exact.algo.grpo\n"
-            "import rlhf_exact.models.qwen3, rlhf_exact.models.checkpoint, rlhf_exact.models.tiny\n"
+            "import rlhf_exact.models.qwen3, rlhf_exact.models.hf_io, rlhf_exact.models.tiny\n"
             "import tests.models.generate, rlhf_exact.models.ops, rlhf_exact.sampler.worker_ext\n"
             "import exact_kernels, exact_kernels.mode\n"
             "import torch.distributed.fsdp, torch.distributed.checkpoint.state_dict\n"

@@ -14,7 +14,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from rlhf_exact.models.checkpoint import load_model  # noqa: E402
+from rlhf_exact.models.hf_io import load_model  # noqa: E402
 from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs  # noqa: E402
 from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
 from rlhf_exact.trainer.group import TrainerGroup  # noqa: E402

@@ -2,7 +2,7 @@
 save, the tiny factory's tokenizer loads with AutoTokenizer, and bad input raises a
 ValueError naming the file and the tensor with nothing half-loaded.
 
-    python -m pytest tests/models/test_checkpoint.py -q
+    python -m pytest tests/models/test_hf_io.py -q
 """
 import json
 import shutil
@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlhf_exact.models import checkpoint as ckpt
-from rlhf_exact.models.checkpoint import load_model, load_state_dict_into, read_state_dict, save_model
+from rlhf_exact.models import hf_io as ckpt
+from rlhf_exact.models.hf_io import load_model, load_state_dict_into, read_state_dict, save_model
 from rlhf_exact.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 
 
@@ -243,7 +243,7 @@ def test_model_imports_no_ray_vllm_wandb():
     import subprocess
     import sys
 
-    code = ("import sys, rlhf_exact.models.qwen3, rlhf_exact.models.checkpoint, rlhf_exact.models.tiny; "
+    code = ("import sys, rlhf_exact.models.qwen3, rlhf_exact.models.hf_io, rlhf_exact.models.tiny; "
             "print(sorted(m for m in ('ray', 'vllm', 'wandb', 'transformers') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rlhf_exact.runtime.plot import render
+from rlhf_exact.runtime.report import render
 
 
 def _synthetic_run(run_dir, steps=30, exact=True):
@@ -63,7 +63,7 @@ def test_step_time_resumes_and_labels(tmp_path):
     import matplotlib.pyplot as plt
 
     from rlhf_exact.runtime.metrics import read_metrics
-    from rlhf_exact.runtime.plot import figures, session_starts
+    from rlhf_exact.runtime.report import figures, session_starts
 
     run = _synthetic_run(tmp_path / "run", steps=12)
     records = read_metrics(run)
