@@ -45,6 +45,7 @@ import os
 import pathlib
 import pickle
 import statistics
+import socket
 import sys
 import tempfile
 import time
@@ -73,6 +74,13 @@ WORKLOADS = {
 }
 ADVANTAGES = (1.0, -1.0, 0.5, -0.5, 0.25, -0.75)  # synthetic, per sequence (cyclic)
 PART = {1: "1 trainer FSDP2 W vs W=1", 2: "2 sampler vs trainer", 3: "3 weight sync", 4: "4 repeat run"}
+
+
+def free_port() -> int:
+    """A port free now (the process that binds it later may lose a race for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -451,8 +459,6 @@ def _sampler(world: int, ports: tuple[int, int], spec: dict, job: dict) -> None:
 def run_once(world: int, tag: str, spec: dict, job: dict, timeout_s: float) -> None:
     """W trainer ranks + 1 sampler, spawned; raises if any process fails or times out."""
     import torch.multiprocessing as mp
-
-    from rlhf_exact.trainer.group import free_port
 
     ports = (free_port(), free_port())
     ctx = mp.start_processes(_proc, args=(world, ports, spec, job), nprocs=world + 1, join=False,

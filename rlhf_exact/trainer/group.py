@@ -16,7 +16,6 @@ worker.py stays plain.
 from __future__ import annotations
 
 import math
-import socket
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,12 +24,6 @@ from rlhf_exact.types import LossNorm, MinibatchResult, TrainSeq
 
 from . import plan as planner
 from .worker import TrainerSpec, TrainerWorker
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TrainerGroup:

@@ -28,7 +28,6 @@ import torch.multiprocessing as mp
 
 from rlhf_exact.models.hf_io import load_model
 from rlhf_exact.models.qwen3 import Qwen3Config, Qwen3ForCausalLM, pack_sequences, packed_logprobs
-from rlhf_exact.trainer.group import free_port
 
 from .conftest import random_sequences
 from .generate import GenerationRequest, generate
@@ -110,7 +109,8 @@ def _fsdp_worker(rank: int, world: int, port: int, model_dir: str, seqs: list, o
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    store = dist.TCPStore("127.0.0.1", port, world, is_master=False)  # the parent's, bound before the spawn
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     try:
         model, _ = load_model(model_dir, dtype=torch.float32)  # fp32 master weights
         mesh = init_device_mesh("cpu", (world,))
@@ -135,8 +135,11 @@ def _fsdp_worker(rank: int, world: int, port: int, model_dir: str, seqs: list, o
 def _run_fsdp(world: int, model_dir, seqs, out_dir) -> list[torch.Tensor]:
     from safetensors.torch import load_file
 
+    import torch.distributed as dist
+
     os.makedirs(out_dir)
-    mp.start_processes(_fsdp_worker, args=(world, free_port(), str(model_dir), seqs, str(out_dir)),
+    store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)  # the OS picks the port
+    mp.start_processes(_fsdp_worker, args=(world, store.port, str(model_dir), seqs, str(out_dir)),
                        nprocs=world, join=True, start_method="spawn")
     merged = {}
     for r in range(world):

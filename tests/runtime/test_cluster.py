@@ -8,6 +8,7 @@ process this test starts and stops by its id.
 """
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,13 @@ import pytest
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-from rlhf_exact.trainer.group import free_port  # noqa: E402
+
+def free_port() -> int:
+    """A port free now (the process that binds it later may lose a race for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 pytestmark = pytest.mark.slow
 
