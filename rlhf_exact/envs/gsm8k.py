@@ -34,7 +34,8 @@ with an error message in the tool response and counted as a tool error.
 With Qwen3's tokenizer <tool_call>, </tool_call>, <tool_response>, </tool_response>,
 <|im_start|> and <|im_end|> are single special tokens; with another tokenizer (the tiny
 one) the same text is encoded with its own pieces. Rows: GSM8K rows ("prompt": the
-question, "answer": the worked solution).
+question, "answer": the worked solution). tests/envs/test_qwen3_template.py checks the
+prompt and the observations against Qwen3's real chat template, token for token.
 """
 from __future__ import annotations
 
