@@ -9,6 +9,9 @@ exact plugin, two FSDP2 gloo ranks), the environments of rlhf_exact/envs:
         budget, on some rows: those episodes are counted (episode/errors,
         episode/truncated_frac), dropped or truncated, the run finishes with exact parity;
         observations returned with trained=True go into the loss (ratio still exactly 1).
+  test_tools_recipe_on_a_tiny_checkpoint   grpo_qwen3_tools (GSM8K + calculator in Qwen3's
+        tool-call format) on a tiny Qwen3 checkpoint with its tokenizer, GSM8K from
+        ../shared/data/gsm8k, tiny batches: exact parity at every step, the episode metrics.
 
     python -m pytest tests/loop/test_tools.py -q
 """
@@ -67,3 +70,33 @@ def test_bad_environments_run_goes_on(tmp_path):
         assert m["episode/truncated_frac"] == 2 / 4
         # huge ends after its first turn, the other three groups run all three
         assert m["episode/turns_mean"] == (1 + 3 + 3 + 3) / 4
+
+
+def test_tools_recipe_on_a_tiny_checkpoint(tmp_path, gsm8k_dir):
+    """The GPU tools recipe's whole path on CPU: GSM8K rows, gsm8k_calculator's Qwen3 tools
+    prompt (800-860 tokens of the tiny tokenizer for the 364 questions that fit
+    data.max_prompt_tokens=200), environment calls in a worker process, <|im_end|> (id 2
+    here) as the turn's stop token. The random model almost never writes a tool call, so
+    most episodes end after one turn: the tool path itself is tests/envs/test_envs.py's."""
+    from rlhf_exact.models.tiny import make_tiny_model_dir
+
+    model = make_tiny_model_dir(tmp_path / "tiny", seed=0, std=0.05, num_hidden_layers=2)
+    cfg = load_config(["recipe=grpo_qwen3_tools", f"model.path={model}", "cluster=cpu", f"run.output_dir={tmp_path}",
+                       "run.name=tools", "run.steps=2", "run.save_every=0", "logging.wandb_mode=disabled",
+                       "logging.progress_bars=false", "algorithm.prompts_per_step=2", "algorithm.group_size=2",
+                       "algorithm.warmup_steps=0", "sampling.max_tokens=8", "sampling.stop_token_ids=[2]",
+                       "data.max_prompt_tokens=200", "data.on_malformed=skip", "env.num_workers=1", "env.max_turns=2",
+                       "env.max_episode_tokens=0", "sampler.max_model_len=1024", "sampler.max_num_seqs=4",
+                       "sampler.kv_cache_bytes=67108864", "trainer.micro_batch_tokens=2048"])
+    run_dir = prepare_run_dir(cfg)
+    save_config(cfg, run_dir / "config.yaml")
+    loop.Loop(cfg, run_dir).run()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rows] == [1, 2]
+    assert_exact(rows)
+    for m in rows:
+        print({k: v for k, v in m.items() if k.startswith(("episode/", "reward/mean"))})
+        assert m["episode/errors"] == 0.0
+        assert 1.0 <= m["episode/turns_mean"] <= 2.0
+        assert m["episode/tool_errors"] >= 0.0 and 0.0 <= m["episode/truncated_frac"] <= 1.0
+        assert 0.0 <= m["reward/mean"] <= 1.1  # gsm8k (0/1) + 0.1 x format
