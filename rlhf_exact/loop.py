@@ -246,7 +246,7 @@ class Loop:
                                     lambda prompts, params, s: self.samplers.sample(prompts, 1, s, params),
                                     limits=self.limits, params=self.samplers.params,
                                     seeds=[seed + j for seed in seeds for j in range(g)], decode=self.tokenizer.decode)
-        failed = [t.error for t in trajectories if t.finish_reason == "error"]
+        failed = [t.error for t in trajectories if t.failed]
         if len(failed) == len(trajectories):
             raise RuntimeError(f"step {step}: every episode failed (nothing to train on); first: {failed[0]}")
         if failed:
@@ -256,7 +256,7 @@ class Loop:
                         completion=torch.tensor(t.token_ids, dtype=torch.int64), sampler_logprobs=t.sampler_logprobs,
                         finish_reason=t.finish_reason, reward=t.reward, model_mask=t.model_mask,
                         loss_mask=t.loss_mask, turns=t.num_turns, tool_errors=t.tool_errors)
-                for k, t in enumerate(trajectories) if t.finish_reason != "error"], episode_metrics(trajectories)
+                for k, t in enumerate(trajectories) if not t.failed], episode_metrics(trajectories)
 
     def score(self, rows: list[dict], episodes: list[Episode]) -> list[Episode]:
         """Rewards of the decoded completions (multi-turn: the environment's reward plus the

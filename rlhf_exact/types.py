@@ -28,7 +28,8 @@ class Episode:
     prompt: torch.Tensor  # [P] int64 prompt token ids
     completion: torch.Tensor  # [L] int64 generated token ids
     sampler_logprobs: torch.Tensor  # [L] fp32, the sampler's logprob of each generated token
-    finish_reason: str  # "stop" (EOS or a stop token) or "length"
+    finish_reason: str  # "stop" (EOS or a stop token) or "length"; a multi-turn episode: "done",
+    # "max_turns" or "max_tokens" (envs/episode.py; failed episodes are not trained on)
     reward: float = 0.0  # total weighted reward (NaN for a completion whose reward failed, on_error=skip)
     reward_error: str | None = None  # why a reward function failed on it (on_error=skip), else None
     advantage: float = 0.0  # group-relative advantage (every token of the completion gets it)

@@ -283,8 +283,8 @@ class EnvConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # the environment's constructor arguments
     # (env.kwargs.turns=3 on the command line)
     num_workers: int = 0  # environment calls in the driver (0) or in this many worker processes; >= 0
-    timeout_s: float = 30.0  # seconds an environment call may take; past it the episode is an error
-    # (counted in episode/errors, dropped from its group); > 0
+    timeout_s: float = 30.0  # seconds an environment call may take; past it the episode ends with
+    # finish reason env_error (counted in episode/errors, dropped from its group); > 0
     max_turns: int = 4  # model turns per episode; >= 1 (each turn at most sampling.max_tokens tokens)
     max_episode_tokens: int = 0  # prompt + turns + observations; 0: sampler.max_model_len - 1;
     # else in [2, sampler.max_model_len - 1]

@@ -17,10 +17,20 @@ episode goes on, until the environment says done or a limit ends it:
   max_turn_tokens     tokens per model turn (the request's max_tokens).
 
 The environment's step is taken after EVERY turn, the last one too (so a final reward
-is never lost); after a limit its observation's ids are not appended. An episode ends
-with finish_reason "done" (the environment's), "max_turns" or "max_tokens" (a limit:
-episode/truncated_frac), or "error" (an environment failure or a refused request:
-counted, and the loop drops the episode from its group).
+is never lost); after a limit its observation's ids are not appended. Every episode ends
+with one finish reason, and `episode_metrics` counts each (episode/finish/<reason>):
+
+  done           the environment said done;
+  max_turns      a limit: the environment never said done within max_turns;
+  max_tokens     a limit: the episode's token budget ran out (a turn cut to what was left,
+                 or an observation too long to leave room for another token);
+  env_error      the environment failed: start or step raised, timed out, returned a
+                 malformed Start/Observation or killed its worker (runner.FAILURE_KINDS),
+                 or start gave a prompt that fills the whole budget;
+  sampler_error  the sampler refused the turn's request.
+
+The two limits are episode/truncated_frac; the two errors are episode/errors, and the
+loop drops those episodes from their groups (their reward is not the environment's).
 
 Seeds: turn t of an episode whose seed is s samples with `turn_seed(s, t)`; turn 0 uses
 s itself, so a one-turn episode draws what single-turn sampling with seed s draws.
@@ -43,8 +53,9 @@ import torch
 from .base import Observation, Start, Turn
 from .runner import EnvFailure, EnvRunner
 
-FINISH_REASONS = ("done", "max_turns", "max_tokens", "error")
-TRUNCATED = ("max_turns", "max_tokens")
+FINISH_REASONS = ("done", "max_turns", "max_tokens", "env_error", "sampler_error")
+TRUNCATED = ("max_turns", "max_tokens")  # limits: the episode is kept
+FAILED = ("env_error", "sampler_error")  # failures: the episode is dropped from its group
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +86,12 @@ class Trajectory:
     turn_rewards: list[float] = dataclasses.field(default_factory=list)  # one per turn
     tool_errors: int = 0  # turns whose observation had tool_error
     finish_reason: str = ""  # one of FINISH_REASONS
-    error: str | None = None  # why, when finish_reason == "error"
+    error: str | None = None  # why, when finish_reason is one of FAILED
+
+    @property
+    def failed(self) -> bool:
+        """Ended by an environment or sampler failure (dropped from its group)."""
+        return self.finish_reason in FAILED
 
     @property
     def reward(self) -> float:
@@ -115,8 +131,8 @@ def _append(ep: Trajectory, ids: Sequence[int], model: bool, trained: bool) -> N
     ep.loss_mask = torch.cat([ep.loss_mask, torch.full((n,), trained, dtype=torch.bool)])
 
 
-def _fail(ep: Trajectory, why: str) -> None:
-    ep.finish_reason, ep.error = "error", why
+def _fail(ep: Trajectory, reason: str, why: str) -> None:
+    ep.finish_reason, ep.error = reason, why
 
 
 def run_episodes(runner: EnvRunner, rows: Sequence[Mapping[str, Any]], sample: SampleFn, *, limits: Limits,
@@ -124,8 +140,8 @@ def run_episodes(runner: EnvRunner, rows: Sequence[Mapping[str, Any]], sample: S
     """One episode per row (repeat a row per group member), rolled out in rounds of one
     turn (module docstring). `params` is the sampler's per-request config (a dataclass
     with max_tokens, e.g. sampler.engine.RequestParams); each turn's request gets
-    max_tokens = turn_budget(...). Returns the episodes in row order; failed ones have
-    finish_reason "error" and keep what they had."""
+    max_tokens = turn_budget(...). Returns the episodes in row order, each with its
+    finish reason (module docstring); failed ones keep what they had."""
     if len(seeds) != len(rows):
         raise ValueError(f"run_episodes: {len(rows)} rows but {len(seeds)} seeds")
     episodes: list[Trajectory] = []
@@ -133,13 +149,13 @@ def run_episodes(runner: EnvRunner, rows: Sequence[Mapping[str, Any]], sample: S
     for start in runner.start(rows):
         if isinstance(start, EnvFailure):
             episodes.append(Trajectory(prompt_ids=[]))
-            _fail(episodes[-1], f"start: {start.kind}: {start.message}")
+            _fail(episodes[-1], "env_error", f"start: {start.kind}: {start.message}")
         else:
             assert isinstance(start, Start)
             episodes.append(Trajectory(prompt_ids=list(start.prompt_ids)))
             if len(start.prompt_ids) >= limits.max_episode_tokens:
-                _fail(episodes[-1], f"start: the prompt has {len(start.prompt_ids)} tokens, max_episode_tokens is "
-                                    f"{limits.max_episode_tokens}")
+                _fail(episodes[-1], "env_error", f"start: the prompt has {len(start.prompt_ids)} tokens, "
+                                                 f"max_episode_tokens is {limits.max_episode_tokens}")
         states.append(None if isinstance(start, EnvFailure) else start.state)
 
     for t in range(limits.max_turns):
@@ -153,7 +169,7 @@ def run_episodes(runner: EnvRunner, rows: Sequence[Mapping[str, Any]], sample: S
         for k, r in zip(active, results):
             ep = episodes[k]
             if r.error is not None or len(r.completions) != 1:
-                _fail(ep, f"turn {t}: the sampler refused the request: {r.error}")
+                _fail(ep, "sampler_error", f"turn {t}: the sampler refused the request: {r.error}")
                 continue
             c = r.completions[0]
             ids = list(c.token_ids)
@@ -166,7 +182,7 @@ def run_episodes(runner: EnvRunner, rows: Sequence[Mapping[str, Any]], sample: S
         for k, obs in zip(stepped, runner.step(calls)):
             ep = episodes[k]
             if isinstance(obs, EnvFailure):
-                _fail(ep, f"turn {t}: step: {obs.kind}: {obs.message}")
+                _fail(ep, "env_error", f"turn {t}: step: {obs.kind}: {obs.message}")
                 continue
             assert isinstance(obs, Observation)
             ep.turn_rewards.append(obs.reward)
@@ -188,12 +204,15 @@ def episode_metrics(episodes: Sequence[Trajectory]) -> dict[str, float]:
     """Step metrics over a batch of episodes: episode/turns_mean (over episodes that did
     not fail), episode/tool_errors (turns with a failed tool call, summed),
     episode/truncated_frac (finished by max_turns or max_tokens, over episodes that did not
-    fail), episode/errors (failed episodes, dropped from their groups)."""
-    ok = [e for e in episodes if e.finish_reason != "error"]
+    fail), episode/errors (failed episodes, dropped from their groups) and
+    episode/finish/<reason> (episodes per finish reason, every one of FINISH_REASONS)."""
+    ok = [e for e in episodes if not e.failed]
     n = max(len(ok), 1)
+    counts = {f"episode/finish/{r}": float(sum(e.finish_reason == r for e in episodes)) for r in FINISH_REASONS}
     return {
         "episode/turns_mean": sum(e.num_turns for e in ok) / n,
         "episode/tool_errors": float(sum(e.tool_errors for e in episodes)),
         "episode/truncated_frac": sum(e.finish_reason in TRUNCATED for e in ok) / n,
         "episode/errors": float(len(episodes) - len(ok)),
+        **counts,
     }

@@ -9,8 +9,8 @@ instead of an exception:
 
 Failure kinds: "exception" (the environment raised), "timeout" (no answer within
 timeout_s), "malformed" (not a valid Start/Observation: base.check_*), "crash" (the
-worker process died). The episode runner drops an episode with a failure from its
-group and counts it; the run goes on.
+worker process died). The episode runner ends an episode with a failure with finish
+reason "env_error" (episode/finish/env_error), drops it from its group; the run goes on.
 
 num_workers=0: calls run in the driver, each in a daemon thread joined with the
 timeout. A call that hangs is abandoned there (Python cannot stop a thread): it keeps

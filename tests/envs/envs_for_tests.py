@@ -1,5 +1,6 @@
 """Environments the runner and episode tests use: a scripted well-behaved one and the
-bad ones (raising, hanging, crashing the process, malformed, an unpicklable state).
+bad ones (raising, hanging, crashing the process, malformed, an unpicklable state, never
+done, an observation too long for any budget).
 A module of its own so that spawned worker processes import them by path."""
 import os
 import time
@@ -47,6 +48,10 @@ class Bad(Echo):
             return Observation(token_ids="=5\n")
         if how == "unpicklable":
             return Observation(token_ids=[1], state=lambda: None)
+        if how == "never_done":
+            return Observation(token_ids=OBS, reward=0.5, done=False, state=state + 1)
+        if how == "huge":
+            return Observation(token_ids=[1] * 10_000, reward=0.5, state=state + 1)
         return super().step(row, turn, state)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhf_exact.envs import EnvRunner, Limits, episode_metrics, run_episodes, turn_seed
-from rlhf_exact.envs.episode import turn_budget
+from rlhf_exact.envs.episode import FINISH_REASONS, turn_budget
 
 from .envs_for_tests import OBS
 
@@ -87,7 +87,7 @@ def test_token_in_token_out(echo):
     assert e.turn_rewards == [0.5, 1.0] and e.reward == 1.5
     assert e.tool_errors == 1 and e.finish_reason == "done" and e.error is None
     assert episode_metrics(eps) == {"episode/turns_mean": 2.0, "episode/tool_errors": 2.0,
-                                    "episode/truncated_frac": 0.0, "episode/errors": 0.0}
+                                    "episode/truncated_frac": 0.0, "episode/errors": 0.0} | finished(done=2)
 
 
 def test_trained_observation_in_loss_mask():
@@ -118,11 +118,11 @@ def test_limits(echo):
     (e,) = run_episodes(echo, rows, ScriptedSampler(), limits=Limits(max_turns=4, max_episode_tokens=5,
                         max_turn_tokens=3), params=Params(), seeds=[0], decode=decode)
     assert e.finish_reason == "max_tokens" and e.token_ids == [103, 101]
-    # a prompt as long as the budget is an error before any sampling
+    # a prompt as long as the budget: the environment's start is unusable, before any sampling
     (e,) = run_episodes(echo, rows, ScriptedSampler(), limits=Limits(max_turns=4, max_episode_tokens=3,
                         max_turn_tokens=3), params=Params(), seeds=[0], decode=decode)
-    assert e.finish_reason == "error" and "max_episode_tokens" in e.error
-    assert episode_metrics([e])["episode/errors"] == 1.0
+    assert e.finish_reason == "env_error" and "max_episode_tokens" in e.error and e.failed
+    assert episode_metrics([e])["episode/errors"] == 1.0 and episode_metrics([e])["episode/finish/env_error"] == 1.0
 
 
 def test_turn_budget_and_seeds():
@@ -141,32 +141,49 @@ def test_metrics_hand_values():
     def ep(turns, reason, tool_errors=0):
         return Trajectory(prompt_ids=[1], turn_spans=[(0, 1)] * turns, finish_reason=reason, tool_errors=tool_errors)
 
-    eps = [ep(1, "done", 1), ep(3, "max_turns"), ep(2, "max_tokens", 2), ep(2, "done"), ep(1, "error", 1)]
+    eps = [ep(1, "done", 1), ep(3, "max_turns"), ep(2, "max_tokens", 2), ep(2, "done"), ep(1, "env_error", 1),
+           ep(0, "sampler_error")]
     assert episode_metrics(eps) == {"episode/turns_mean": 2.0, "episode/tool_errors": 4.0,
-                                    "episode/truncated_frac": 0.5, "episode/errors": 1.0}
+                                    "episode/truncated_frac": 0.5, "episode/errors": 2.0} | finished(
+        done=2, max_turns=1, max_tokens=1, env_error=1, sampler_error=1)
+    assert episode_metrics([])["episode/finish/done"] == 0.0
 
 
 BAD_KINDS = {"raise": "exception", "hang": "timeout", "vocab": "malformed", "nan": "malformed",
              "type": "malformed", "text": "malformed"}
 
 
+def finished(**counts) -> dict[str, float]:
+    """episode/finish/<reason> for every finish reason: `counts`, 0 for the others."""
+    return {f"episode/finish/{r}": float(counts.get(r, 0)) for r in FINISH_REASONS}
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_bad_environments_are_per_episode_errors(num_workers):
-    """Every failure is the failing episode's; the good episodes of the same batch finish."""
+    """Every failure is the failing episode's (env_error, with the failure's kind); an
+    environment that never says done ends at max_turns, one whose observation cannot fit
+    at max_tokens; the good episodes of the same batch finish; each reason is counted."""
     kinds = dict(BAD_KINDS)
     if num_workers:
         kinds |= {"exit": "crash", "unpicklable": "exception"}
-    rows = [{"prompt_ids": [5], "bad": b} for b in kinds] + [{"prompt_ids": [6]}, {"prompt_ids": [7]}]
+    rows = [{"prompt_ids": [5], "bad": b} for b in [*kinds, "never_done", "huge"]] + [{"prompt_ids": [6]},
+                                                                                       {"prompt_ids": [7]}]
     r = EnvRunner(BAD, {"turns": 2}, None, vocab_size=512, num_workers=num_workers, timeout_s=1.5)
     try:
         eps = run_episodes(r, rows, ScriptedSampler(), limits=Limits(4, 64, 3), params=Params(),
                            seeds=list(range(len(rows))), decode=decode)
         for e, (bad, kind) in zip(eps, kinds.items()):
-            assert e.finish_reason == "error" and f"turn 0: step: {kind}:" in e.error, (bad, e.error)
-        for e in eps[len(kinds):]:
+            assert e.finish_reason == "env_error" and f"turn 0: step: {kind}:" in e.error, (bad, e.error)
+        never_done, huge = eps[len(kinds):len(kinds) + 2]
+        assert never_done.finish_reason == "max_turns" and never_done.num_turns == 4 and never_done.reward == 2.0
+        assert huge.finish_reason == "max_tokens" and huge.num_turns == 1 and huge.token_ids == [101, 101, 102]
+        assert huge.reward == 0.5 and huge.error is None and not huge.failed
+        for e in eps[len(kinds) + 2:]:
             assert e.finish_reason == "done" and e.reward == 1.5 and e.num_turns == 2
         m = episode_metrics(eps)
-        assert m["episode/errors"] == len(kinds) and m["episode/turns_mean"] == 2.0
+        assert m == {"episode/turns_mean": (4 + 1 + 2 + 2) / 4, "episode/tool_errors": 2.0,
+                     "episode/truncated_frac": 2 / 4, "episode/errors": float(len(kinds))} | finished(
+            done=2, max_turns=1, max_tokens=1, env_error=len(kinds))
         # the runner still serves after killing and replacing workers
         again = run_episodes(r, rows[-2:], ScriptedSampler(), limits=Limits(4, 64, 3), params=Params(),
                              seeds=[0, 1], decode=decode)
@@ -180,7 +197,8 @@ def test_sampler_refusal_is_per_episode():
     eps = run_episodes(r, [{"prompt_ids": [5]}, {"prompt_ids": [5, 6]}], ScriptedSampler(refuse_len=2),
                        limits=Limits(4, 64, 3), params=Params(), seeds=[0, 1], decode=decode)
     assert eps[0].finish_reason == "done"
-    assert eps[1].finish_reason == "error" and "refused" in eps[1].error
+    assert eps[1].finish_reason == "sampler_error" and "refused" in eps[1].error
+    assert episode_metrics(eps)["episode/finish/sampler_error"] == 1.0
 
 
 def test_start_failures_and_config_errors():
@@ -189,7 +207,7 @@ def test_start_failures_and_config_errors():
     r = EnvRunner(ECHO, {}, None, vocab_size=8)  # the prompt ids lie outside a vocabulary of 8
     (e,) = run_episodes(r, [{"prompt_ids": [9]}], ScriptedSampler(), limits=Limits(), params=Params(), seeds=[0],
                         decode=decode)
-    assert e.finish_reason == "error" and e.error.startswith("start: malformed:")
+    assert e.finish_reason == "env_error" and e.error.startswith("start: malformed:")
     with pytest.raises(ValueError, match="unexpected keyword argument 'nope'"):
         EnvRunner(ECHO, {"nope": 1}, None, vocab_size=8)
     with pytest.raises(ValueError, match="could not be built.*unexpected keyword"):

@@ -6,9 +6,10 @@ exact plugin, two FSDP2 gloo ranks), the environments of rlhf_exact/envs:
         three turns per episode.
   test_bad_environments_run_goes_on   an environment that raises, hangs, returns a
         malformed observation, kills its worker process, never ends or overflows the token
-        budget, on some rows: those episodes are counted (episode/errors,
-        episode/truncated_frac), dropped or truncated, the run finishes with exact parity;
-        observations returned with trained=True go into the loss (ratio still exactly 1).
+        budget, on some rows: those episodes are counted under their finish reasons
+        (episode/finish/env_error, max_turns, max_tokens), dropped or truncated, the run
+        finishes with exact parity; observations returned with trained=True go into the
+        loss (ratio still exactly 1).
   test_tools_recipe_on_a_tiny_checkpoint   grpo_qwen3_tools (GSM8K + calculator in Qwen3's
         tool-call format) on a tiny Qwen3 checkpoint with its tokenizer, GSM8K from
         ../shared/data/gsm8k, tiny batches: exact parity at every step, the episode metrics.
@@ -68,6 +69,10 @@ def test_bad_environments_run_goes_on(tmp_path):
         assert m["episode/errors"] == 4 * 8  # raise, hang, malformed, exit: every episode of those rows
         # never_done and huge end at a limit: 2 of the 4 groups that remain
         assert m["episode/truncated_frac"] == 2 / 4
+        # each case under its finish reason: raise, hang, malformed, exit -> env_error (dropped);
+        # never_done -> max_turns; huge -> max_tokens; trained and the good row -> done
+        assert {k.removeprefix("episode/finish/"): v for k, v in m.items() if k.startswith("episode/finish/")} == {
+            "env_error": 4 * 8, "max_turns": 8, "max_tokens": 8, "done": 2 * 8, "sampler_error": 0}
         # huge ends after its first turn, the other three groups run all three
         assert m["episode/turns_mean"] == (1 + 3 + 3 + 3) / 4
 
@@ -97,6 +102,7 @@ def test_tools_recipe_on_a_tiny_checkpoint(tmp_path, gsm8k_dir):
     for m in rows:
         print({k: v for k, v in m.items() if k.startswith(("episode/", "reward/mean"))})
         assert m["episode/errors"] == 0.0
+        assert sum(v for k, v in m.items() if k.startswith("episode/finish/")) == 2 * 2  # every episode, once
         assert 1.0 <= m["episode/turns_mean"] <= 2.0
         assert m["episode/tool_errors"] >= 0.0 and 0.0 <= m["episode/truncated_frac"] <= 1.0
         assert 0.0 <= m["reward/mean"] <= 1.1  # gsm8k (0/1) + 0.1 x format
