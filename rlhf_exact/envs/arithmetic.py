@@ -21,10 +21,8 @@ from typing import Any
 
 from .base import Environment, Observation, Turn
 from .calculator import CalculatorError, evaluate, format_number
-from .registry import register_env
 
 
-@register_env("synthetic_calculator")
 class SyntheticCalculatorEnv(Environment):
     def __init__(self, tokenizer=None, turns: int = 3, call_bonus: float = 0.0):
         """turns: model turns per episode (>= 1); call_bonus: reward for a turn whose text

@@ -49,7 +49,6 @@ from rlhf_exact.rewards.gsm8k import format_reward, gsm8k_reward
 
 from .base import Environment, Observation, Start, Turn
 from .calculator import CalculatorError, evaluate, format_number
-from .registry import register_env
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CALCULATOR = {"type": "function", "function": {
@@ -101,7 +100,6 @@ def call_calculator(call: str) -> tuple[str, bool]:
         return f"error: {e}", False
 
 
-@register_env("gsm8k_calculator")
 class GSM8KCalculatorEnv(Environment):
     def __init__(self, tokenizer=None, max_calls: int = 8, format_weight: float = 0.1, system: str | None = None):
         """max_calls: tool calls per episode (>= 0; later ones are answered with an error);

@@ -4,11 +4,14 @@
     get_env("my_project.envs:SandboxEnv")    # an import path: "package.module:Class"
     env = make_env("gsm8k_calculator", {"max_calls": 4}, tokenizer)
 
-Registered: `synthetic_calculator` (envs/arithmetic.py: the tiny CPU recipe's task) and
-`gsm8k_calculator` (envs/gsm8k.py). User environments, as for rewards
-(rlhf_exact/rewards): name one by import path, or list its module in `run.imports` and
-put `@register_env("name")` on the `Environment` subclass (`make_env(..., imports=...)`
-imports those modules first, in every process that builds the environment).
+Built in: `synthetic_calculator` (envs/arithmetic.py: the tiny CPU recipe's task) and
+`gsm8k_calculator` (envs/gsm8k.py). BUILTIN maps their names to import paths, resolved
+when asked for, so this module imports no environment and the environments import
+nothing from it (an environment module never registers itself). User environments, as
+for rewards (rlhf_exact/rewards): name one by import path, or list its module in
+`run.imports` and put `@register_env("name")` on the `Environment` subclass
+(`make_env(..., imports=...)` imports those modules first, in every process that builds
+the environment).
 """
 from __future__ import annotations
 
@@ -19,15 +22,19 @@ from typing import Any
 
 from .base import Environment
 
-ENVS: dict[str, type[Environment]] = {}
+BUILTIN: dict[str, str] = {
+    "synthetic_calculator": "rlhf_exact.envs.arithmetic:SyntheticCalculatorEnv",
+    "gsm8k_calculator": "rlhf_exact.envs.gsm8k:GSM8KCalculatorEnv",
+}
+ENVS: dict[str, type[Environment]] = {}  # registered with @register_env (user environments)
 
 
 def register_env(name: str) -> Callable[[type[Environment]], type[Environment]]:
     """Class decorator adding an Environment subclass to ENVS under `name` (a duplicate
     name is an error)."""
     def add(cls: type[Environment]) -> type[Environment]:
-        if name in ENVS:
-            raise ValueError(f"environment {name!r} is already registered ({ENVS[name]!r})")
+        if name in ENVS or name in BUILTIN:
+            raise ValueError(f"environment {name!r} is already registered ({ENVS.get(name) or BUILTIN[name]!r})")
         if not (isinstance(cls, type) and issubclass(cls, Environment)):
             raise TypeError(f"register_env({name!r}): {cls!r} is not an Environment subclass")
         ENVS[name] = cls
@@ -35,21 +42,7 @@ def register_env(name: str) -> Callable[[type[Environment]], type[Environment]]:
     return add
 
 
-def _builtin() -> None:
-    from . import arithmetic, gsm8k  # noqa: F401 - registers the shipped environments
-
-
-def get_env(name: str) -> type[Environment]:
-    """The Environment class registered as `name`, or at import path 'package.module:Class';
-    ValueError naming the valid names or the import failure."""
-    _builtin()
-    if name in ENVS:
-        return ENVS[name]
-    if ":" not in name:
-        close = difflib.get_close_matches(name, ENVS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown environment {name!r} (registered: {', '.join(sorted(ENVS))}; or give an "
-                         f"import path 'package.module:Class'){hint}")
+def _import_path(name: str) -> type[Environment]:
     module, _, attr = name.partition(":")
     try:
         obj = getattr(importlib.import_module(module), attr)
@@ -59,6 +52,22 @@ def get_env(name: str) -> type[Environment]:
     if not (isinstance(obj, type) and issubclass(obj, Environment)):
         raise ValueError(f"environment {name!r} is {obj!r}, not an rlhf_exact.envs.Environment subclass")
     return obj
+
+
+def get_env(name: str) -> type[Environment]:
+    """The Environment class built in or registered as `name`, or at import path
+    'package.module:Class'; ValueError naming the valid names or the import failure."""
+    if name in BUILTIN:
+        return _import_path(BUILTIN[name])
+    if name in ENVS:
+        return ENVS[name]
+    if ":" not in name:
+        known = sorted({*BUILTIN, *ENVS})
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown environment {name!r} (registered: {', '.join(known)}; or give an "
+                         f"import path 'package.module:Class'){hint}")
+    return _import_path(name)
 
 
 def make_env(name: str, kwargs: Mapping[str, Any] | None = None, tokenizer=None,

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from rlhf_exact.envs import Turn, make_env
+from rlhf_exact.envs import Environment, Turn, get_env, make_env, register_env
+from rlhf_exact.envs.registry import BUILTIN
 from rlhf_exact.envs.gsm8k import CALCULATOR, call_calculator, qwen3_tools_prompt, tool_responses
 from rlhf_exact.models.tiny import train_tokenizer
 
@@ -104,3 +105,13 @@ def test_gsm8k_calculator_episode(tok, qwen3_tokens):
     assert final.done and final.reward == 1.0 + 0.1 and list(final.token_ids) == []
     wrong = env.step(row, turn(tok, "#### 8", index=2), obs.state)
     assert wrong.done and wrong.reward == 0.1
+
+
+def test_builtin_names_resolve_and_cannot_be_taken():
+    for name, path in BUILTIN.items():
+        cls = get_env(name)
+        assert issubclass(cls, Environment) and f"{cls.__module__}:{cls.__qualname__}" == path
+    with pytest.raises(ValueError, match="already registered"):
+        register_env("synthetic_calculator")(type("Other", (Environment,), {}))
+    with pytest.raises(ValueError, match="did you mean 'gsm8k_calculator'"):
+        get_env("gsm8k_calculater")
