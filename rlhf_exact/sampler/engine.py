@@ -96,7 +96,7 @@ class Sampler:
                  num_gpu_blocks_override: int | None = None, kv_cache_memory_bytes: int | None = 64 << 20,
                  seed: int = 0, exact: bool = True, cuda_graphs: bool = False, **engine_kwargs):
         """exact=False runs stock vLLM (start the process with VLLM_PLUGINS=none; the
-        training loop's kernels=default, scripts/seed_experiment*.py): vLLM's own model, kernels
+        training loop's kernels=default, scripts/seed_experiments.py): vLLM's own model, kernels
         and logprobs (`processed_logprobs`: log_softmax of the tempered logits after
         top-k/top-p masking, which is our definition only while top-k/top-p are off).
 

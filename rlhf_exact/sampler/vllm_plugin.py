@@ -9,7 +9,7 @@ vLLM calls `register()` in every process it starts (the driver, the engine core,
 worker, the model-inspection subprocess) before it builds a model. An entry point is
 the only mechanism that reaches the spawned workers: a `register_model` call in a
 script's main guard does not (docs/vllm_plugin_notes.md, section 1). `VLLM_PLUGINS=none`
-turns it off, which is how the stock path is run for comparison (scripts/seed_experiment*.py).
+turns it off, which is how the stock path is run for comparison (scripts/seed_experiments.py).
 
 What it registers (lazily, by "module:Class" strings, so the driver process never
 imports the model, the kernels or torch-heavy code for it):
