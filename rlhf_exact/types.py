@@ -105,14 +105,26 @@ class MinibatchResult:
     kl: float = 0.0  # sum over tokens of the KL-to-reference estimate (kl_coef > 0)
     entropy: float = 0.0  # sum over tokens of the policy entropy (entropy_coef > 0)
     grad_norm: float = 0.0  # global gradient L2 norm before clipping
-    nonfinite: bool = False  # the loss or a gradient was not finite: the step was not applied
+    nonfinite_ranks: int = 0  # ranks whose loss or gradient was not finite (one rank's result: 0 or 1);
+    # merged, 0 or every rank: the step was applied on every rank or on none
     forward_logprobs: list[torch.Tensor] = dataclasses.field(default_factory=list)  # per sequence [L] fp32
+
+    @property
+    def nonfinite(self) -> bool:
+        """The step was not applied: a loss or gradient was not finite."""
+        return self.nonfinite_ranks > 0
 
     @staticmethod
     def merge(ranks: list[MinibatchResult], forward_logprobs: list[torch.Tensor]) -> MinibatchResult:
         """The group's result from its ranks' (sums added in rank order; the gradient norm is
-        global, so every rank holds the same one)."""
-        total = MinibatchResult(grad_norm=ranks[0].grad_norm, nonfinite=any(r.nonfinite for r in ranks),
+        global, so every rank holds the same one). RuntimeError when some ranks skipped the
+        step and others applied it: their FSDP shards no longer belong to one model."""
+        skipped = [i for i, r in enumerate(ranks) if r.nonfinite]
+        if skipped and len(skipped) != len(ranks):
+            raise RuntimeError(f"trainer ranks disagree about a non-finite step: ranks {skipped} skipped it, the "
+                               f"other {len(ranks) - len(skipped)} of {len(ranks)} applied it (grad norms "
+                               f"{[r.grad_norm for r in ranks]}); the model's shards are out of step")
+        total = MinibatchResult(grad_norm=ranks[0].grad_norm, nonfinite_ranks=sum(r.nonfinite_ranks for r in ranks),
                                 forward_logprobs=forward_logprobs)
         for r in ranks:
             total.loss += r.loss

@@ -78,7 +78,7 @@ class TrainerGroup:
 
     def train_minibatch(self, seqs: Sequence[TrainSeq], norm: LossNorm) -> MinibatchResult:
         """One optimizer step over the minibatch `seqs` (every rank steps, or none when the
-        loss or a gradient is not finite: `nonfinite`)."""
+        loss or a gradient is not finite: `nonfinite`; ranks that disagree raise)."""
         p = self._plan(seqs)
         parts = planner.scatter(p, seqs.__getitem__)
         ranks = self._all(lambda a, part: a.train_minibatch.remote(part, norm), parts)

@@ -237,7 +237,7 @@ class TrainerWorker:
         # non-finite gradients, the dummy's too: NaN * 0 = NaN), so all ranks agree.
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
         out.grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        out.nonfinite = not math.isfinite(out.grad_norm)
+        out.nonfinite_ranks = int(not math.isfinite(out.grad_norm))
         if check_finite and out.nonfinite:
             self.optimizer.zero_grad(set_to_none=True)  # the step is not applied
             return out

@@ -95,10 +95,26 @@ def test_update_metrics():
 
 
 def test_minibatch_result_merge_sums_ranks():
-    r0 = MinibatchResult(loss=0.5, clipped_tokens=1.0, tokens=4.0, grad_norm=2.0)
-    r1 = MinibatchResult(loss=0.25, clipped_tokens=0.0, tokens=2.0, grad_norm=2.0, nonfinite=True)
-    m = MinibatchResult.merge([r0, r1], [torch.zeros(1)])
-    assert (m.loss, m.clipped_tokens, m.tokens, m.grad_norm, m.nonfinite) == (0.75, 1.0, 6.0, 2.0, True)
+    r0 = MinibatchResult(loss=0.5, clipped_tokens=1.0, tokens=4.0, kl=0.5, entropy=2.0, grad_norm=2.0)
+    r1 = MinibatchResult(loss=0.25, clipped_tokens=0.0, tokens=2.0, kl=0.25, entropy=1.0, grad_norm=2.0)
+    lps = [torch.zeros(1)]
+    m = MinibatchResult.merge([r0, r1], lps)
+    assert (m.loss, m.clipped_tokens, m.tokens, m.kl, m.entropy, m.grad_norm) == (0.75, 1.0, 6.0, 0.75, 3.0, 2.0)
+    assert (m.nonfinite_ranks, m.nonfinite) == (0, False) and m.forward_logprobs is lps
+
+
+def test_minibatch_result_merge_counts_nonfinite_ranks():
+    nan = float("nan")
+    m = MinibatchResult.merge([MinibatchResult(grad_norm=nan, nonfinite_ranks=1)] * 3, [])
+    assert (m.nonfinite_ranks, m.nonfinite) == (3, True)
+
+
+def test_minibatch_result_merge_ranks_that_disagree_raise():
+    """One rank skipping a step the others applied leaves the shards of two different models."""
+    ranks = [MinibatchResult(grad_norm=1.0), MinibatchResult(grad_norm=float("inf"), nonfinite_ranks=1),
+             MinibatchResult(grad_norm=1.0)]
+    with pytest.raises(RuntimeError, match=r"ranks \[1\] skipped it, the other 2 of 3 applied it"):
+        MinibatchResult.merge(ranks, [])
 
 
 def test_groups_with_dropped_episodes():
