@@ -93,9 +93,12 @@ class _Clock:
 # ---------------------------------------------------------------------------------- the loop
 
 class Loop:
-    def __init__(self, cfg, run_dir: pathlib.Path):
+    def __init__(self, cfg, run_dir: pathlib.Path, verified: pathlib.Path | None = None):
+        """verified: a checkpoint whose SHA-256s were checked before any actor started
+        (preflight's report.verified); resuming from it checks sizes only."""
         self.cfg, self.run_dir = cfg, pathlib.Path(run_dir)
         self.exact = cfg.kernels == "exact"
+        self.verified = pathlib.Path(verified).resolve() if verified else None
 
     # setup --------------------------------------------------------------------------
     def setup(self) -> None:
@@ -188,7 +191,7 @@ class Loop:
             if self.cfg.run.resume == "auto":
                 log.info("resume=auto: no complete checkpoint in %s, starting at step 0", self.run_dir)
             return 0
-        tensors, meta = load_run_checkpoint(path)
+        tensors, meta = load_run_checkpoint(path, checksums=path.resolve() != self.verified)
         discard_checkpoints_after(self.run_dir, int(meta["step"]))  # a later resume=auto must not jump ahead
         self.trainer.load_state({k: tensors[k] for k in ("model", "optimizer")}, meta["trainer"])
         restore_rng_state(tensors["rng"], meta["rng"])
@@ -509,11 +512,12 @@ def _load_data(cfg, tokenizer, model_path: pathlib.Path):
                               shuffle=cfg.data.shuffle)
 
 
-def run(cfg, run_dir) -> dict:
-    """Entry point from train.py: the whole run; returns the first and last metrics."""
+def run(cfg, run_dir, verified: pathlib.Path | None = None) -> dict:
+    """Entry point from train.py: the whole run; returns the first and last metrics.
+    verified: the checkpoint preflight verified (Loop)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    return Loop(cfg, pathlib.Path(run_dir)).run()
+    return Loop(cfg, pathlib.Path(run_dir), verified).run()
 
 
 def summarize(result: dict, keys: Sequence[str] = ("reward/mean", "parity/kl")) -> str:

@@ -5,6 +5,7 @@ directory created, no Ray, no engine): every name and file the config refers to.
     report = preflight(cfg, run_dir)   # run_dir from runtime.rundir.locate_run_dir (not created)
     report.finished                    # a message when a resumed run has nothing left to do
     report.notes                       # lines for the user (checkpoints set aside, rows skipped)
+    report.verified                    # the checkpoint to resume from, its SHA-256s checked here
 
 Raises ConfigError: one line that names the key and the file (and the line), which the
 entry point prints with exit status 2. What is checked, in this order:
@@ -27,7 +28,8 @@ entry point prints with exit status 2. What is checked, in this order:
            verified newest first (sizes and SHA-256, runtime/checkpoint.py) and a corrupt
            one is moved aside to checkpoints/corrupt-step_NNNNNN (kept for inspection),
            so the loop resumes from the newest intact one; a note says so. An explicit
-           checkpoint path that does not verify is an error.
+           checkpoint path that does not verify is an error. The verified checkpoint
+           is `report.verified`: the loop loads it without hashing it a second time.
 
 Moving a corrupt checkpoint aside is the only change made to disk.
 """
@@ -46,6 +48,7 @@ class Preflight:
     run_dir: Path
     finished: str | None = None  # the run already did run.steps steps: say so and stop
     notes: list[str] = field(default_factory=list)
+    verified: Path | None = None  # the checkpoint to resume from, its SHA-256s checked (None: none to resume)
 
 
 def preflight(cfg: TrainConfig, run_dir: Path) -> Preflight:
@@ -161,6 +164,7 @@ def check_resume(cfg: TrainConfig, report: Preflight) -> None:
             verify_checkpoint(resume)
         except CheckpointError as e:
             raise ConfigError(f"run.resume: {e}") from None
+        report.verified = Path(resume)
         return
     if not run_dir.is_dir():
         return
@@ -170,6 +174,7 @@ def check_resume(cfg: TrainConfig, report: Preflight) -> None:
                            f"in {run_dir / 'final_model'} (train longer with a larger run.steps)")
         return
     newest, bad = newest_intact_checkpoint(run_dir)
+    report.verified = newest
     for path, why in bad:
         aside = path.with_name(f"corrupt-{path.name}")
         os.replace(path, aside)

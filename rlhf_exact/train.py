@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_exact.rewards import RewardError
 
     try:
-        result = loop.run(cfg, run_dir)
+        result = loop.run(cfg, run_dir, report.verified)
     except (loop.ParityError, loop.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

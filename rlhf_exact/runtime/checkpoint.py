@@ -23,7 +23,9 @@ step_* directory without COMPLETE; latest_checkpoint() ignores both anyway.
 
 Integrity: loading (and `verify_checkpoint`) checks every file's size and SHA-256
 against COMPLETE, so a truncated file and a same-size corruption (a flipped byte) are
-both named as such before any tensor is used. `newest_intact_checkpoint` walks back from
+both named as such before any tensor is used (a resume hashes once: preflight verifies,
+the loop loads that checkpoint with checksums=False and checks sizes only).
+`newest_intact_checkpoint` walks back from
 the newest checkpoint to the first that verifies (resume=auto's fallback). Checkpoints
 written before checksums existed (COMPLETE holding sizes only) are checked by size.
 
@@ -199,10 +201,12 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def verify_checkpoint(path: str | os.PathLike) -> dict:
+def verify_checkpoint(path: str | os.PathLike, checksums: bool = True) -> dict:
     """Check a checkpoint directory against its COMPLETE record (every listed file
     present, its size and SHA-256 as recorded) and its meta's format; returns the meta.
-    Raises CheckpointError naming the bad file."""
+    checksums=False leaves out the SHA-256s, for a checkpoint whose checksums were just
+    verified (preflight, before any actor started: reading it twice costs a pass over
+    every byte). Raises CheckpointError naming the bad file."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a directory")
@@ -217,7 +221,7 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
             got = f"{f.stat().st_size} bytes" if f.is_file() else "missing"
             raise CheckpointError(f"corrupt checkpoint file {f}: {got}, {want['bytes']} bytes expected (per "
                                   f"{complete})")
-        if "sha256" in want and _sha256(f) != want["sha256"]:
+        if checksums and "sha256" in want and _sha256(f) != want["sha256"]:
             raise CheckpointError(f"corrupt checkpoint file {f}: its SHA-256 differs from the one recorded in "
                                   f"{complete} (same size, changed content)")
     meta = _read_json(path / META)
@@ -240,16 +244,17 @@ def newest_intact_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, l
     return None, bad
 
 
-def load_run_checkpoint(path: str | os.PathLike, groups: list[str] | None = None,
-                        device: str = "cpu") -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+def load_run_checkpoint(path: str | os.PathLike, groups: list[str] | None = None, device: str = "cpu",
+                        checksums: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """(tensors by group, meta) of a checkpoint directory, verified first (sizes and
-    checksums, verify_checkpoint); `groups` restricts which safetensors files are read.
-    Raises CheckpointError naming the bad file."""
+    checksums, verify_checkpoint; checksums=False: sizes only, for one verified just
+    before); `groups` restricts which safetensors files are read. Raises CheckpointError
+    naming the bad file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
-    meta = verify_checkpoint(path)
+    meta = verify_checkpoint(path, checksums=checksums)
     wanted = meta["groups"] if groups is None else groups
     unknown = set(wanted) - set(meta["groups"])
     if unknown:

@@ -255,6 +255,32 @@ def test_explicit_corrupt_checkpoint_is_an_error(tmp_path):
                       f"{f.parent / 'COMPLETE'} (same size, changed content)")
 
 
+def test_resume_hashes_each_file_once(tmp_path, monkeypatch):
+    """preflight hashes every file of the checkpoint to resume from, once, and names it
+    report.verified; loading it the way the loop does (checksums=False) hashes nothing
+    again, reads the tensors bitwise, and still catches a file cut short since."""
+    from rlhf_exact.preflight import preflight
+    from rlhf_exact.runtime import checkpoint
+    from rlhf_exact.runtime.rundir import locate_run_dir, resume_checkpoint
+
+    run_dir = fake_run(tmp_path, 4, [2, 4])
+    hashed, sha256 = [], checkpoint._sha256
+    monkeypatch.setattr(checkpoint, "_sha256", lambda f: hashed.append(f) or sha256(f))  # counts, real digest
+    cfg = load_config([f"run.output_dir={tmp_path / 'runs'}", "run.name=r", "run.steps=6", "run.resume=auto"])
+    report = preflight(cfg, locate_run_dir(cfg))
+    path = resume_checkpoint(cfg, run_dir)
+    assert report.verified == path == run_dir / "checkpoints" / "step_000004"
+    files = sorted(path / name for name in json.loads((path / "COMPLETE").read_text()))
+    assert sorted(hashed) == files and len(files) == 2  # model.safetensors, meta.json: each once
+    tensors, meta = checkpoint.load_run_checkpoint(path, checksums=False)
+    assert sorted(hashed) == files and meta["step"] == 4
+    assert torch.equal(tensors["model"]["w"], torch.full((256,), 4.0))
+    f = path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(checkpoint.CheckpointError, match=f"corrupt checkpoint file {f}: .* bytes expected"):
+        checkpoint.load_run_checkpoint(path, checksums=False)
+
+
 def test_resume_auto_on_a_finished_run(tmp_path):
     run_dir = fake_run(tmp_path, 4, [2, 4], final=True)
     rc, err, seconds = cli(f"run.output_dir={tmp_path / 'runs'}", "run.name=r", "run.steps=4", "run.resume=auto")
