@@ -251,9 +251,9 @@ class Loop:
                                     seeds=[seed + j for seed in seeds for j in range(g)], decode=self.tokenizer.decode)
         failed = [t.error for t in trajectories if t.failed]
         if len(failed) == len(trajectories):
-            raise RuntimeError(f"step {step}: every episode failed (nothing to train on); first: {failed[0]}")
+            raise RuntimeError(f"step {step + 1}: every episode failed (nothing to train on); first: {failed[0]}")
         if failed:
-            log.warning("step %d: %d episode(s) dropped, environment or sampler failed; first: %s", step,
+            log.warning("step %d: %d episode(s) dropped, environment or sampler failed; first: %s", step + 1,
                         len(failed), failed[0])
         return [Episode(group=k // g, prompt=torch.tensor(t.prompt_ids, dtype=torch.int64),
                         completion=torch.tensor(t.token_ids, dtype=torch.int64), sampler_logprobs=t.sampler_logprobs,

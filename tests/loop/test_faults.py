@@ -11,6 +11,12 @@ tiny recipe in a process group of its own, as a terminal runs it.
   test_killed_driver_leaves_nothing
         SIGKILL of the driver mid-run: every process of its Ray (GCS, raylet, agents,
         actors, vLLM engine processes) is gone within seconds and its temp dir deleted.
+  test_parity_violation_names_its_step
+        the samplers get wrong weights in the sync after step 1 (tests/loop/corrupt_sync.py)
+        and run step 2 on them. on_parity_mismatch=warn: "EXACT MODE VIOLATED at step 2"
+        and the console line "step 2/3 ... parity VIOLATED" name the same step, the only
+        one whose metrics differ. stop: exit 3 after the console line of step 1, the
+        error "EXACT MODE VIOLATED at step 2" printed once, no traceback.
 
     python -m pytest tests/loop/test_faults.py -q
 """
@@ -37,11 +43,11 @@ TIMING = ("time/", "perf/", "sync/")
 STEPS = 12
 
 
-def launch(tmp_path, name, *args):
+def launch(tmp_path, name, *args, steps=STEPS):
     log = open(tmp_path / f"{name}.err", "w")
     return subprocess.Popen(
         [sys.executable, "-m", "rlhf_exact.train", f"run.output_dir={tmp_path}", f"run.name={name}",
-         f"run.steps={STEPS}", "run.save_every=1", "run.keep_last=20", "logging.wandb_mode=disabled",
+         f"run.steps={steps}", "run.save_every=1", "run.keep_last=20", "logging.wandb_mode=disabled",
          "logging.progress_bars=false", *args],
         cwd=repo_root(), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
 
@@ -164,3 +170,32 @@ def test_killed_driver_leaves_nothing(tmp_path):
     os.kill(run.pid, signal.SIGKILL)
     assert finish(run, timeout=30) == -signal.SIGKILL
     assert_nothing_left(procs, temp_dir)
+
+
+def violated_steps(err):
+    """(steps named by EXACT MODE VIOLATED messages, steps whose console line says VIOLATED)."""
+    said = [int(m) for m in re.findall(r"EXACT MODE VIOLATED at step (\d+)", err)]
+    lines = [int(m) for m in re.findall(r"step (\d+)/\d+: .*parity VIOLATED", err)]
+    return said, lines
+
+
+def test_parity_violation_names_its_step(tmp_path):
+    fault = ("run.imports=[tests.loop.corrupt_sync]", "eval.every_steps=0", "run.save_every=0")
+    warn = launch(tmp_path, "warn", *fault, "run.on_parity_mismatch=warn", steps=3)
+    assert finish(warn) == 0, (tmp_path / "warn.err").read_text()[-3000:]
+    err = (tmp_path / "warn.err").read_text()
+    said, lines = violated_steps(err)
+    assert lines == [2] and said and set(said) == {2}, err[-3000:]  # the logprobs, then the ratio
+    rows = metrics(tmp_path / "warn")
+    assert [r["parity/tokens_bitwise_equal_frac"] == 1.0 for r in rows] == [True, False, True], rows
+
+    stop = launch(tmp_path, "stop", *fault, steps=3)
+    assert finish(stop) == 3, (tmp_path / "stop.err").read_text()[-3000:]
+    err = (tmp_path / "stop.err").read_text()
+    said, lines = violated_steps(err)
+    assert said == [2] and lines == [], err[-3000:]  # once: no traceback, no second report
+    assert err.count("EXACT MODE VIOLATED") == 1 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("error: EXACT MODE VIOLATED at step 2: sampler and trainer "
+                                                     "logprobs differ"), err[-3000:]
+    assert re.findall(r"step (\d+)/3: ", err) == ["1"], err[-3000:]
+    assert [r["step"] for r in metrics(tmp_path / "stop")] == [1]
