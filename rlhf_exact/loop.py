@@ -38,6 +38,7 @@ from collections.abc import Sequence
 
 import torch
 
+from rlhf_exact.runtime.deadline import DeadlineExceeded
 from rlhf_exact.types import Episode, TrainSeq
 
 log = logging.getLogger("rlhf_exact")
@@ -148,21 +149,22 @@ class Loop:
         return capture_rng_state(), self.stream.state_dict()
 
     def restart_trainer(self, error: BaseException) -> int:
-        """A trainer rank died: a new trainer group from the newest checkpoint (the initial
-        model before the first one), the driver's RNG and data position restored, the
-        samplers re-synced, the metrics after that step dropped (the steps run again, bit
-        for bit). Returns the step to continue from. At most trainer.max_restarts times."""
+        """A trainer rank died or missed a call's deadline (DeadlineExceeded): a new trainer
+        group from the newest checkpoint (the initial model before the first one), the
+        driver's RNG and data position restored, the samplers re-synced, the metrics after
+        that step dropped (the steps run again, bit for bit). Returns the step to continue
+        from. At most trainer.max_restarts times; then an error naming what happened."""
         from rlhf_exact.runtime.checkpoint import latest_checkpoint, load_run_checkpoint, restore_rng_state
         from rlhf_exact.trainer.group import TrainerGroup
 
         self.trainer_restarts += 1
+        why = str(error) if isinstance(error, DeadlineExceeded) else f"a trainer rank died ({type(error).__name__})"
         if self.trainer_restarts > self.cfg.trainer.max_restarts:
-            raise RuntimeError(f"a trainer rank died again ({type(error).__name__}); trainer.max_restarts="
-                               f"{self.cfg.trainer.max_restarts} restarts used up, the run stops") from error
+            raise RuntimeError(f"{why}; trainer.max_restarts={self.cfg.trainer.max_restarts} restarts used up, "
+                               f"the run stops") from error
         path = latest_checkpoint(self.run_dir)
-        log.warning("a trainer rank died (%s); restarting the trainer group from %s (restart %d of %d)",
-                    type(error).__name__, path.name if path else "the initial model", self.trainer_restarts,
-                    self.cfg.trainer.max_restarts)
+        log.warning("%s; restarting the trainer group from %s (restart %d of %d)", why,
+                    path.name if path else "the initial model", self.trainer_restarts, self.cfg.trainer.max_restarts)
         try:
             self.trainer.shutdown()
         except Exception:  # noqa: BLE001 - the group is broken; its actors are killed either way
@@ -416,8 +418,8 @@ class Loop:
             while step < cfg.run.steps:
                 try:
                     m = self.step(step)
-                except RayActorError as e:  # the samplers restart their own: a trainer rank died
-                    step = self.restart_trainer(e)
+                except (RayActorError, DeadlineExceeded) as e:  # the samplers restart their own: a trainer
+                    step = self.restart_trainer(e)                # rank died or hung
                     bar.reset(total=cfg.run.steps)
                     bar.update(step)
                     continue

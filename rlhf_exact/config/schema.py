@@ -394,6 +394,9 @@ class SamplerConfig:
     # deadline_tokens_per_s; past it the engine is taken for dead and its actor restarted; > 0
     deadline_tokens_per_s: float = 20.0  # the slowest sampling rate (generated tokens per second, per engine)
     # that still counts as alive; > 0
+    deadline_mb_per_s: float = 20.0  # the slowest weight update (MiB per second, per engine) that still
+    # counts as alive: an update's deadline is deadline_s plus its bytes at this rate; past it the actor is
+    # restarted and the weights sent again; > 0
 
     def validate(self, p: str = "sampler") -> None:
         _int(f"{p}.num_samplers", self.num_samplers, 1)
@@ -404,6 +407,7 @@ class SamplerConfig:
         _num(f"{p}.gpu_memory_utilization", self.gpu_memory_utilization, 0, lo_open=True, hi=1)
         _num(f"{p}.deadline_s", self.deadline_s, 0, lo_open=True)
         _num(f"{p}.deadline_tokens_per_s", self.deadline_tokens_per_s, 0, lo_open=True)
+        _num(f"{p}.deadline_mb_per_s", self.deadline_mb_per_s, 0, lo_open=True)
 
 
 @dataclass
@@ -418,10 +422,20 @@ class TrainerConfig:
     param_dtype: str = "float32"  # "float32" | "bfloat16": master weights and optimizer state
     compute_dtype: str = "bfloat16"  # "bfloat16" | "float32": FSDP2 mixed-precision param_dtype, the
     # dtype of the forward (and of the weights sent to the samplers)
+    deadline_s: float = 600.0  # a call to the trainer ranks gets these seconds plus its work (tokens at
+    # deadline_tokens_per_s, bytes at deadline_mb_per_s); past it the ranks are taken for dead and the
+    # group restarted like after a dead rank (max_restarts); > 0
+    deadline_tokens_per_s: float = 20.0  # the slowest training rate (tokens per second, per rank, forward
+    # and backward) that still counts as alive; > 0
+    deadline_mb_per_s: float = 20.0  # the slowest rate of gathering, saving or loading weights and
+    # optimizer state (MiB per second) that still counts as alive; > 0
 
     def validate(self, p: str = "trainer") -> None:
         _int(f"{p}.world_size", self.world_size, 1)
         _int(f"{p}.max_restarts", self.max_restarts, 0)
+        _num(f"{p}.deadline_s", self.deadline_s, 0, lo_open=True)
+        _num(f"{p}.deadline_tokens_per_s", self.deadline_tokens_per_s, 0, lo_open=True)
+        _num(f"{p}.deadline_mb_per_s", self.deadline_mb_per_s, 0, lo_open=True)
         _int(f"{p}.micro_batch_tokens", self.micro_batch_tokens, 1)
         _choice(f"{p}.param_dtype", self.param_dtype, ("float32", "bfloat16"))
         _choice(f"{p}.compute_dtype", self.compute_dtype, ("bfloat16", "float32"))

@@ -2,12 +2,13 @@
 the exact plugin, or stock vLLM for kernels=default. Prompts are dealt round-robin to
 the engines; results come back in prompt order.
 
-Every sampling call has a deadline derived from its work: deadline_s plus its tokens
-(prompts x n x max_tokens) at deadline_tokens_per_s. A call past its deadline (a vLLM
+Every call has a deadline derived from its work (runtime/deadline.py): a sampling call
+deadline_s plus its tokens (prompts x n x max_tokens) at deadline_tokens_per_s, a weight
+update deadline_s plus its bytes at deadline_mb_per_s. A call past its deadline (a vLLM
 EngineCore that died mid-call leaves it hanging), or one whose requests come back with
 EngineDeadError (an engine that died while idle), is handled like a dead actor: the
-actor is killed and restarted by Ray, gets the latest weights, and samples its share
-again.
+actor is killed and restarted by Ray, gets the latest weights (within their deadline),
+and samples its share again.
 
     samplers = SamplerGroup.from_config(cfg, model_path)
     results = samplers.sample(prompts, n=8, seeds=seeds)   # the config's sampling parameters
@@ -29,6 +30,9 @@ from collections.abc import Sequence
 
 import torch
 
+from rlhf_exact.runtime.deadline import MIB, deadline, tensor_bytes
+
+from .actor import SamplerActor
 from .engine import SampleResult, RequestParams
 
 log = logging.getLogger("rlhf_exact")
@@ -37,26 +41,27 @@ MAX_RESTARTS = 3  # per actor, by Ray
 
 
 class SamplerGroup:
+    actor_class = SamplerActor  # the actors' body (a test may run a subclass)
+
     def __init__(self, model_path: str | os.PathLike, num_samplers: int, *, exact: bool = True,
                  device: str = "cpu", colocate: bool = False, bucket_bytes: int = 64 << 20,
                  params: RequestParams | None = None, deadline_s: float = 600.0,
-                 deadline_tokens_per_s: float = 20.0, **engine_kwargs):
+                 deadline_tokens_per_s: float = 20.0, deadline_mb_per_s: float = 20.0, **engine_kwargs):
         """params: the default per-request sampling parameters; deadline_s,
-        deadline_tokens_per_s: a sampling call's deadline (module docstring); engine_kwargs
-        go to every engine (engine.Sampler: temperature, dtype, max_model_len, ...)."""
+        deadline_tokens_per_s, deadline_mb_per_s: a call's deadline (module docstring);
+        engine_kwargs go to every engine (engine.Sampler: temperature, dtype, max_model_len, ...)."""
         import ray
-
-        from .actor import SamplerActor
 
         self.bucket_bytes, self.params = bucket_bytes, params or RequestParams()
         self.deadline_s, self.deadline_tokens_per_s = deadline_s, deadline_tokens_per_s
+        self.deadline_mb_per_s = deadline_mb_per_s
         opts = dict(max_restarts=MAX_RESTARTS, max_task_retries=0)
         if device == "cuda":
             opts["num_gpus"] = 0.4 if colocate else 1
         env = {} if exact else {"VLLM_PLUGINS": "none"}  # kernels=default: vLLM's own model and kernels
         env |= {"OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
         opts["runtime_env"] = {"env_vars": env}
-        cls = ray.remote(num_cpus=0.5 if device == "cpu" else 1, **opts)(SamplerActor)
+        cls = ray.remote(num_cpus=0.5 if device == "cpu" else 1, **opts)(self.actor_class)
         self.actors = [cls.remote(str(model_path), exact=exact, **engine_kwargs) for _ in range(num_samplers)]
         ray.get([a.ready.remote() for a in self.actors])  # surfaces an engine start error here
         self.weights = None  # the latest weights sent (re-sent to a restarted actor)
@@ -79,7 +84,7 @@ class SamplerGroup:
                 kw["kv_cache_memory_bytes"] = None  # from gpu_memory_utilization
         return cls(model_path, s.num_samplers, exact=cfg.kernels == "exact", device=c.device, colocate=c.colocate,
                    bucket_bytes=c.weight_sync_bucket_mb << 20, params=params, deadline_s=s.deadline_s,
-                   deadline_tokens_per_s=s.deadline_tokens_per_s, **kw)
+                   deadline_tokens_per_s=s.deadline_tokens_per_s, deadline_mb_per_s=s.deadline_mb_per_s, **kw)
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, seeds: Sequence[int],
                params: RequestParams | Sequence[RequestParams] | None = None) -> list[SampleResult]:
@@ -108,9 +113,9 @@ class SamplerGroup:
             for i, ref in pending.items():
                 tokens = n * sum((params if isinstance(params, RequestParams) else params[j]).max_tokens
                                  for j in shares[i])
-                deadline = self.deadline_s + tokens / self.deadline_tokens_per_s
+                seconds = deadline(self.deadline_s, tokens, self.deadline_tokens_per_s)
                 try:
-                    results = ray.get(ref, timeout=deadline)
+                    results = ray.get(ref, timeout=seconds)
                 except RayActorError as e:
                     log.warning("sampler %d died during sampling (%s); waiting for Ray to restart it", i,
                                 type(e).__name__)
@@ -118,7 +123,7 @@ class SamplerGroup:
                     continue
                 except GetTimeoutError:
                     log.warning("sampler %d gave no result within its deadline of %.0f s (a dead or hung vLLM "
-                                "engine); restarting it", i, deadline)
+                                "engine); restarting it", i, seconds)
                     ray.kill(self.actors[i], no_restart=False)
                     failed.append(i)
                     continue
@@ -136,12 +141,15 @@ class SamplerGroup:
             for i in failed:
                 self._revive(i)
             pending = {i: submit(i) for i in failed}
-        raise RuntimeError("sampler actors kept dying; giving up")
+        raise RuntimeError(f"sampler actor(s) {sorted(failed)}: sample died or gave no result within its deadline "
+                           f"(the last {seconds:.0f} s) {MAX_RESTARTS + 1} times; the run stops")
 
     def update_weights(self, weights: dict[str, torch.Tensor]) -> float:
-        """Send weights to every sampler (in place, bucketed); returns the slowest engine's seconds."""
+        """Send weights to every sampler (in place, bucketed), each within the update's
+        deadline (module docstring); returns the slowest engine's seconds. A sampler that
+        dies or hangs is restarted and sent them again."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import GetTimeoutError, RayActorError
 
         self.weights = weights
         ref = ray.put(weights)
@@ -149,25 +157,62 @@ class SamplerGroup:
         seconds = []
         for i, r in enumerate(refs):
             try:
-                seconds.append(ray.get(r))
-            except RayActorError:
-                log.warning("sampler %d died during the weight update; waiting for Ray to restart it", i)
-                self.restarts += 1
-                self._revive(i)  # re-sends self.weights, the new ones
+                seconds.append(ray.get(r, timeout=self.update_deadline()))
+            except (RayActorError, GetTimeoutError) as e:
+                self._restart(i, "update_weights", e)
         return max(seconds, default=0.0)
 
+    def update_deadline(self) -> float:
+        """Seconds a weight update of the latest weights may take (module docstring)."""
+        return deadline(self.deadline_s, tensor_bytes(self.weights), self.deadline_mb_per_s * MIB)
+
+    def _restart(self, i: int, call: str, error: BaseException) -> None:
+        """Sampler i died or hung in `call`: kill it (Ray restarts it) and revive it."""
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        if isinstance(error, GetTimeoutError):
+            log.warning("sampler %d: %s gave no result within its deadline of %.0f s; restarting it", i, call,
+                        self.update_deadline())
+            ray.kill(self.actors[i], no_restart=False)
+        else:
+            log.warning("sampler %d died during %s; waiting for Ray to restart it", i, call)
+        self.restarts += 1
+        self._revive(i)
+
     def _revive(self, i: int) -> None:
+        """Wait for Ray to restart sampler i and send it the latest weights (the restarted
+        engine loaded the initial checkpoint); one that dies or hangs again is killed and
+        revived again, MAX_RESTARTS times at most."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        for _ in range(MAX_RESTARTS):
+            self._wait_ready(i)
+            if self.weights is None:
+                return
+            try:
+                ray.get(self.actors[i].update_weights.remote(self.weights, self.bucket_bytes),
+                        timeout=self.update_deadline())
+                return
+            except (RayActorError, GetTimeoutError) as e:
+                log.warning("sampler %d: update_weights after its restart failed (%s); restarting it again", i,
+                            type(e).__name__)
+                ray.kill(self.actors[i], no_restart=False)
+                self.restarts += 1
+        raise RuntimeError(f"sampler {i}: update_weights died or gave no result within its deadline of "
+                           f"{self.update_deadline():.0f} s after {MAX_RESTARTS} restarts; the run stops")
+
+    def _wait_ready(self, i: int) -> None:
         import ray
         from ray.exceptions import RayActorError
 
         for _ in range(120):
             try:
                 ray.get(self.actors[i].ready.remote())
-                break
+                return
             except RayActorError:
                 time.sleep(1.0)
-        if self.weights is not None:  # the restarted engine loaded the initial checkpoint
-            ray.get(self.actors[i].update_weights.remote(self.weights, self.bucket_bytes))
 
     def shutdown(self) -> None:
         import ray

@@ -12,14 +12,24 @@ in sequence order, so its caller speaks in sequences, not ranks.
 The twin of sampler/group.py. Each rank selects its own kernels (exact or stock) from
 the spec before its process group starts (worker.py). Ray is imported here only;
 worker.py stays plain.
+
+Every call has a deadline derived from its work (runtime/deadline.py): deadline_s plus
+the most tokens one rank computes at deadline_tokens_per_s (logprobs, train_minibatch),
+or plus the bytes it moves at deadline_mb_per_s (start, full_weights, state,
+load_state: the fp32 model and Adam's two moments at most). A rank that fails, dies or
+misses the deadline leaves the others stuck in a collective: the group kills every rank
+and raises (DeadlineExceeded for a deadline, naming the call, the ranks and the
+seconds); the loop restarts the group from the newest checkpoint (loop.py).
 """
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 
 import torch
 
+from rlhf_exact.runtime.deadline import MIB, DeadlineExceeded, deadline, tensor_bytes
 from rlhf_exact.types import LossNorm, MinibatchResult, TrainSeq
 
 from . import plan as planner
@@ -27,17 +37,29 @@ from .worker import TrainerSpec, TrainerWorker
 
 
 class TrainerGroup:
+    worker_class = TrainerWorker  # the ranks' body (a test may run a subclass)
+
     def __init__(self, spec: TrainerSpec, world_size: int, micro_batch_tokens: int, device: str = "cpu",
-                 cpus_per_rank: float = 0.5, gpus_per_rank: float = 1.0):
+                 cpus_per_rank: float = 0.5, gpus_per_rank: float = 1.0, deadline_s: float = 600.0,
+                 deadline_tokens_per_s: float = 20.0, deadline_mb_per_s: float = 20.0):
+        """deadline_s, deadline_tokens_per_s, deadline_mb_per_s: a call's deadline (module
+        docstring)."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from rlhf_exact.models.hf_io import expected_tensors, read_config
+
         self.world_size, self.micro_batch_tokens = world_size, micro_batch_tokens
+        self.deadline_s, self.deadline_tokens_per_s = deadline_s, deadline_tokens_per_s
+        self.deadline_bytes_per_s = deadline_mb_per_s * MIB
+        # fp32 master weights and Adam's two moments: the most bytes a whole-model call moves
+        params = sum(math.prod(shape) for shape in expected_tensors(read_config(spec.model_path)).values())
+        self.state_bytes = 3 * 4 * params
         bundle = {"CPU": cpus_per_rank} | ({"GPU": gpus_per_rank} if device == "cuda" else {})
         self.pg = placement_group([bundle] * world_size, strategy="PACK")
         ray.get(self.pg.ready())
-        cls = ray.remote(TrainerWorker)
+        cls = ray.remote(self.worker_class)
         self.actors = [
             cls.options(num_cpus=cpus_per_rank, num_gpus=gpus_per_rank if device == "cuda" else 0,
                         scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
@@ -46,8 +68,9 @@ class TrainerGroup:
             for r in range(world_size)]
         # rank 0 bound its rendezvous port in its constructor: no window for another
         # process to take it (a port picked here and bound there can be gone by then)
-        port = self._all(lambda a: (a.master_port if a is self.actors[0] else a.ready).remote())[0]
-        self._all(lambda a: a.start.remote(port))  # surfaces a rank's start error here
+        port = self._all("master_port", lambda a: (a.master_port if a is self.actors[0] else a.ready).remote(),
+                         seconds=self.deadline_s)[0]
+        self._all("start", lambda a: a.start.remote(port), seconds=self._bytes(self.state_bytes))  # a start error
 
     @classmethod
     def from_config(cls, cfg, model_path) -> TrainerGroup:
@@ -62,9 +85,12 @@ class TrainerGroup:
             kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef,
             activation_checkpointing=cfg.model.activation_checkpointing)
         colocated = c.device == "cuda" and c.colocate
-        return cls(spec, cfg.trainer.world_size, cfg.trainer.micro_batch_tokens, device=c.device,
+        t = cfg.trainer
+        return cls(spec, t.world_size, t.micro_batch_tokens, device=c.device,
                    cpus_per_rank=0.5 if c.device == "cpu" else 1,
-                   gpus_per_rank=0.6 if colocated else 1.0)  # + a sampler's 0.4
+                   gpus_per_rank=0.6 if colocated else 1.0,  # + a sampler's 0.4
+                   deadline_s=t.deadline_s, deadline_tokens_per_s=t.deadline_tokens_per_s,
+                   deadline_mb_per_s=t.deadline_mb_per_s)
 
     # ------------------------------------------------------------------ per sequence
 
@@ -73,7 +99,8 @@ class TrainerGroup:
         policy or (reference=True) the frozen reference policy."""
         p = self._plan(seqs)
         parts = planner.scatter(p, seqs.__getitem__)
-        per_rank = self._all(lambda a, part: a.logprobs.remote(part, reference=reference), parts)
+        per_rank = self._all("logprobs", lambda a, part: a.logprobs.remote(part, reference=reference), parts,
+                             seconds=self._tokens(parts))
         return planner.gather(p, per_rank, len(seqs))
 
     def train_minibatch(self, seqs: Sequence[TrainSeq], norm: LossNorm) -> MinibatchResult:
@@ -81,58 +108,79 @@ class TrainerGroup:
         loss or a gradient is not finite: `nonfinite`; ranks that disagree raise)."""
         p = self._plan(seqs)
         parts = planner.scatter(p, seqs.__getitem__)
-        ranks = self._all(lambda a, part: a.train_minibatch.remote(part, norm), parts)
+        ranks = self._all("train_minibatch", lambda a, part: a.train_minibatch.remote(part, norm), parts,
+                          seconds=self._tokens(parts))
         return MinibatchResult.merge(ranks, planner.gather(p, [r.forward_logprobs for r in ranks], len(seqs)))
 
     def _plan(self, seqs: Sequence[TrainSeq]) -> list[list[list[int]]]:
         return planner.plan([s.num_tokens for s in seqs], self.world_size, self.micro_batch_tokens)
 
+    def _tokens(self, parts: list) -> float:
+        """The deadline of a call over per-rank parts (lists of micro-batches of TrainSeqs):
+        the ranks run in step, so the rank with the most tokens sets it."""
+        most = max(sum(s.num_tokens for mb in part for s in mb) for part in parts)
+        return deadline(self.deadline_s, most, self.deadline_tokens_per_s)
+
+    def _bytes(self, n: int) -> float:
+        return deadline(self.deadline_s, n, self.deadline_bytes_per_s)
+
     # ------------------------------------------------------------------ whole model
 
     def end_step(self) -> float:
         """Advance every rank's LR schedule; returns the new learning rate."""
-        return self._all(lambda a: a.end_step.remote())[0]
+        return self._all("end_step", lambda a: a.end_step.remote(), seconds=self.deadline_s)[0]
 
     def full_weights(self, dtype: str | None = "bfloat16") -> dict[str, torch.Tensor]:
         """The policy gathered from every shard: HF-named tensors on CPU, cast to dtype
         (None: the fp32 masters)."""
-        return self._all(lambda a: a.full_weights.remote(dtype))[0]
+        return self._all("full_weights", lambda a: a.full_weights.remote(dtype),
+                         seconds=self._bytes(self.state_bytes))[0]
 
     def state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         """The trainer's part of a run checkpoint: (tensors {"model", "optimizer"}, meta)."""
-        return self._all(lambda a: a.state.remote())[0]
+        return self._all("state", lambda a: a.state.remote(), seconds=self._bytes(self.state_bytes))[0]
 
     def load_state(self, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> None:
-        self._all(lambda a: a.load_state.remote(tensors, meta))
+        self._all("load_state", lambda a: a.load_state.remote(tensors, meta),
+                  seconds=self._bytes(tensor_bytes(tensors)))
 
     def shutdown(self) -> None:
-        import ray
         from ray.util.placement_group import remove_placement_group
 
         try:
-            self._all(lambda a: a.shutdown.remote())
+            self._all("shutdown", lambda a: a.shutdown.remote(), seconds=self.deadline_s)
         finally:
-            for a in self.actors:
-                ray.kill(a)
+            self._kill()
             remove_placement_group(self.pg)
 
     # ------------------------------------------------------------------ Ray
 
-    def _all(self, call: Callable, per_rank: list | None = None) -> list:
+    def _all(self, name: str, call: Callable, per_rank: list | None = None, *, seconds: float) -> list:
         """call(actor) on every rank, or call(actor, per_rank[r]) on rank r; the ranks'
-        results. When one rank fails, the others are stuck in a collective that will
-        never complete: the group is killed and the first error raised."""
+        results, all within `seconds`. When one rank fails or misses the deadline, the
+        others are stuck in a collective that will never complete: the group is killed
+        and the first error raised (DeadlineExceeded naming `name`, the ranks, the deadline)."""
         import ray
 
         refs = [call(a) if per_rank is None else call(a, part) for a, part in
                 zip(self.actors, per_rank if per_rank is not None else self.actors)]
-        pending = list(refs)
+        pending, end = list(refs), time.monotonic() + seconds
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, end - time.monotonic()))
+            if not done:
+                self._kill()
+                late = [refs.index(r) for r in pending]
+                raise DeadlineExceeded(f"trainer rank(s) {late}: {name} gave no result within its deadline of "
+                                       f"{seconds:.1f} s")
             try:
                 ray.get(done[0])
             except Exception:
-                for a in self.actors:
-                    ray.kill(a)
+                self._kill()
                 raise
         return ray.get(refs)
+
+    def _kill(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)

@@ -182,6 +182,10 @@ def test_type_error_names_key():
     ("trainer.compute_dtype=float32", "model.dtype"),
     ("reward.functions=[]", "reward.functions"),
     ("cluster.device=tpu", "cluster.device"),
+    ("sampler.deadline_mb_per_s=0", "sampler.deadline_mb_per_s"),
+    ("trainer.deadline_s=0", "trainer.deadline_s"),
+    ("trainer.deadline_tokens_per_s=-1", "trainer.deadline_tokens_per_s"),
+    ("trainer.deadline_mb_per_s=0", "trainer.deadline_mb_per_s"),
 ])
 def test_range_errors_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:

@@ -1,6 +1,14 @@
 """The Ray sampler actor: starts a local Ray (127.0.0.1, no dashboard), the actor with a
 vLLM engine inside, samples, updates the weights, and checks the logprobs against the
-trainer's bitwise (the chain is in test_engine_parity.py)."""
+trainer's bitwise (the chain is in test_engine_parity.py). And the sampler group's
+weight-update deadline: an actor whose first update hangs (a subclass of the real actor,
+the group's actor_class) is restarted at the deadline and sent the weights again.
+
+    .venv/bin/python -m pytest -q tests/sampler/test_actor.py
+"""
+import pathlib
+import time
+
 import pytest
 import torch
 
@@ -10,7 +18,9 @@ ray = pytest.importorskip("ray")
 from rlhf_exact.models.hf_io import hf_state_dict, load_model  # noqa: E402
 from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs  # noqa: E402
 from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
+from rlhf_exact.sampler.actor import SamplerActor  # noqa: E402
 from rlhf_exact.sampler.engine import RequestParams  # noqa: E402
+from rlhf_exact.sampler.group import SamplerGroup  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -45,3 +55,43 @@ def test_ray_sampler_actor_samples_and_updates(local_ray, tmp_path):
             start = cu[k] + len(p) - 1
             assert torch.equal(c.logprobs, lp[start:start + len(c.token_ids)])
     ray.get(actor.shutdown.remote(), timeout=120)
+
+
+class HangOnceActor(SamplerActor):
+    """Its first weight update (over all restarts: a file beside the model marks it) hangs."""
+
+    def __init__(self, model: str, **kwargs):
+        self.marker = pathlib.Path(model).parent / "hung_once"
+        super().__init__(model, **kwargs)
+
+    def update_weights(self, named_tensors, bucket_bytes=64 << 20):
+        if not self.marker.exists():
+            self.marker.touch()
+            time.sleep(3600)
+        return super().update_weights(named_tensors, bucket_bytes)
+
+
+class HangOnceGroup(SamplerGroup):
+    actor_class = HangOnceActor
+
+
+def test_hung_weight_update_restarts_the_sampler(local_ray, tmp_path, caplog):
+    path = make_tiny_model_dir(tmp_path / "tiny", seed=5, std=0.05, norm_noise=0.1, num_hidden_layers=2)
+    group = HangOnceGroup(path, 1, deadline_s=5.0, deadline_mb_per_s=20.0, temperature=1.0, max_model_len=128,
+                          max_num_seqs=8)
+    new_model, _ = load_model(path, dtype=torch.bfloat16)
+    new_model.init_weights(seed=42, std=0.05, norm_noise=0.1)
+    weights = hf_state_dict(new_model)
+    caplog.set_level("WARNING", logger="rlhf_exact")
+    try:
+        group.update_weights(weights)
+        assert group.restarts == 1 and (tmp_path / "hung_once").exists()
+        warned = [r.getMessage() for r in caplog.records]
+        assert any(w.startswith("sampler 0: update_weights gave no result within its deadline of 5 s")
+                   for w in warned), warned
+        got = ray.get(group.actors[0].get_weights.remote(list(weights)), timeout=120)  # the restarted engine's
+        assert got.keys() == weights.keys()
+        for k in weights:
+            assert torch.equal(got[k], weights[k]), k
+    finally:
+        group.shutdown()
