@@ -15,6 +15,9 @@ and trainer group).
   test_engine_core_killed_mid_run       the vLLM EngineCore process of the sampler killed
         (SIGKILL) mid-run: the hung call hits its deadline, the actor is restarted and
         re-synced, the run finishes with every step's KL 0.
+  test_hung_trainer_rank_restarts       a trainer rank that hangs in step 2 (hang_once.py):
+        the group's call hits its deadline (trainer.deadline_s), the loop restarts the group
+        from the step-1 checkpoint like after a dead rank, and every step has KL 0.
   test_default_kernels_with_tis         kernels=default (stock vLLM + stock torch ops)
         with truncated importance sampling runs and reports the parity metrics.
   test_eval_samples_and_reward_errors   eval/* on held-out synthetic prompts every step,
@@ -173,6 +176,25 @@ def test_sampler_killed_mid_run(tmp_path):
     assert [m["step"] for m in rows] == [1, 2, 3, 4]
     assert rows[-1]["sampler/restarts"] >= 1
     assert_exact(rows)  # the restarted engine got the current weights
+
+
+def test_hung_trainer_rank_restarts(tmp_path, monkeypatch, caplog):
+    from rlhf_exact.trainer.group import TrainerGroup
+    from tests.loop.hang_once import HangOnceWorker
+
+    monkeypatch.setattr(TrainerGroup, "worker_class", HangOnceWorker)
+    run, run_dir = start(tmp_path, "hang", "run.steps=3", "run.save_every=1", "eval.every_steps=0",
+                         "trainer.deadline_s=120")
+    caplog.set_level("INFO", logger="rlhf_exact")
+    run.run()
+    assert (run_dir / "hung_once").exists()
+    rows = metrics(run_dir)
+    assert [m["step"] for m in rows] == [1, 2, 3]
+    assert rows[-1]["trainer/restarts"] == 1
+    assert_exact(rows)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert ("trainer rank(s) [1]: end_step gave no result within its deadline of 120.0 s; restarting the trainer "
+            "group from step_000001 (restart 1 of 2)") in warned, warned
 
 
 def test_default_kernels_with_tis(tmp_path, cpu_flags):
