@@ -79,7 +79,7 @@ def test_bad_flag(capsys):
 def test_main_makes_run_dir_and_calls_loop(tmp_path, monkeypatch):
     calls = []
     fake = types.ModuleType("rlhf_exact.loop")
-    fake.run = lambda cfg, run_dir: calls.append((cfg, run_dir)) or {}
+    fake.run = lambda cfg, run_dir, verified: calls.append((cfg, run_dir, verified)) or {}
     fake.summarize = lambda result: "summary"
     fake.ParityError = fake.NonFiniteLossError = type("Never", (Exception,), {})
     fake.__spec__ = importlib.machinery.ModuleSpec("rlhf_exact.loop", None)
@@ -88,10 +88,18 @@ def test_main_makes_run_dir_and_calls_loop(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rlhf_exact, "loop", fake, raising=False)  # `from rlhf_exact import loop` reads this first
     assert train.main([f"run.output_dir={tmp_path}", "run.name=demo"]) == 0
-    (cfg, run_dir), = calls
-    assert run_dir == tmp_path / "demo" and cfg.run.name == "demo"
+    (cfg, run_dir, verified), = calls
+    assert run_dir == tmp_path / "demo" and cfg.run.name == "demo" and verified is None  # nothing to resume
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["run"]["name"] == "demo" and saved["recipe"] == "grpo_qwen3_tiny"
     # the same name again without resume: refused, one line
     assert train.main([f"run.output_dir={tmp_path}", "run.name=demo"]) == 2
     assert train.main([f"run.output_dir={tmp_path}", "run.name=demo", "run.resume=auto"]) == 0
+    # a checkpoint to resume: preflight verified it, the loop is told which (it hashes it no more)
+    import torch
+
+    from rlhf_exact.runtime.checkpoint import save_run_checkpoint
+
+    save_run_checkpoint(run_dir, 1, {"model": {"w": torch.zeros(4)}}, {"data": {}})
+    assert train.main([f"run.output_dir={tmp_path}", "run.name=demo", "run.resume=auto"]) == 0
+    assert calls[-1][2] == run_dir / "checkpoints" / "step_000001"
