@@ -36,6 +36,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from rlhf_exact.config.imports import import_object
+
 from .gsm8k import format_reward, gsm8k_reward
 from .synthetic import synthetic_reward
 
@@ -70,21 +72,7 @@ def import_reward_modules(modules: Sequence[str]) -> None:
 
 
 def _import_path(name: str) -> RewardFn:
-    module, _, attr = name.partition(":")
-    if not module or not attr:
-        raise ValueError(f"reward {name!r}: an import path is 'package.module:function'")
-    try:
-        mod = importlib.import_module(module)
-    except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
-        raise ValueError(f"reward {name!r}: module {module!r} cannot be imported: {type(e).__name__}: {e}") from e
-    fn = mod
-    for part in attr.split("."):
-        if not hasattr(fn, part):
-            close = difflib.get_close_matches(part, [n for n in dir(fn) if not n.startswith("_")], n=1)
-            hint = f"; did you mean '{module}:{close[0]}'?" if close else ""
-            raise ValueError(f"reward {name!r}: module {module!r} ({getattr(mod, '__file__', '?')}) has no "
-                             f"attribute {part!r}{hint}")
-        fn = getattr(fn, part)
+    fn = import_object(name, "reward", "function")
     if not callable(fn):
         raise ValueError(f"reward {name!r} is a {type(fn).__name__}, not a function")
     return fn
