@@ -13,6 +13,9 @@ entry point prints with exit status 2. What is checked, in this order:
   rewards  run.imports import; each reward.functions name resolves (a registered name or
            an import path 'pkg.module:fn') to a function that takes
            (completion_text, completion_ids, sample).
+  sampler  sampler.backend (unless "vllm") resolves like a reward import path to a class
+           with every method of rlhf_exact.sampler.backend.SamplerBackend, signature by
+           signature (backend.mismatches).
   env      env.name (when set) resolves like a reward name to an Environment class whose
            constructor takes env.kwargs.
   model    model.path (unless model.tiny.enabled): config.json is a Qwen3 config with model_type,
@@ -58,6 +61,7 @@ def preflight(cfg: TrainConfig, run_dir: Path) -> Preflight:
         if report.finished:
             return report
     check_rewards(cfg)
+    check_sampler_backend(cfg)
     check_env(cfg)
     tokenizer, template = check_model(cfg)
     check_data(cfg, tokenizer, template, report)
@@ -87,6 +91,19 @@ def check_rewards(cfg: TrainConfig) -> None:
                               f"are called as fn(completion_text, completion_ids, sample)") from None
         except ValueError:  # builtins without a signature: nothing to check
             pass
+
+
+def check_sampler_backend(cfg: TrainConfig) -> None:
+    """sampler.backend (after run.imports, which check_rewards imported) is a class that
+    implements the SamplerBackend protocol."""
+    if cfg.sampler.backend == "vllm":
+        return
+    from rlhf_exact.sampler.backend import load_backend
+
+    try:
+        load_backend(cfg.sampler.backend)
+    except ValueError as e:
+        raise ConfigError(f"sampler.backend: {e}") from None
 
 
 def check_env(cfg: TrainConfig) -> None:

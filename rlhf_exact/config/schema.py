@@ -68,6 +68,12 @@ def _num(key, v, lo=None, lo_open=False, hi=None, hi_open=False):
         _fail(key, v, "a finite number" + (" " + " and ".join(parts) if parts else ""))
 
 
+def _is_import_path(v) -> bool:
+    """'package.module:attr' with identifiers on both sides (attr may be dotted)."""
+    module, colon, attr = v.partition(":") if isinstance(v, str) else ("", "", "")
+    return bool(colon) and all(x.isidentifier() for part in (module, attr) for x in part.split("."))
+
+
 def _choice(key, v, choices):
     if v not in choices:
         _fail(key, v, "one of " + ", ".join(repr(c) for c in choices))
@@ -383,6 +389,9 @@ class SamplerConfig:
     """The vLLM engines (one Ray actor each)."""
 
     num_samplers: int = 1  # vLLM engines; prompts are split between them; >= 1
+    backend: str = "vllm"  # the engine each sampler actor runs: "vllm" (vLLM with the exact plugin) or an
+    # import path "package.module:Class" implementing rlhf_exact.sampler.backend.SamplerBackend (e.g. the
+    # test oracle tests.models.oracle_sampler:OracleSampler); resolved and checked at config time
     max_num_seqs: int = 64  # sequences decoded together per engine (vLLM max_num_seqs); >= 1
     max_model_len: int = 1024  # prompt + completion tokens per sequence at most; >= data.max_prompt_tokens
     # + sampling.max_tokens
@@ -400,6 +409,8 @@ class SamplerConfig:
 
     def validate(self, p: str = "sampler") -> None:
         _int(f"{p}.num_samplers", self.num_samplers, 1)
+        if self.backend != "vllm" and not _is_import_path(self.backend):
+            _fail(f"{p}.backend", self.backend, "'vllm' or an import path 'package.module:Class'")
         _int(f"{p}.max_num_seqs", self.max_num_seqs, 1)
         _int(f"{p}.max_model_len", self.max_model_len, 2)
         if self.kv_cache_bytes is not None:

@@ -9,7 +9,9 @@ logprobs equal the trainer's bit for bit.
     vllm_compat.py      the differences between vLLM releases, each named with its version
     worker_ext.py       in-place, validated, bucketed weight updates (collective_rpc)
     engine.py           Sampler: sample() / update_weights() around vllm.LLM
-    actor.py            SamplerActor: one Sampler in a Ray actor process (plain Python)
+    backend.py          SamplerBackend: the interface an engine gives the actor (Sampler is one;
+                        config sampler.backend may name another, e.g. the paged test oracle)
+    actor.py            SamplerActor: one backend in a Ray actor process (plain Python)
     group.py            SamplerGroup: the sampler actors the loop drives (twin of trainer/group.py),
                         from_config, restarts (Ray imported only here)
 

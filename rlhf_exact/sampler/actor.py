@@ -1,5 +1,6 @@
-"""The body of a sampler Ray actor: one `engine.Sampler` (a vLLM engine with the exact
-plugin) in a Ray actor process. Plain Python: `SamplerGroup` (group.py) wraps it with
+"""The body of a sampler Ray actor: one sampler backend (backend.py; config
+`sampler.backend`: "vllm" is `engine.Sampler`, a vLLM engine with the exact plugin, or an
+import path 'package.module:Class') in a Ray actor process. Plain Python: `SamplerGroup` (group.py) wraps it with
 `ray.remote`, so the model, the kernels and the rest of the sampler never import Ray.
 
     import ray
@@ -19,20 +20,24 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .engine import SampleResult, Sampler, RequestParams
+from .backend import SamplerBackend, check_facts, load_backend
+from .engine import SampleResult, RequestParams
 
 
 class SamplerActor:
     """The actor's body (plain Python; SamplerGroup wraps it with ray.remote)."""
 
-    def __init__(self, model: str, **sampler_kwargs):
+    def __init__(self, model: str, backend: str = "vllm", **sampler_kwargs):
+        """backend: config sampler.backend (backend.load_backend); sampler_kwargs go to
+        its constructor."""
         from rlhf_exact.models.ops import select_kernels
 
         # The one switch, before vLLM starts its workers and their process group: they
         # inherit the NCCL variables exact mode sets (its aten routing covers this process).
         # kernels=default runs vLLM's own model (the group starts it with VLLM_PLUGINS=none).
         select_kernels("exact" if sampler_kwargs.get("exact", True) else "default")
-        self.sampler = Sampler(model, **sampler_kwargs)
+        self.sampler: SamplerBackend = load_backend(backend)(model, **sampler_kwargs)
+        check_facts(self.sampler)
 
     def ready(self) -> dict:
         """Engine facts, once it is up: temperature, vocab size, max_model_len."""

@@ -43,11 +43,12 @@ MAX_RESTARTS = 3  # per actor, by Ray
 class SamplerGroup:
     actor_class = SamplerActor  # the actors' body (a test may run a subclass)
 
-    def __init__(self, model_path: str | os.PathLike, num_samplers: int, *, exact: bool = True,
+    def __init__(self, model_path: str | os.PathLike, num_samplers: int, *, backend: str = "vllm", exact: bool = True,
                  device: str = "cpu", colocate: bool = False, bucket_bytes: int = 64 << 20,
                  params: RequestParams | None = None, deadline_s: float = 600.0,
                  deadline_tokens_per_s: float = 20.0, deadline_mb_per_s: float = 20.0, **engine_kwargs):
-        """params: the default per-request sampling parameters; deadline_s,
+        """backend: the engine class (config sampler.backend: "vllm" or 'package.module:Class',
+        backend.py), built in every actor; params: the default per-request sampling parameters; deadline_s,
         deadline_tokens_per_s, deadline_mb_per_s: a call's deadline (module docstring);
         engine_kwargs go to every engine (engine.Sampler: temperature, dtype, max_model_len, ...)."""
         import ray
@@ -62,7 +63,8 @@ class SamplerGroup:
         env |= {"OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
         opts["runtime_env"] = {"env_vars": env}
         cls = ray.remote(num_cpus=0.5 if device == "cpu" else 1, **opts)(self.actor_class)
-        self.actors = [cls.remote(str(model_path), exact=exact, **engine_kwargs) for _ in range(num_samplers)]
+        self.actors = [cls.remote(str(model_path), backend, exact=exact, **engine_kwargs)
+                       for _ in range(num_samplers)]
         ray.get([a.ready.remote() for a in self.actors])  # surfaces an engine start error here
         self.weights = None  # the latest weights sent (re-sent to a restarted actor)
         self.restarts = 0
@@ -82,7 +84,7 @@ class SamplerGroup:
             kw["gpu_memory_utilization"] = s.gpu_memory_utilization
             if not s.kv_cache_bytes:
                 kw["kv_cache_memory_bytes"] = None  # from gpu_memory_utilization
-        return cls(model_path, s.num_samplers, exact=cfg.kernels == "exact", device=c.device, colocate=c.colocate,
+        return cls(model_path, s.num_samplers, backend=s.backend, exact=cfg.kernels == "exact", device=c.device, colocate=c.colocate,
                    bucket_bytes=c.weight_sync_bucket_mb << 20, params=params, deadline_s=s.deadline_s,
                    deadline_tokens_per_s=s.deadline_tokens_per_s, deadline_mb_per_s=s.deadline_mb_per_s, **kw)
 
