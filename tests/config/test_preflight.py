@@ -1,7 +1,7 @@
 """Errors found before anything starts (rlhf_exact/preflight.py), as the user sees them:
 `python -m rlhf_exact.train ...` prints one line naming the key and the file (and line),
 exits with status 2 and leaves no run directory behind. Covers reward names and user
-reward functions (import paths, run.imports), the model directory (config.json,
+reward functions (import paths, run.imports), sampler.backend, the model directory (config.json,
 tokenizer, safetensors headers), data files and keys, and checkpoints to resume
 (checksums, fallback to the newest intact one, a finished run).
 
@@ -135,6 +135,25 @@ def test_async_reward_timeout_is_an_error(user_pkg):
                       "reward.timeout_s=0.5 s")
     with pytest.raises(RuntimeError, match="TimeoutError: no result within reward.timeout_s=0.5 s"):
         compute_rewards([("my_rewards:judge", 1.0)], ["a"] * 3, [[1]] * 3, samples, timeout_s=0.5)
+
+
+# ---------------------------------------------------------------------------- sampler backend
+
+
+def test_sampler_backend_checked_at_config_time(tmp_path):
+    line = one_line_exit_2(tmp_path, "sampler.backend=vlm")
+    assert line == "error: sampler.backend must be 'vllm' or an import path 'package.module:Class', got 'vlm'"
+    line = one_line_exit_2(tmp_path, "sampler.backend=tests.models.oracle_sampler:Oracle")
+    assert line.startswith("error: sampler.backend: sampler backend 'tests.models.oracle_sampler:Oracle': module "
+                           "'tests.models.oracle_sampler'"), line
+    assert line.endswith("has no attribute 'Oracle'; did you mean 'tests.models.oracle_sampler:OracleSampler'?")
+    line = one_line_exit_2(tmp_path, "sampler.backend=rlhf_exact.sampler.engine:RequestParams")
+    assert line.startswith("error: sampler.backend: sampler backend 'rlhf_exact.sampler.engine:RequestParams' does "
+                           "not implement rlhf_exact.sampler.backend.SamplerBackend: no method sample()"), line
+
+    from rlhf_exact.preflight import check_sampler_backend
+
+    check_sampler_backend(load_config(["sampler.backend=tests.models.oracle_sampler:OracleSampler"]))
 
 
 # ---------------------------------------------------------------------------- model directory
