@@ -32,6 +32,11 @@ W=1 only) the sampler shares cuda:0 and the sync runs over gloo: NCCL refuses tw
 ranks of one communicator on the same device. The table is printed last and written
 to --out ($OUT/multi_gpu.md when $OUT is set); exit code 1 if any check fails.
 
+On a machine with Ray, the same oracle drives the real groups instead
+of this harness: `python scripts/world_size_check.py OUT --device cuda --world-sizes 1,2
+sampler.backend=tests.models.oracle_sampler:OracleSampler` (the real loop, SamplerGroup,
+TrainerGroup and weight sync, from the repository root; no vLLM engine is started).
+
     python scripts/multi_gpu_check.py                                  # N >= 2 GPUs, Qwen3-0.6B shape
     python scripts/multi_gpu_check.py --device cpu --world-sizes 1,2   # gloo, tiny model (CI)
 """

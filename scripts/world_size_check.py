@@ -5,6 +5,8 @@ weight sync: the code a user runs), with no harness of its own.
     python scripts/world_size_check.py OUT_DIR                          # CPU, W = 1, 2, tiny recipe
     python scripts/world_size_check.py OUT_DIR --device cuda --world-sizes 1,2,4 --steps 3
     python scripts/world_size_check.py OUT_DIR --repeat                 # + the largest W once more
+    python scripts/world_size_check.py OUT_DIR sampler.backend=tests.models.oracle_sampler:OracleSampler
+                                        # the paged test oracle as the sampler (from the repository root)
 
 For each W in --world-sizes, one run of --recipe with trainer.world_size=W and
 cluster.device=--device for --steps steps (run directory OUT_DIR/wW; checkpoints,
