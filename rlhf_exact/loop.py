@@ -119,7 +119,8 @@ class Loop:
         with _starting("Ray " + (f"(joining {cfg.cluster.ray_address})" if cfg.cluster.ray_address else
                                  f"(private, on {cfg.cluster.ray_host})")):
             init_ray(cfg)
-        with _starting(f"{cfg.sampler.num_samplers} sampler engine(s) (vLLM, kernels={cfg.kernels})"):
+        backend = "vLLM" if cfg.sampler.backend == "vllm" else cfg.sampler.backend
+        with _starting(f"{cfg.sampler.num_samplers} sampler engine(s) ({backend}, kernels={cfg.kernels})"):
             self.samplers = SamplerGroup.from_config(cfg, self.model_path)
         self.env = None
         if cfg.env.name:

@@ -39,15 +39,18 @@ class OracleSampler:
     """The paged oracle as a SamplerBackend (module docstring)."""
 
     def __init__(self, model: str | os.PathLike, *, temperature: float = 1.0, dtype: str = "bfloat16",
-                 max_model_len: int = 512, max_num_seqs: int = 16, max_num_batched_tokens: int = 64,
+                 max_model_len: int = 512, max_num_seqs: int = 16, max_num_batched_tokens: int | None = None,
                  seed: int = 0, exact: bool = True, **engine_kwargs):
-        """engine_kwargs: vLLM's (enable_prefix_caching, kv_cache_memory_bytes, ...), unused."""
+        """max_num_batched_tokens: the token budget of one step (None: max_num_seqs *
+        max_model_len, no prompt is split, as engine.Sampler on CPU); engine_kwargs: vLLM's
+        (enable_prefix_caching, kv_cache_memory_bytes, ...), unused."""
         if not exact:
             raise ValueError("OracleSampler runs the exact kernels only (kernels=exact)")
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"OracleSampler: temperature must be finite and > 0, got {temperature!r}")
         self.temperature, self.max_model_len = float(temperature), int(max_model_len)
-        self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens or max_num_seqs * self.max_model_len
         self.model, config = load_model(model, dtype=getattr(torch, dtype), ops=select_kernels("exact"))
         self.vocab_size = int(config.vocab_size)
         self.eos = _eos_ids(model, config)
