@@ -40,9 +40,10 @@ class OracleSampler:
 
     def __init__(self, model: str | os.PathLike, *, temperature: float = 1.0, dtype: str = "bfloat16",
                  max_model_len: int = 512, max_num_seqs: int = 16, max_num_batched_tokens: int | None = None,
-                 seed: int = 0, exact: bool = True, **engine_kwargs):
+                 seed: int = 0, exact: bool = True, device: str | None = None, **engine_kwargs):
         """max_num_batched_tokens: the token budget of one step (None: max_num_seqs *
-        max_model_len, no prompt is split, as engine.Sampler on CPU); engine_kwargs: vLLM's
+        max_model_len, no prompt is split, as engine.Sampler on CPU); device: None: the
+        actor's GPU when Ray gave it one (cluster.device=cuda), else CPU; engine_kwargs: vLLM's
         (enable_prefix_caching, kv_cache_memory_bytes, ...), unused."""
         if not exact:
             raise ValueError("OracleSampler runs the exact kernels only (kernels=exact)")
@@ -51,7 +52,9 @@ class OracleSampler:
         self.temperature, self.max_model_len = float(temperature), int(max_model_len)
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens or max_num_seqs * self.max_model_len
-        self.model, config = load_model(model, dtype=getattr(torch, dtype), ops=select_kernels("exact"))
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, config = load_model(model, dtype=getattr(torch, dtype), device=device,
+                                        ops=select_kernels("exact"))
         self.vocab_size = int(config.vocab_size)
         self.eos = _eos_ids(model, config)
         self.seed, self.calls = seed, 0
@@ -117,7 +120,7 @@ class OracleSampler:
 
     def get_weights(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         params = dict(self.model.named_parameters())
-        return {n: params[n].detach().clone() for n in names}
+        return {n: params[n].detach().cpu().clone() for n in names}
 
     def shutdown(self) -> None:
         self.model = None

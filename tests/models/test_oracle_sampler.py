@@ -33,7 +33,7 @@ def oracle(tiny_dir):
 
     was_on = is_exact_mode()
     sampler = OracleSampler(tiny_dir, temperature=TEMPERATURE, max_model_len=64, max_num_seqs=4,
-                            max_num_batched_tokens=16, seed=1)
+                            max_num_batched_tokens=16, seed=1, device="cpu")
     yield sampler
     if not was_on:
         disable_exact_mode()  # the sampler ran the process's exact-mode switch, as in its actor
