@@ -386,9 +386,9 @@ class SamplingConfig:
 
 @dataclass
 class SamplerConfig:
-    """The vLLM engines (one Ray actor each)."""
+    """The sampler actors (one engine each: vLLM by default, see `backend`)."""
 
-    num_samplers: int = 1  # vLLM engines; prompts are split between them; >= 1
+    num_samplers: int = 1  # sampler actors (engines); prompts are split between them; >= 1
     backend: str = "vllm"  # the engine each sampler actor runs: "vllm" (vLLM with the exact plugin) or an
     # import path "package.module:Class" implementing rlhf_exact.sampler.backend.SamplerBackend (e.g. the
     # test oracle tests.models.oracle_sampler:OracleSampler); resolved and checked at config time
