@@ -60,9 +60,9 @@ def test_ray_sampler_actor_samples_and_updates(local_ray, tmp_path):
 class HangOnceActor(SamplerActor):
     """Its first weight update (over all restarts: a file beside the model marks it) hangs."""
 
-    def __init__(self, model: str, **kwargs):
+    def __init__(self, model: str, *args, **kwargs):
         self.marker = pathlib.Path(model).parent / "hung_once"
-        super().__init__(model, **kwargs)
+        super().__init__(model, *args, **kwargs)
 
     def update_weights(self, named_tensors, bucket_bytes=64 << 20):
         if not self.marker.exists():
