@@ -43,12 +43,9 @@ def register_env(name: str) -> Callable[[type[Environment]], type[Environment]]:
 
 
 def _import_path(name: str) -> type[Environment]:
-    module, _, attr = name.partition(":")
-    try:
-        obj = getattr(importlib.import_module(module), attr)
-    except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
-        raise ValueError(f"environment {name!r}: cannot import {attr!r} from {module!r} "
-                         f"({type(e).__name__}: {e})") from e
+    from rlhf_exact.config.imports import import_object
+
+    obj = import_object(name, "environment", "Class")  # the resolver reward functions use
     if not (isinstance(obj, type) and issubclass(obj, Environment)):
         raise ValueError(f"environment {name!r} is {obj!r}, not an rlhf_exact.envs.Environment subclass")
     return obj

@@ -214,7 +214,7 @@ def test_start_failures_and_config_errors():
         EnvRunner(ECHO, {"nope": 1}, None, vocab_size=8, num_workers=1)
     with pytest.raises(ValueError, match="did you mean 'gsm8k_calculator'"):
         EnvRunner("gsm8k_calculater", {}, None, vocab_size=8)
-    with pytest.raises(ValueError, match="cannot import"):
+    with pytest.raises(ValueError, match="module 'no_such_module' cannot be imported"):
         EnvRunner("no_such_module:Env", {}, None, vocab_size=8)
     with pytest.raises(ValueError, match="not an rlhf_exact.envs.Environment"):
         EnvRunner("collections:OrderedDict", {}, None, vocab_size=8)
