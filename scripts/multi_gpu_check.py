@@ -191,7 +191,8 @@ class SyncGroup:
         import torch
 
         if self.me == root:
-            data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(self.device)
+            # cloned: the buffer gloo holds is torch's own memory, never a Python object's
+            data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).clone().to(self.device)
             n = torch.tensor([data.numel()], dtype=torch.int64, device=self.device)
         else:
             n = torch.zeros(1, dtype=torch.int64, device=self.device)
@@ -200,6 +201,17 @@ class SyncGroup:
             data = torch.empty(int(n.item()), dtype=torch.uint8, device=self.device)
         self.bcast(data, root)
         return obj if self.me == root else pickle.loads(data.cpu().numpy().tobytes())
+
+    def close(self) -> None:
+        """Both members, at their end: one last broadcast, so neither leaves while the
+        other is mid-collective, then shut the backend down while the interpreter is
+        whole. A gloo group left to interpreter exit can still hold work (tensors) in its
+        threads while Python tears down, which can crash the process."""
+        import torch
+
+        self.bcast(torch.zeros(1, dtype=torch.int64, device=self.device), 0)
+        self.pg.shutdown()
+        self.pg = None
 
     def send_weights(self, tensors: dict, bucket_bytes: int) -> dict:
         """Broadcast HF-named tensors to the other member: a manifest {name: [shape,
@@ -395,6 +407,7 @@ def _trainer(rank: int, world: int, ports: tuple[int, int], spec: dict, job: dic
     if rank == 0:
         save_file({**{f"weights/{k}": v for k, v in final.items()}, **trace}, job["final_file"])
         pathlib.Path(job["result_file"]).write_text(json.dumps(res, indent=1))
+        sync.close()
     w.shutdown()
 
 
@@ -459,6 +472,7 @@ def _sampler(world: int, ports: tuple[int, int], spec: dict, job: dict) -> None:
         _log(who, f"step {step}: generated {sum(len(o.token_ids) for o in outs)} tokens in {res['gen_s'][-1]:.2f} s, "
                   "weights synced")
     pathlib.Path(job["sampler_file"]).write_text(json.dumps(res, indent=1))
+    sync.close()
 
 
 def run_once(world: int, tag: str, spec: dict, job: dict, timeout_s: float) -> None:

@@ -37,7 +37,15 @@ def _env(tmp_path: pathlib.Path) -> dict:
     (site / "sitecustomize.py").write_text(BLOCKER)
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONFAULTHANDLER"] = "1"  # a crashing rank or sampler prints its Python stacks
     return env
+
+
+def _passed(p: subprocess.CompletedProcess) -> None:
+    """Fails with the whole output: an assertion message would be cut, and a crashed
+    process's stacks (faulthandler) come last."""
+    if p.returncode != 0:
+        pytest.fail(f"exit {p.returncode}\n--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}", pytrace=False)
 
 
 def _rows(text: str) -> dict[tuple[str, str], tuple[str, str]]:
@@ -77,7 +85,7 @@ def test_multi_gpu_check_cpu_gloo(tmp_path):
     out = tmp_path / "multi_gpu.md"
     p = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--world-sizes", "1,2", "--shape", "tiny",
                         "--out", str(out)], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, (p.stdout[-4000:], p.stderr[-4000:])
+    _passed(p)
     text = out.read_text()
     assert text in p.stdout  # the same table, printed last
     assert "NCCL_ALGO=Tree" in text and "NCCL_PROTO=Simple" in text
@@ -104,7 +112,7 @@ def test_multi_gpu_check_cuda_nccl(tmp_path):
     out = tmp_path / "multi_gpu.md"
     p = subprocess.run([sys.executable, str(SCRIPT), "--device", "cuda", "--out", str(out)], env=_env(tmp_path),
                        capture_output=True, text=True, timeout=3600)
-    assert p.returncode == 0, (p.stdout[-4000:], p.stderr[-4000:])
+    _passed(p)
     text = out.read_text()
     assert "NCCL_ALGO=Tree" in text and "NCCL_NVLS_ENABLE=0" in text
     rows = _rows(text)
