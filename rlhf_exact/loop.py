@@ -415,33 +415,43 @@ class Loop:
 
             bar = tqdm(desc="steps", initial=self.start_step, total=cfg.run.steps,
                        disable=None if cfg.logging.progress_bars else True)
-            step = self.start_step
-            while step < cfg.run.steps:
+            step, export = self.start_step, None
+            while export is None:
+                # every trainer call (the step, the checkpoint after it, the export) is covered:
+                # a rank that dies or hangs in any of them restarts the group from the newest
+                # checkpoint; the samplers restart their own
                 try:
+                    if step == cfg.run.steps:
+                        export = self.export()
+                        continue
                     m = self.step(step)
-                except (RayActorError, DeadlineExceeded) as e:  # the samplers restart their own: a trainer
-                    step = self.restart_trainer(e)                # rank died or hung
+                    self.finish_step(step + 1, m)
+                except (RayActorError, DeadlineExceeded) as e:
+                    step = self.restart_trainer(e)
                     bar.reset(total=cfg.run.steps)
                     bar.update(step)
                     continue
-                m["trainer/restarts"] = float(self.trainer_restarts)
-                self.step_seconds.append(m["time/step"])
-                if self.evaluator is not None and self.evaluator.due(step + 1):
-                    m |= self.evaluator.evaluate(self.samplers, step + 1)
-                self.metrics.log(step + 1, m)
                 first = first or m
                 last = m
                 bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl=f"{m['parity/kl']:.1e}")
-                log.info("%s", progress_line(step + 1, cfg.run.steps, m, self.step_seconds, self.exact))
-                if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
-                    self.checkpoint(step + 1)
                 bar.update(1)
                 step += 1
-            export = self.export()
             log.info("exported the final policy to %s", export)
         finally:
             self.close()
         return {"first": first, "last": last}
+
+    def finish_step(self, done: int, m: dict[str, float]) -> None:
+        """After step `done` (1-based): eval when due, the metrics row and step line, the
+        checkpoint when due."""
+        m["trainer/restarts"] = float(self.trainer_restarts)
+        self.step_seconds.append(m["time/step"])
+        if self.evaluator is not None and self.evaluator.due(done):
+            m |= self.evaluator.evaluate(self.samplers, done)
+        self.metrics.log(done, m)
+        log.info("%s", progress_line(done, self.cfg.run.steps, m, self.step_seconds, self.exact))
+        if self.cfg.run.save_every and done % self.cfg.run.save_every == 0:
+            self.checkpoint(done)
 
     def close(self) -> None:
         for name in ("metrics", "samplers", "trainer", "env"):

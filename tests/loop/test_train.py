@@ -9,7 +9,9 @@ and trainer group).
         run stopped after step 2 and resumed (resume=auto) gives the same metrics and
         bitwise the same weights at step 4 as the uninterrupted run; so does a run whose
         trainer rank is killed in step 4 (the group restarts from the step-2 checkpoint in
-        the same process).
+        the same process); and a run whose rank dies in its first checkpoint and in the
+        final export (tests/loop/die_once.py; restarts from the initial model and from the
+        step-4 checkpoint).
   test_sampler_killed_mid_run           a sampler actor killed during the run is
         restarted by Ray, gets the current weights, and every step still has KL 0.
   test_engine_core_killed_mid_run       the vLLM EngineCore process of the sampler killed
@@ -161,6 +163,30 @@ def test_tiny_recipe_kl_zero_and_resume(tmp_path):
     wc = final_weights(cut_dir)
     for k in wa:
         assert torch.equal(wa[k], wc[k]), k
+
+    # a rank that dies outside a step: in the first checkpoint (after step 2; the group
+    # restarts from the initial model and runs steps 1-2 again) and in the final export
+    # (it restarts from the step-4 checkpoint and exports again)
+    from rlhf_exact.trainer.group import TrainerGroup
+    from tests.loop.die_once import DieOnceWorker
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TrainerGroup, "worker_class", DieOnceWorker)
+        dies, dies_dir = start(tmp_path, "dies", *steps)
+        dies.run()
+    assert (dies_dir / "died_in_checkpoint").exists()
+    assert (dies_dir / "died_in_export").exists()
+    again = metrics(dies_dir)
+    assert [m["step"] for m in again] == [1, 2, 3, 4]
+    assert [m["trainer/restarts"] for m in again] == [1.0, 1.0, 1.0, 1.0]  # the export's restart comes after
+    assert_exact(again)
+    for a, b in zip(rows, again):
+        for k in a:
+            if not k.startswith(TIMING) and k not in ("elapsed", "wall_time", "time", "trainer/restarts"):
+                assert a[k] == b[k], (a["step"], k, a[k], b[k])
+    wd = final_weights(dies_dir)
+    for k in wa:
+        assert torch.equal(wa[k], wd[k]), k
 
 
 def test_sampler_killed_mid_run(tmp_path):
