@@ -20,7 +20,7 @@ pytest.importorskip("ray")
 
 from rlhf_exact.config.compose import repo_root  # noqa: E402
 
-from .test_train import assert_exact  # noqa: E402
+from .runs import assert_exact  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

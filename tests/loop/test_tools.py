@@ -16,7 +16,6 @@ exact plugin, two FSDP2 gloo ranks), the environments of rlhf_exact/envs:
 
     python -m pytest tests/loop/test_tools.py -q
 """
-import json
 
 import pytest
 
@@ -27,6 +26,8 @@ from rlhf_exact import loop  # noqa: E402
 from rlhf_exact.config import load_config, save_config  # noqa: E402
 from rlhf_exact.runtime.rundir import prepare_run_dir  # noqa: E402
 
+from .runs import assert_exact, metrics  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
@@ -36,14 +37,7 @@ def run(tmp_path, name, *overrides):
     run_dir = prepare_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
     loop.Loop(cfg, run_dir).run()
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_exact(rows):
-    for m in rows:
-        assert m["parity/kl"] == 0.0 and m["parity/tokens_bitwise_equal_frac"] == 1.0, m
-        assert m["parity/logprob_abs_diff_max"] == 0.0, m
-        assert m["parity/ratio_min"] == 1.0 and m["parity/ratio_max"] == 1.0, m
+    return metrics(run_dir)
 
 
 def test_tiny_tools_recipe_learns(tmp_path):
@@ -96,7 +90,7 @@ def test_tools_recipe_on_a_tiny_checkpoint(tmp_path, gsm8k_dir):
     run_dir = prepare_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
     loop.Loop(cfg, run_dir).run()
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(run_dir)
     assert [m["step"] for m in rows] == [1, 2]
     assert_exact(rows)
     for m in rows:

@@ -45,10 +45,9 @@ from rlhf_exact import loop  # noqa: E402
 from rlhf_exact.config import load_config, save_config  # noqa: E402
 from rlhf_exact.runtime.rundir import prepare_run_dir  # noqa: E402
 
+from .runs import assert_exact, assert_same_run, final_weights, metrics  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
-
-TIMING = ("time/", "perf/", "sync/")  # wall-clock metrics differ run to run
-
 
 def start(tmp_path, name, *overrides):
     cfg = load_config(["recipe=grpo_qwen3_tiny", f"run.output_dir={tmp_path}", f"run.name={name}",
@@ -82,28 +81,6 @@ def run_and_kill_after(run, run_dir, rows, kill, timeout=900):
     return fired[0] if fired else None
 
 
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_exact(rows):
-    assert rows, "no metrics"
-    for m in rows:
-        assert m["parity/kl"] == 0.0, m
-        assert m["parity/logprob_abs_diff_max"] == 0.0 and m["parity/logprob_abs_diff_mean"] == 0.0, m
-        assert m["parity/tokens_bitwise_equal_frac"] == 1.0, m
-        assert m["parity/ratio_min"] == 1.0 and m["parity/ratio_max"] == 1.0, m
-
-
-def final_weights(run_dir):
-    from safetensors.torch import load_file
-
-    out = {}
-    for f in sorted((run_dir / "final_model").glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
-
-
 def test_tiny_recipe_kl_zero_and_resume(tmp_path):
     steps = ["run.steps=4", "run.save_every=2"]
     whole, whole_dir = start(tmp_path, "whole", *steps)
@@ -129,14 +106,8 @@ def test_tiny_recipe_kl_zero_and_resume(tmp_path):
     resumed = metrics(part_dir)
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     assert_exact(resumed)
-    for a, b in zip(rows, resumed):
-        for k in a:
-            if not k.startswith(TIMING) and k not in ("elapsed", "wall_time", "time"):
-                assert a[k] == b[k], (a["step"], k, a[k], b[k])
-    wa, wb = final_weights(whole_dir), final_weights(part_dir)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+    wa = final_weights(whole_dir)
+    assert_same_run(rows, wa, part_dir)
 
     # a trainer rank's process killed (SIGKILL) in step 4: the group restarts from the
     # step-2 checkpoint in the same process and ends where the uninterrupted run did
@@ -156,13 +127,7 @@ def test_tiny_recipe_kl_zero_and_resume(tmp_path):
     assert [m["step"] for m in again] == [1, 2, 3, 4]
     assert again[-1]["trainer/restarts"] == 1.0
     assert_exact(again)  # KL 0 after the restart: the samplers got the checkpoint's weights
-    for a, b in zip(rows, again):
-        for k in a:
-            if not k.startswith(TIMING) and k not in ("elapsed", "wall_time", "time", "trainer/restarts"):
-                assert a[k] == b[k], (a["step"], k, a[k], b[k])
-    wc = final_weights(cut_dir)
-    for k in wa:
-        assert torch.equal(wa[k], wc[k]), k
+    assert_same_run(rows, wa, cut_dir, skip=("trainer/restarts",))
 
     # a rank that dies outside a step: in the first checkpoint (after step 2; the group
     # restarts from the initial model and runs steps 1-2 again) and in the final export
@@ -180,13 +145,7 @@ def test_tiny_recipe_kl_zero_and_resume(tmp_path):
     assert [m["step"] for m in again] == [1, 2, 3, 4]
     assert [m["trainer/restarts"] for m in again] == [1.0, 1.0, 1.0, 1.0]  # the export's restart comes after
     assert_exact(again)
-    for a, b in zip(rows, again):
-        for k in a:
-            if not k.startswith(TIMING) and k not in ("elapsed", "wall_time", "time", "trainer/restarts"):
-                assert a[k] == b[k], (a["step"], k, a[k], b[k])
-    wd = final_weights(dies_dir)
-    for k in wa:
-        assert torch.equal(wa[k], wd[k]), k
+    assert_same_run(rows, wa, dies_dir, skip=("trainer/restarts",))
 
 
 def test_sampler_killed_mid_run(tmp_path):
