@@ -304,11 +304,22 @@ def _env_in_force() -> dict:
 # ------------------------------------------------------------------------------ processes
 
 def _proc(index: int, world: int, ports: tuple[int, int], spec: dict, job: dict) -> None:
+    """One spawned process. After its work (results written, groups shut down) it leaves
+    with os._exit(0) and skips interpreter teardown: a spawned child otherwise ends in
+    sys.exit, and CI saw torch's C++ side crash there twice (a sampler SIGSEGV, a trainer
+    rank 1 "terminate called without an active exception", SIGABRT), each time after
+    every check had passed and with no Python frame left on the stack. Nothing of the
+    run remains to be done at that point: every result travels through files, none
+    through a multiprocessing queue. A failure still raises into spawn's handler, which
+    records the traceback and exits 1."""
     _bootstrap()
     if index < world:
         _trainer(index, world, ports, spec, job)
     else:
         _sampler(world, ports, spec, job)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _trainer(rank: int, world: int, ports: tuple[int, int], spec: dict, job: dict) -> None:
