@@ -21,6 +21,7 @@ Qwen3-0.6B-shaped model and a Qwen3-8B-shaped layer stack with random bf16 weigh
 """
 import os
 import random
+import sys
 
 import pytest
 import torch
@@ -130,6 +131,11 @@ def _fsdp_worker(rank: int, world: int, port: int, model_dir: str, seqs: list, o
         save_file(out, os.path.join(out_dir, f"rank{rank}.safetensors"))
     finally:
         dist.destroy_process_group()
+    # done, result on disk: leave without interpreter teardown, where torch's C++ side
+    # can crash a spawned gloo rank (seen twice in CI, in scripts/multi_gpu_check.py)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run_fsdp(world: int, model_dir, seqs, out_dir) -> list[torch.Tensor]:
