@@ -113,7 +113,8 @@ def cached_lower_bound(eps):
 
 class TestRoomy:
     @pytest.fixture(scope="class")
-    def sampler(self, model_dir):
+    @classmethod
+    def sampler(cls, model_dir):
         s = Sampler(model_dir, temperature=T, max_model_len=MAX_LEN, max_num_seqs=8, enable_prefix_caching=True,
                     disable_log_stats=False)
         yield s
@@ -157,7 +158,8 @@ class TestRoomy:
 
 class TestTightPreempting:
     @pytest.fixture(scope="class")
-    def sampler(self, model_dir):
+    @classmethod
+    def sampler(cls, model_dir):
         # 12 blocks of 16 = 192 tokens of KV for 8 episodes of 40 + 3 x 20 + observation tokens.
         # Every turn grows its requests across block boundaries after the cache is full of
         # their prompts (turn 1: 3 -> 4 blocks, turn 2: 4 -> 6, turn 3: 6 -> 7), so each

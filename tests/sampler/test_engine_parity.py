@@ -135,7 +135,8 @@ def run_shared_workloads(sampler, trainer, name, seeded):
 
 class TestBatch16:
     @pytest.fixture(scope="class")
-    def sampler(self, model_dir):
+    @classmethod
+    def sampler(cls, model_dir):
         s = Sampler(model_dir, temperature=T, max_model_len=MAX_LEN, max_num_seqs=16, enable_prefix_caching=True,
                     disable_log_stats=False)
         yield s
@@ -286,7 +287,8 @@ class TestBatch16:
 
 class TestChunkedPreempt4:
     @pytest.fixture(scope="class")
-    def sampler(self, model_dir):
+    @classmethod
+    def sampler(cls, model_dir):
         # budget 32 < the longer prompts: chunked prefill; 12 blocks of 16 = 192 tokens for
         # 4 running sequences of up to 83 tokens: preemption and recompute.
         s = Sampler(model_dir, temperature=T, max_model_len=MAX_LEN, max_num_seqs=4, max_num_batched_tokens=32,
@@ -309,7 +311,8 @@ class TestChunkedPreempt4:
 
 class TestSingle1:
     @pytest.fixture(scope="class")
-    def sampler(self, model_dir):
+    @classmethod
+    def sampler(cls, model_dir):
         s = Sampler(model_dir, temperature=T, max_model_len=MAX_LEN, max_num_seqs=1, enable_prefix_caching=False)
         yield s
         s.shutdown()
@@ -389,15 +392,18 @@ class TestCudaBatch64(TestBatch16, CrowdTests):
     """max_num_seqs 64, prefix caching, eager: every TestBatch16 scenario, and the crowd."""
 
     @pytest.fixture(scope="class")
-    def model_dir(self, cuda_model_dir):
+    @classmethod
+    def model_dir(cls, cuda_model_dir):
         return cuda_model_dir
 
     @pytest.fixture(scope="class")
-    def trainer(self, cuda_trainer):
+    @classmethod
+    def trainer(cls, cuda_trainer):
         return cuda_trainer
 
     @pytest.fixture(scope="class")
-    def sampler(self, model_dir):
+    @classmethod
+    def sampler(cls, model_dir):
         s = cuda_sampler(model_dir, max_num_seqs=64, max_num_batched_tokens=2048)
         yield s
         s.shutdown()
@@ -408,7 +414,8 @@ class TestCudaGraphs64(TestCudaBatch64):
     """The same with CUDA graphs on (decode steps replayed from captured graphs)."""
 
     @pytest.fixture(scope="class")
-    def sampler(self, model_dir):
+    @classmethod
+    def sampler(cls, model_dir):
         s = cuda_sampler(model_dir, max_num_seqs=64, max_num_batched_tokens=2048, cuda_graphs=True)
         yield s
         s.shutdown()
@@ -419,11 +426,13 @@ class TestCudaCrowd256(CrowdTests):
     """max_num_seqs 256, token budget 512 (chunked prefill), eager."""
 
     @pytest.fixture(scope="class")
-    def trainer(self, cuda_trainer):
+    @classmethod
+    def trainer(cls, cuda_trainer):
         return cuda_trainer
 
     @pytest.fixture(scope="class")
-    def sampler(self, cuda_model_dir):
+    @classmethod
+    def sampler(cls, cuda_model_dir):
         s = cuda_sampler(cuda_model_dir, max_num_seqs=256, max_num_batched_tokens=512)
         yield s
         s.shutdown()
@@ -437,7 +446,8 @@ class TestCudaGraphsCrowd256(TestCudaCrowd256):
     """max_num_seqs 256, token budget 1024, CUDA graphs on."""
 
     @pytest.fixture(scope="class")
-    def sampler(self, cuda_model_dir):
+    @classmethod
+    def sampler(cls, cuda_model_dir):
         s = cuda_sampler(cuda_model_dir, max_num_seqs=256, max_num_batched_tokens=1024, cuda_graphs=True)
         yield s
         s.shutdown()
@@ -450,11 +460,13 @@ class TestCudaChunkedPreempt8(TestChunkedPreempt4):
     requests work with split prompts."""
 
     @pytest.fixture(scope="class")
-    def trainer(self, cuda_trainer):
+    @classmethod
+    def trainer(cls, cuda_trainer):
         return cuda_trainer
 
     @pytest.fixture(scope="class")
-    def sampler(self, cuda_model_dir):
+    @classmethod
+    def sampler(cls, cuda_model_dir):
         s = cuda_sampler(cuda_model_dir, max_num_seqs=8, max_num_batched_tokens=32, num_gpu_blocks_override=36,
                          block_size=16)
         yield s
@@ -470,11 +482,13 @@ class TestCudaChunkedPreempt8(TestChunkedPreempt4):
 @pytest.mark.gpu
 class TestCudaSingle1(TestSingle1):
     @pytest.fixture(scope="class")
-    def trainer(self, cuda_trainer):
+    @classmethod
+    def trainer(cls, cuda_trainer):
         return cuda_trainer
 
     @pytest.fixture(scope="class")
-    def sampler(self, cuda_model_dir):
+    @classmethod
+    def sampler(cls, cuda_model_dir):
         s = cuda_sampler(cuda_model_dir, max_num_seqs=1, enable_prefix_caching=False)
         yield s
         s.shutdown()
