@@ -9,6 +9,8 @@ EngineCore that died mid-call leaves it hanging), or one whose requests come bac
 EngineDeadError (an engine that died while idle), is handled like a dead actor: the
 actor is killed and restarted by Ray, gets the latest weights (within their deadline),
 and samples its share again.
+Each deadline counts from the call's submission (the engines run at once), so a
+step waits at most the longest deadline, as the trainer group does.
 
     samplers = SamplerGroup.from_config(cfg, model_path)
     results = samplers.sample(prompts, n=8, seeds=seeds)   # the config's sampling parameters
@@ -109,15 +111,15 @@ class SamplerGroup:
             return self.actors[i].sample.remote([prompts[j] for j in share], n, p, [seeds[j] for j in share])
 
         out = [None] * len(prompts)
-        pending = {i: submit(i) for i in shares}
+        pending, sent = {i: submit(i) for i in shares}, time.monotonic()
         for _ in range(MAX_RESTARTS + 1):
             failed = []
             for i, ref in pending.items():
                 tokens = n * sum((params if isinstance(params, RequestParams) else params[j]).max_tokens
                                  for j in shares[i])
                 seconds = deadline(self.deadline_s, tokens, self.deadline_tokens_per_s)
-                try:
-                    results = ray.get(ref, timeout=seconds)
+                try:  # each deadline counts from the submission: the engines run at once
+                    results = ray.get(ref, timeout=max(0.0, sent + seconds - time.monotonic()))
                 except RayActorError as e:
                     log.warning("sampler %d died during sampling (%s); waiting for Ray to restart it", i,
                                 type(e).__name__)
@@ -142,7 +144,7 @@ class SamplerGroup:
             self.restarts += len(failed)
             for i in failed:
                 self._revive(i)
-            pending = {i: submit(i) for i in failed}
+            pending, sent = {i: submit(i) for i in failed}, time.monotonic()
         raise RuntimeError(f"sampler actor(s) {sorted(failed)}: sample died or gave no result within its deadline "
                            f"(the last {seconds:.0f} s) {MAX_RESTARTS + 1} times; the run stops")
 
@@ -156,10 +158,10 @@ class SamplerGroup:
         self.weights = weights
         ref = ray.put(weights)
         refs = [a.update_weights.remote(ref, self.bucket_bytes) for a in self.actors]
-        seconds = []
+        seconds, end = [], time.monotonic() + self.update_deadline()  # one deadline: the updates run at once
         for i, r in enumerate(refs):
             try:
-                seconds.append(ray.get(r, timeout=self.update_deadline()))
+                seconds.append(ray.get(r, timeout=max(0.0, end - time.monotonic())))
             except (RayActorError, GetTimeoutError) as e:
                 self._restart(i, "update_weights", e)
         return max(seconds, default=0.0)
