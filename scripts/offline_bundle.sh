@@ -3,7 +3,7 @@
 # torch (an air-gapped cluster image with Python 3.12 and torch 2.11 + CUDA 13), built
 # on a machine that can reach a package index.
 #
-#   bash scripts/offline_bundle.sh OUT_DIR [--part-mib 60] [--with-ray] [--python 3.12]
+#   bash scripts/offline_bundle.sh OUT_DIR [--part-mib 60] [--with-ray | --with-train] [--python 3.12]
 #
 # Writes OUT_DIR/bundle.tar.partNN (each at most --part-mib MiB), OUT_DIR/SHA256SUMS and
 # OUT_DIR/install.sh. On the node, with every part in one folder:
@@ -24,19 +24,24 @@
 #   (install.sh prints it).
 # - the pure-Python (and small binary) wheels the offline engine imports that such an
 #   image lacks, at the versions listed below (found by starting the engine without them).
-# - --with-ray: ray 2.60.0 without ray/jars (Java, 32 of its 79 MB), for the training loop.
-# The product's own Python dependencies for training (hydra-core, omegaconf, wandb, ...)
-# are not included: the sampler does not import them.
+# - --with-ray: ray 2.60.0 without ray/jars (Java, 32 of its 79 MB).
+# - --with-train: ray as above, plus what `python -m rlhf_exact.train` and the rest of the
+#   product's dependencies (pyproject.toml) add to such an image: hydra-core, omegaconf and
+#   the antlr4 runtime it pins (4.9.3, published as a source archive only: built into a
+#   wheel here), wandb and its OpenTelemetry exporters, datasets, math-verify, protobuf
+#   (googleapis-common-protos needs >= 6.33.5). The image's own pandas, pyarrow, psutil,
+#   tqdm, matplotlib, aiohttp, grpcio, click and requests are used as they are.
 set -euo pipefail
 
 usage() { sed -n '2,13p' "$0" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 out="$1"; shift
-part_mib=60; with_ray=0; py=3.12
+part_mib=60; with_ray=0; with_train=0; py=3.12
 while [ $# -gt 0 ]; do
   case "$1" in
     --part-mib) part_mib="$2"; shift 2 ;;
     --with-ray) with_ray=1; shift ;;
+    --with-train) with_ray=1; with_train=1; shift ;;
     --python) py="$2"; shift 2 ;;
     *) usage ;;
   esac
@@ -56,6 +61,17 @@ WHEELS=(
   typing-extensions==4.16.0 typing-inspection==0.4.5
   xgrammar==0.2.7  # 0.2.8+ need apache-tvm-ffi>=0.1.11; vllm 0.26 pins 0.1.10
 )
+# --with-train: resolved on 2026-12-03 against pyproject.toml's dependencies, leaving out
+# what the GPU image already holds (README "GPU nodes without a package index").
+TRAIN_WHEELS=(
+  hydra-core==1.3.8 omegaconf==2.3.0 wandb==0.31.0 cwevals==0.0.1b1 distro==1.9.0 platformdirs==4.14.9
+  opentelemetry-sdk==1.45.2 opentelemetry-semantic-conventions==0.66b2 opentelemetry-proto==1.45.2
+  opentelemetry-exporter-otlp-proto-http==1.45.2 opentelemetry-exporter-otlp-proto-common==1.45.2
+  opentelemetry-exporter-http-transport==0.66b2 opentelemetry-exporter-otlp-common==0.66b2
+  googleapis-common-protos==1.76.0 protobuf==6.33.5
+  datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 math-verify==0.9.0 latex2sympy2_extended==1.11.0
+)
+ANTLR=antlr4-python3-runtime==4.9.3  # sdist only: `pip wheel` builds it (pure Python)
 # Paths inside the vllm wheel that are left out (see the header).
 DROP=(
   vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so vllm/_moe_C_stable_libtorch.abi3.so vllm/_flashmla_C.abi3.so
@@ -94,6 +110,11 @@ fi
 
 echo "[2/4] ${#WHEELS[@]} wheels"
 download "$payload/wheels" "${WHEELS[@]}"
+if [ "$with_train" = 1 ]; then
+  echo "[2b] ${#TRAIN_WHEELS[@]} training wheels + $ANTLR"
+  download "$payload/wheels" "${TRAIN_WHEELS[@]}"
+  python3 -m pip wheel -q --no-deps --no-binary=:all: -w "$payload/wheels" "$ANTLR"
+fi
 
 echo "[3/4] install script"
 cat > "$payload/install.sh" <<'EOF'
