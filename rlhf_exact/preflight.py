@@ -144,6 +144,7 @@ def check_model(cfg: TrainConfig):
 def check_data(cfg: TrainConfig, tokenizer, template, report: Preflight) -> None:
     d = cfg.data
     if d.name == "synthetic":
+        check_synthetic_vocab(cfg)
         return
     from rlhf_exact.data import load_prompt_rows, load_prompts
     from rlhf_exact.data.prompts import MalformedRowError
@@ -169,6 +170,22 @@ def check_data(cfg: TrainConfig, tokenizer, template, report: Preflight) -> None
     if skipped:
         report.notes.append(f"data.on_malformed=skip: {skipped} malformed prompt rows skipped "
                             f"(counted in metrics as data/skipped_rows)")
+
+
+def check_synthetic_vocab(cfg: TrainConfig) -> None:
+    """data.synthetic.vocab_size names ids the model can emit (its embedding rows)."""
+    want = cfg.data.synthetic.vocab_size
+    if want is None:
+        return
+    if cfg.model.tiny.enabled:
+        have, where = cfg.model.tiny.vocab_size, "model.tiny.vocab_size"
+    else:
+        from rlhf_exact.models.hf_io import read_config
+
+        have, where = read_config(cfg.model.path).vocab_size, f"{cfg.model.path}/config.json vocab_size"
+    if want > have:
+        raise ConfigError(f"data.synthetic.vocab_size={want}: the model has {have} token ids ({where}); "
+                          f"set it <= {have} or null (the tokenizer's size)")
 
 
 def check_resume(cfg: TrainConfig, report: Preflight) -> None:

@@ -197,9 +197,15 @@ class SyntheticDataConfig:
     prompt_len: int = 8  # tokens per prompt (key included); in [1, data.max_prompt_tokens]
     num_target_sets: int = 1  # disjoint target sets chosen by the prompt's first token
     # (1: a bandit over the vocabulary, the easiest signal); >= 1
+    vocab_size: int | None = None  # ids are drawn from [0, vocab_size); null: the tokenizer's size. A
+    # model with more embedding rows than its tokenizer has tokens (a Qwen3-0.6B shape, 151936 rows, with
+    # the local tokenizer's 772) sets its own, so that the targets are a share of what the policy can emit;
+    # <= the model's vocab_size; >= 4
 
     def validate(self, p: str = "data.synthetic", max_prompt_tokens: int = 1 << 30) -> None:
         _int(f"{p}.num_prompts", self.num_prompts, 1)
+        if self.vocab_size is not None:
+            _int(f"{p}.vocab_size", self.vocab_size, 4)
         _int(f"{p}.num_targets", self.num_targets, 1)
         _int(f"{p}.prompt_len", self.prompt_len, 1, max_prompt_tokens)
         _int(f"{p}.num_target_sets", self.num_target_sets, 1)
@@ -399,6 +405,9 @@ class SamplerConfig:
     kv_cache_bytes: int | None = None  # KV cache per engine in bytes; null: from gpu_memory_utilization
     # on CUDA, 64 MiB on CPU; >= 1 MiB
     gpu_memory_utilization: float = 0.5  # CUDA: fraction of the GPU's memory vLLM may take; in (0, 1]
+    cuda_graphs: bool = True  # CUDA: replay decode steps from CUDA graphs (kernels=exact: whole uniform
+    # decode batches, no torch.compile; kernels=default: vLLM's compile + graphs); false: every step
+    # eager. CPU engines run eager
     deadline_s: float = 600.0  # a sampling call's deadline: these seconds plus its tokens at
     # deadline_tokens_per_s; past it the engine is taken for dead and its actor restarted; > 0
     deadline_tokens_per_s: float = 20.0  # the slowest sampling rate (generated tokens per second, per engine)
@@ -466,9 +475,22 @@ class ClusterConfig:
     num_cpus: int | None = None  # CPUs a local Ray may use; null: all; >= 1
     num_gpus: int | None = None  # GPUs a local Ray may use; null: all visible; >= 0
     weight_sync_bucket_mb: int = 64  # trainer -> sampler weights are sent in buckets of this many MiB; >= 1
+    weight_sync: str = "auto"  # "host": gathered to the trainer's CPU, sent through Ray in buckets;
+    # "cuda_ipc": gathered into one bf16 buffer on trainer rank 0's GPU that the engines open by CUDA
+    # IPC handle (device=cuda, colocate=true: same node); "auto": cuda_ipc when colocated on CUDA, else host
+
+    def resolved_weight_sync(self) -> str:
+        """weight_sync with "auto" decided."""
+        if self.weight_sync != "auto":
+            return self.weight_sync
+        return "cuda_ipc" if self.device == "cuda" and self.colocate else "host"
 
     def validate(self, p: str = "cluster") -> None:
         _choice(f"{p}.device", self.device, ("cpu", "cuda"))
+        _choice(f"{p}.weight_sync", self.weight_sync, ("auto", "host", "cuda_ipc"))
+        if self.weight_sync == "cuda_ipc" and not (self.device == "cuda" and self.colocate):
+            _fail(f"{p}.weight_sync", self.weight_sync, "'host' or 'auto' unless cluster.device=cuda and "
+                  "cluster.colocate=true (CUDA IPC shares GPU memory between processes of one node)")
         if not self.ray_host:
             _fail(f"{p}.ray_host", self.ray_host, "an interface address")
         if self.num_cpus is not None:

@@ -10,7 +10,8 @@ dataset fields (see prompts.py for "prompt", "answer", "row_id"):
                        text = format_gsm8k_prompt(prompt), then the chat template
                        (one user message, generation prompt added) when one is given,
                        then `tokenizer.encode`. "prompt_text" holds the final text.
-  data.name=synthetic: SyntheticTask(seed=0, vocab = the tokenizer's, reserved = its
+  data.name=synthetic: SyntheticTask(seed=0, vocab = data.synthetic.vocab_size or the
+                       tokenizer's size, reserved = its tokenizer's
                        special tokens) rows 0 .. synthetic.num_prompts-1. The task is
                        fixed (seed 0, like a dataset); run.seed only orders it.
                        Its shape comes from data.synthetic.{num_targets, prompt_len,
@@ -82,7 +83,8 @@ def load_prompt_rows(cfg, tokenizer, chat_template: str | None = None, offset: i
     the data.synthetic.num_prompts training rows; eval.py takes the rows after them)."""
     d = cfg.data
     if d.name == "synthetic":
-        task = SyntheticTask(seed=0, vocab_size=tokenizer.get_vocab_size(), num_targets=d.synthetic.num_targets,
+        vocab = d.synthetic.vocab_size or tokenizer.get_vocab_size()
+        task = SyntheticTask(seed=0, vocab_size=vocab, num_targets=d.synthetic.num_targets,
                              prompt_len=d.synthetic.prompt_len, num_target_sets=d.synthetic.num_target_sets,
                              reserved_ids=tuple(sorted(tokenizer.get_added_tokens_decoder())))
         rows = task.rows(d.synthetic.num_prompts if count is None else count, offset=offset)

@@ -323,3 +323,14 @@ def test_help_pipe_and_section_title():
     title = train.help_text("algorithm").splitlines()[4]
     assert title == ("algorithm: The policy-gradient objective and the optimizer. configs/algorithm/{grpo,dr_grpo,"
                      "dapo}.yaml are presets of these fields (`algorithm=dapo`); each field stays overridable.")
+
+
+def test_synthetic_vocab_beyond_the_model_is_one_line(tmp_path):
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny", "data.synthetic.vocab_size=600")
+    assert line == ("error: data.synthetic.vocab_size=600: the model has 512 token ids (model.tiny.vocab_size); "
+                    "set it <= 512 or null (the tokenizer's size)")
+
+
+def test_cuda_ipc_weight_sync_needs_colocated_cuda(tmp_path):
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny", "cluster.weight_sync=cuda_ipc")
+    assert line.startswith("error: cluster.weight_sync") and "cluster.colocate=true" in line, line

@@ -16,7 +16,7 @@ from rlhf_exact.models.tiny import CHAT_TEMPLATE, train_tokenizer
 def data_cfg(num_prompts=16, **kw):
     d = dict(name="gsm8k", train_files=[], prompt_key="question", answer_key="answer", on_malformed="error",
              max_prompt_tokens=256, synthetic=SimpleNamespace(num_prompts=num_prompts, num_targets=16, prompt_len=8,
-                                                                num_target_sets=1))
+                                                                num_target_sets=1, vocab_size=None))
     d.update(kw)
     return SimpleNamespace(data=SimpleNamespace(**d))
 
@@ -67,3 +67,15 @@ def test_synthetic_rows(tok):
     rows = load_prompt_rows(data_cfg(name="synthetic", num_prompts=5), tok)
     assert [r["prompt_ids"] for r in rows] == [r["prompt_ids"] for r in SyntheticTask(seed=0).rows(5)]
     assert rows[0]["row_id"] == "synthetic:0" and isinstance(rows[0]["prompt"], str)
+
+
+def test_synthetic_rows_over_a_model_vocab_larger_than_the_tokenizer(tok):
+    """data.synthetic.vocab_size: ids beyond the tokenizer's 512 (a 0.6B-shaped model's 151936
+    rows) are drawn; the prompt text decodes the ids that have text and skips the rest."""
+    cfg = data_cfg(name="synthetic", num_prompts=64)
+    cfg.data.synthetic.vocab_size, cfg.data.synthetic.num_targets = 151936, 4096
+    rows = load_prompt_rows(cfg, tok)
+    task = SyntheticTask(seed=0, vocab_size=151936, num_targets=4096)
+    assert [r["prompt_ids"] for r in rows] == [r["prompt_ids"] for r in task.rows(64)]
+    assert max(i for r in rows for i in r["prompt_ids"] + r["answer"]) >= 512
+    assert all(isinstance(r["prompt"], str) for r in rows)
