@@ -212,8 +212,9 @@ class Loop:
         with clock("time/reward"):
             episodes = self.score(rows, episodes)
         self.log_samples(step + 1, rows, episodes)
-        with clock("time/train"):  # the recompute is the trainer's time too
+        with clock("time/recompute"):
             seqs, parity = self.recompute(step, episodes)
+        with clock("time/train"):
             train = self.train(step, episodes, seqs)
         with clock("time/sync"):
             gather_s, update_s = self.sync_weights()
@@ -348,9 +349,13 @@ class Loop:
                 "parity/ratio_min": ratio[0], "parity/ratio_max": ratio[1]}
 
     def sync_weights(self) -> tuple[float, float]:
-        """Trainer -> samplers; (gather seconds, slowest sampler's update seconds)."""
+        """Trainer -> samplers (cluster.weight_sync: through the host, or the trainer's GPU
+        buffer by CUDA IPC); (gather seconds, slowest sampler's update seconds)."""
         t0 = time.perf_counter()
-        weights = self.trainer.full_weights(self.cfg.model.dtype)
+        if self.cfg.cluster.resolved_weight_sync() == "cuda_ipc":
+            weights = self.trainer.share_weights(self.cfg.model.dtype)
+        else:
+            weights = self.trainer.full_weights(self.cfg.model.dtype)
         return time.perf_counter() - t0, self.samplers.update_weights(weights)
 
     def step_metrics(self, episodes: list[Episode], parity: dict, train: dict, gather_s: float, update_s: float,
@@ -489,7 +494,7 @@ def progress_line(step: int, steps: int, m: dict[str, float], step_seconds: Sequ
     eta = (steps - step) * sum(recent) / max(len(recent), 1)
     ev = " ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("eval/pass@") or k == "eval/greedy_pass@1")
     return (f"step {step}/{steps}: {reward}  {parity}  time {m['time/step']:.1f}s (sample {m['time/sample']:.1f}, "
-            f"train {m['time/train']:.1f}, sync {m['time/sync']:.1f})" + (f"  eval: {ev}" if ev else "")
+            f"recompute {m['time/recompute']:.1f}, train {m['time/train']:.1f}, sync {m['time/sync']:.1f})" + (f"  eval: {ev}" if ev else "")
             + f"  ETA {_hms(eta)}")
 
 

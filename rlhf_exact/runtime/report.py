@@ -6,8 +6,8 @@ without W&B.
 
 Panels: reward/mean (with reward/std as a band when logged); the sampler/trainer parity
 metrics parity/kl and parity/logprob_abs_diff_max (exact kernels: exactly 0 at every
-step, said on the panel); the step time split time/sample, time/reward, time/train,
-time/sync (stacked), without the first step after each start (engine warm-up and
+step, said on the panel); the step time split time/sample, time/reward, time/recompute,
+time/train, time/sync (stacked), without the first step after each start (engine warm-up and
 compilation: one such step would flatten the rest; its time is given in the title); and
 small multiples of every metric, each with its axes labelled. Every panel marks where
 the run was resumed (a dashed line: the metrics logger restarts its clock, "elapsed", on
@@ -29,7 +29,7 @@ from .metrics import METRICS_FILE, read_metrics
 REWARD = "reward/mean"
 REWARD_STD = "reward/std"
 PARITY = ("parity/kl", "parity/logprob_abs_diff_max")
-STEP_TIME = ("time/sample", "time/reward", "time/train", "time/sync")
+STEP_TIME = ("time/sample", "time/reward", "time/recompute", "time/train", "time/sync")
 _NOT_METRICS = {"step", "time", "elapsed"}
 
 
