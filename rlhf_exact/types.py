@@ -133,3 +133,56 @@ class MinibatchResult:
             total.kl += r.kl
             total.entropy += r.entropy
         return total
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedWeights:
+    """The policy's weights in one flat buffer on the trainer's GPU, shared with the
+    samplers' engines through a CUDA IPC handle instead of being copied through the host
+    (cluster.weight_sync=cuda_ipc; trainer/worker.py `share_weights`). The trainer keeps the
+    buffer, refilled in place at every sync, so the handle stays valid until the next one
+    (a restarted sampler is sent the same record)."""
+
+    handle: bytes  # pickled torch.multiprocessing.reductions.reduce_tensor(buffer): opens the buffer
+    # in another process on the same node
+    layout: tuple[tuple[str, tuple[int, ...], int], ...]  # (HF name, shape, element offset) per tensor
+    dtype: str  # the buffer's (and every tensor's) dtype, "bfloat16" usually
+
+    @classmethod
+    def of(cls, buffer: torch.Tensor, layout, dtype: str) -> SharedWeights:
+        """The record of a flat CUDA `buffer` holding the tensors of `layout`. The caller
+        keeps `buffer` alive (and unchanged) until every engine has loaded it."""
+        import pickle
+
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        return cls(handle=pickle.dumps(reduce_tensor(buffer)), layout=tuple(layout), dtype=dtype)
+
+    @staticmethod
+    def pack(tensors, device: str = "cuda") -> tuple[SharedWeights, torch.Tensor]:
+        """(record, buffer) of HF-named tensors of one dtype copied into one flat buffer."""
+        items = list(tensors.items())
+        dtypes = {t.dtype for _, t in items}
+        if len(dtypes) != 1:
+            raise ValueError(f"SharedWeights.pack: one dtype per buffer, got {sorted(map(str, dtypes))}")
+        layout, total = [], 0
+        for name, t in items:
+            layout.append((name, tuple(t.shape), total))
+            total += t.numel()
+        buf = torch.empty(total, dtype=dtypes.pop(), device=device)
+        for (_, _, offset), (_, t) in zip(layout, items):
+            buf[offset:offset + t.numel()].copy_(t.reshape(-1))
+        torch.cuda.synchronize(buf.device)
+        return SharedWeights.of(buf, layout, str(buf.dtype).removeprefix("torch.")), buf
+
+    @property
+    def nbytes(self) -> int:
+        size = torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+        return size * sum(_numel(shape) for _, shape, _ in self.layout)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -53,6 +53,10 @@ class SamplerActor:
         """In-place weight update (validated whole first); returns the seconds it took."""
         return self.sampler.update_weights(named_tensors, bucket_bytes=bucket_bytes)
 
+    def update_weights_shared(self, shared) -> float:
+        """In-place update from the trainer's shared GPU buffer (types.SharedWeights)."""
+        return self.sampler.update_weights_shared(shared)
+
     def get_weights(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.sampler.get_weights(names)
 

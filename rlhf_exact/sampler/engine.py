@@ -8,6 +8,7 @@ place without a restart.
                              seeds=[0, 100])
     results[0].completions[1].token_ids, .logprobs (fp32 [L]), .finish_reason
     seconds = sampler.update_weights(named_bf16_tensors, bucket_bytes=64 << 20)
+    seconds = sampler.update_weights_shared(shared)   # CUDA, colocated: types.SharedWeights
 
 The engine starts worker processes with spawn: scripts need a main guard.
 
@@ -289,6 +290,29 @@ class Sampler:
             errors = self._rpc_errors("exact_commit_update")
             if errors:
                 raise ValueError("update_weights: rejected, weights unchanged: " + "; ".join(errors[:10]))
+        except BaseException:
+            self.llm.collective_rpc("exact_abort_update")
+            raise
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        return time.perf_counter() - t0
+
+    def update_weights_shared(self, shared) -> float:
+        """The same update from a `types.SharedWeights`: the trainer's flat buffer on this
+        GPU, opened by the engine's worker through its CUDA IPC handle (worker_ext.py), so
+        nothing crosses the host. Validated whole first, like update_weights."""
+        t0 = time.perf_counter()
+        manifest = {n: [list(shape), shared.dtype] for n, shape, _ in shared.layout}
+        if len(manifest) != len(shared.layout):
+            raise ValueError("update_weights_shared: rejected, duplicate names in the layout")
+        errors = self._rpc_errors("exact_begin_update", manifest)
+        if errors:
+            raise ValueError("update_weights_shared: rejected, weights unchanged: " + "; ".join(errors[:10]))
+        try:
+            layout = [[n, list(shape), offset] for n, shape, offset in shared.layout]
+            errors = self._rpc_errors("exact_load_shared", shared.handle, layout) or \
+                self._rpc_errors("exact_commit_update")
+            if errors:
+                raise ValueError("update_weights_shared: rejected, weights unchanged: " + "; ".join(errors[:10]))
         except BaseException:
             self.llm.collective_rpc("exact_abort_update")
             raise

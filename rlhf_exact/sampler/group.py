@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import torch
 
 from rlhf_exact.runtime.deadline import MIB, deadline, tensor_bytes
+from rlhf_exact.types import SharedWeights
 
 from .actor import SamplerActor
 from .engine import SampleResult, RequestParams
@@ -84,6 +85,8 @@ class SamplerGroup:
             kw["kv_cache_memory_bytes"] = s.kv_cache_bytes
         if c.device == "cuda":
             kw["gpu_memory_utilization"] = s.gpu_memory_utilization
+            if s.backend == "vllm":
+                kw["cuda_graphs"] = s.cuda_graphs
             if not s.kv_cache_bytes:
                 kw["kv_cache_memory_bytes"] = None  # from gpu_memory_utilization
         return cls(model_path, s.num_samplers, backend=s.backend, exact=cfg.kernels == "exact", device=c.device, colocate=c.colocate,
@@ -148,16 +151,18 @@ class SamplerGroup:
         raise RuntimeError(f"sampler actor(s) {sorted(failed)}: sample died or gave no result within its deadline "
                            f"(the last {seconds:.0f} s) {MAX_RESTARTS + 1} times; the run stops")
 
-    def update_weights(self, weights: dict[str, torch.Tensor]) -> float:
-        """Send weights to every sampler (in place, bucketed), each within the update's
-        deadline (module docstring); returns the slowest engine's seconds. A sampler that
-        dies or hangs is restarted and sent them again."""
+    def update_weights(self, weights: dict[str, torch.Tensor] | SharedWeights) -> float:
+        """Send weights to every sampler (in place, validated whole first), each within the
+        update's deadline (module docstring); returns the slowest engine's seconds. HF-named
+        tensors go through Ray and the host in buckets; a `SharedWeights` (colocated on
+        CUDA, cluster.weight_sync=cuda_ipc) is opened by each engine on the GPU. A sampler
+        that dies or hangs is restarted and sent them again."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
         self.weights = weights
-        ref = ray.put(weights)
-        refs = [a.update_weights.remote(ref, self.bucket_bytes) for a in self.actors]
+        ref = weights if isinstance(weights, SharedWeights) else ray.put(weights)
+        refs = [self._update(a, ref) for a in self.actors]
         seconds, end = [], time.monotonic() + self.update_deadline()  # one deadline: the updates run at once
         for i, r in enumerate(refs):
             try:
@@ -166,9 +171,16 @@ class SamplerGroup:
                 self._restart(i, "update_weights", e)
         return max(seconds, default=0.0)
 
+    def _update(self, actor, weights):
+        if isinstance(weights, SharedWeights):
+            return actor.update_weights_shared.remote(weights)
+        return actor.update_weights.remote(weights, self.bucket_bytes)
+
     def update_deadline(self) -> float:
         """Seconds a weight update of the latest weights may take (module docstring)."""
-        return deadline(self.deadline_s, tensor_bytes(self.weights), self.deadline_mb_per_s * MIB)
+        w = self.weights
+        return deadline(self.deadline_s, w.nbytes if isinstance(w, SharedWeights) else tensor_bytes(w),
+                        self.deadline_mb_per_s * MIB)
 
     def _restart(self, i: int, call: str, error: BaseException) -> None:
         """Sampler i died or hung in `call`: kill it (Ray restarts it) and revive it."""
@@ -196,8 +208,7 @@ class SamplerGroup:
             if self.weights is None:
                 return
             try:
-                ray.get(self.actors[i].update_weights.remote(self.weights, self.bucket_bytes),
-                        timeout=self.update_deadline())
+                ray.get(self._update(self.actors[i], self.weights), timeout=self.update_deadline())
                 return
             except (RayActorError, GetTimeoutError) as e:
                 log.warning("sampler %d: update_weights after its restart failed (%s); restarting it again", i,

@@ -14,6 +14,11 @@ Protocol (driven by `engine.Sampler.update_weights`):
 3. `exact_commit_update()`: every announced tensor must have arrived; then all are
    copied in place into the existing parameters (storage kept) in one pass.
    `exact_abort_update()` drops the staged tensors.
+Colocated on one GPU (cluster.weight_sync=cuda_ipc), step 2 is instead one
+`exact_load_shared(handle, layout)`: the trainer's flat bf16 buffer is opened through its
+CUDA IPC handle and every announced tensor staged as a view of it (no copy, nothing
+through the host); the commit copies them in and synchronizes before it returns, so the
+trainer may refill the buffer as soon as the call is back.
 The driver then calls `LLM.reset_prefix_cache()`: cached KV blocks were computed with
 the old weights, and reusing them mixes policies (VERIFIED in the notes).
 
@@ -94,7 +99,31 @@ class ExactWorkerExtension:
 
         if getattr(self, "_exact_staged", None) is None:
             return ["no update in progress (exact_begin_update first)"]
-        tensors = load(blob)
+        return self._exact_stage(load(blob))
+
+    def exact_load_shared(self, handle: bytes, layout: list) -> list[str]:
+        """Stage every tensor of `layout` [(name, shape, element offset)] as a view of the
+        buffer that `handle` (a pickled `reduce_tensor`) opens on this node's GPU."""
+        import math
+        import pickle
+
+        if getattr(self, "_exact_staged", None) is None:
+            return ["no update in progress (exact_begin_update first)"]
+        rebuild, args = pickle.loads(handle)  # the trainer's own record (types.SharedWeights)
+        buf = rebuild(*args)
+        tensors, errors = {}, []
+        for name, shape, offset in layout:
+            n = math.prod(shape)
+            if offset < 0 or offset + n > buf.numel():
+                errors.append(f"{name}: elements {offset}..{offset + n} outside the shared buffer of {buf.numel()}")
+            else:
+                tensors[name] = buf[offset:offset + n].view(tuple(shape))
+        if errors:
+            self._exact_staged = None
+            return errors
+        return self._exact_stage(tensors)
+
+    def _exact_stage(self, tensors: dict[str, torch.Tensor]) -> list[str]:
         errors = []
         for name, t in tensors.items():
             want = self._exact_manifest.get(name)
@@ -136,6 +165,8 @@ class ExactWorkerExtension:
                 lm_head = getattr(model, "lm_head", None)
                 if getattr(model.config, "tie_word_embeddings", False) and hasattr(lm_head, "quant_method"):
                     lm_head.quant_method.process_weights_after_loading(lm_head)
+            if any(t.is_cuda for t in staged.values()):
+                torch.cuda.synchronize()  # the copies have read the staged (maybe shared) memory
         self._exact_staged = None
         return []
 

@@ -8,6 +8,7 @@ in sequence order, so its caller speaks in sequences, not ranks.
     result = trainer.train_minibatch(seqs, LossNorm(len(seqs), "token_mean", tokens))
     lr = trainer.end_step()
     weights = trainer.full_weights("bfloat16")         # HF-named tensors (rank 0's)
+    shared = trainer.share_weights("bfloat16")         # CUDA: rank 0's buffer, by IPC handle
 
 The twin of sampler/group.py. Each rank selects its own kernels (exact or stock) from
 the spec before its process group starts (worker.py). Ray is imported here only;
@@ -30,7 +31,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rlhf_exact.runtime.deadline import MIB, DeadlineExceeded, deadline, tensor_bytes
-from rlhf_exact.types import LossNorm, MinibatchResult, TrainSeq
+from rlhf_exact.types import LossNorm, MinibatchResult, SharedWeights, TrainSeq
 
 from . import plan as planner
 from .worker import TrainerSpec, TrainerWorker
@@ -135,6 +136,12 @@ class TrainerGroup:
         (None: the fp32 masters)."""
         return self._all("full_weights", lambda a: a.full_weights.remote(dtype),
                          seconds=self._bytes(self.state_bytes))[0]
+
+    def share_weights(self, dtype: str = "bfloat16") -> SharedWeights:
+        """The policy in rank 0's shared GPU buffer (worker.share_weights): the record a
+        colocated sampler opens through CUDA IPC."""
+        return self._all("share_weights", lambda a: a.share_weights.remote(dtype),
+                         seconds=self._bytes(self.state_bytes // 6))[0]
 
     def state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         """The trainer's part of a run checkpoint: (tensors {"model", "optimizer"}, meta)."""

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rlhf_exact.types import LossNorm, MinibatchResult, TrainSeq
+from rlhf_exact.types import LossNorm, MinibatchResult, SharedWeights, TrainSeq
 
 
 @dataclasses.dataclass
@@ -266,6 +266,39 @@ class TrainerWorker:
             sd.pop("lm_head.weight", None)
         cast = getattr(torch, dtype) if dtype else None
         return {k: (v.to(cast) if cast is not None else v).contiguous() for k, v in sd.items()}
+
+    def share_weights(self, dtype: str = "bfloat16") -> SharedWeights | None:
+        """All-gathers the policy, one tensor at a time, into one flat buffer of `dtype`
+        on rank 0's GPU (allocated once, refilled in place at every call; the cast is the
+        same round-to-nearest-even as full_weights'), and returns rank 0's CUDA IPC handle
+        to it (types.SharedWeights); other ranks None. Every rank must call it. The peak is
+        the buffer plus one gathered fp32 tensor."""
+        from torch.distributed.tensor import DTensor
+
+        if self.device.type != "cuda":
+            raise RuntimeError(f"share_weights needs CUDA (this rank runs on {self.device}); use full_weights")
+        cast = getattr(torch, dtype)
+        sd = self.model.state_dict()  # FSDP2: DTensor shards under their HF names
+        if self.config.tie_word_embeddings:
+            sd.pop("lm_head.weight", None)
+        layout, total = [], 0
+        for name, t in sd.items():
+            layout.append((name, tuple(t.shape), total))
+            total += t.numel()
+        buf = getattr(self, "_shared", None)
+        if self.rank == 0 and (buf is None or buf.numel() != total or buf.dtype != cast):
+            self._shared = buf = None  # free the old one first
+            self._shared = buf = torch.empty(total, dtype=cast, device=self.device)
+        with torch.no_grad():
+            for (_, _, offset), t in zip(layout, sd.values()):
+                full = t.full_tensor() if isinstance(t, DTensor) else t
+                if self.rank == 0:
+                    buf[offset:offset + full.numel()].copy_(full.reshape(-1))
+                del full
+        if self.rank != 0:
+            return None
+        torch.cuda.synchronize(self.device)  # the buffer is whole before another process reads it
+        return SharedWeights.of(buf, layout, dtype)
 
     # ------------------------------------------------------------------ checkpoints
 
