@@ -9,6 +9,7 @@ the steps after the first (the first step carries the engines' warm-up).
     python benchmarks/bench_train.py --out OUT_DIR                         # grpo_qwen3_gpu, 20 steps
     python benchmarks/bench_train.py --out OUT_DIR --recipe grpo_qwen3_gpu_4b --steps 10
     python benchmarks/bench_train.py --out OUT_DIR --recipe grpo_qwen3_tiny --steps 3 -- cluster.num_cpus=2
+    python benchmarks/bench_train.py --plot RESULTS.json PLOT.png          # reward and step time per step
 
 Writes OUT_DIR/train_<recipe>.json:
   {"recipe", "runs": {"exact": {"steps": [{"step", "kl", "bitwise_frac", "reward", "step_s",
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import pathlib
 import statistics
 import subprocess
@@ -99,15 +99,45 @@ def environment() -> dict:
     return env
 
 
+def plot(results: pathlib.Path, png: pathlib.Path) -> None:
+    """Reward and step time over the steps of each mode of a results JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = json.loads(results.read_text())
+    fig, (ax_r, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, run in r["runs"].items():
+        st = run["steps"]
+        ax_r.plot([s["step"] for s in st], [s["reward"] for s in st], marker=".", label=f"kernels={mode}")
+        ax_t.plot([s["step"] for s in st], [s["step_s"] for s in st], marker=".", label=f"kernels={mode}")
+    ax_r.set(title=f"{r['recipe']}: reward/mean", xlabel="step", ylabel="mean reward")
+    ax_t.set(title="step time (first step: engine warm-up)", xlabel="step", ylabel="seconds")
+    for ax in (ax_r, ax_t):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{r['env'].get('gpu')}, {r['env'].get('date')}, vllm {r['env'].get('vllm', '-')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--out", required=True, type=pathlib.Path, help="output folder (logs, runs, JSON)")
+    ap.add_argument("--out", type=pathlib.Path, help="output folder (logs, runs, JSON)")
+    ap.add_argument("--plot", nargs=2, type=pathlib.Path, metavar=("RESULTS_JSON", "PNG"),
+                    help="only plot a results JSON")
     ap.add_argument("--recipe", default="grpo_qwen3_gpu")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--modes", default="exact,default", help="comma-separated: exact, default")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for both runs (after --)")
     a = ap.parse_args(argv)
+    if a.plot:
+        plot(*a.plot)
+        return 0
+    if a.out is None:
+        ap.error("--out is required")
     a.out.mkdir(parents=True, exist_ok=True)
     result = {"recipe": a.recipe, "overrides": a.overrides, "runs": {}, "sync": {}, "ratio": {}, "env": environment()}
     for mode in a.modes.split(","):

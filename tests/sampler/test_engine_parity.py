@@ -298,10 +298,11 @@ class TestChunkedPreempt4:
 
     def test_shared_workloads_chunked_and_preempted(self, sampler, trainer):
         pre0 = metric(sampler, "vllm:num_preemptions")
-        run_shared_workloads(sampler, trainer, "seqs4_chunked_preempt", seeded=False)
         res = sampler.sample(PROMPTS * 2, n=1, params=SAMPLED)  # unseeded: see engine.py
+        # first that the engine really preempted, so that the parity below is parity through it
+        assert metric(sampler, "vllm:num_preemptions") > pre0, "no request was preempted: the block limit did not apply"
         assert_parity(trainer, PROMPTS * 2, res)
-        assert metric(sampler, "vllm:num_preemptions") > pre0
+        run_shared_workloads(sampler, trainer, "seqs4_chunked_preempt", seeded=False)
 
     def test_seeds_refused_per_request_with_split_prompts(self, sampler, trainer):
         res = sampler.sample([PROMPTS[1], PROMPTS[2]], n=1, params=SAMPLED, seeds=[3, None])
@@ -467,8 +468,9 @@ class TestCudaChunkedPreempt8(TestChunkedPreempt4):
     @pytest.fixture(scope="class")
     @classmethod
     def sampler(cls, cuda_model_dir):
+        # kv_cache_memory_bytes would size the cache itself and vLLM would ignore the block limit
         s = cuda_sampler(cuda_model_dir, max_num_seqs=8, max_num_batched_tokens=32, num_gpu_blocks_override=36,
-                         block_size=16)
+                         block_size=16, kv_cache_memory_bytes=None)
         yield s
         s.shutdown()
 
