@@ -43,7 +43,7 @@ def register_env(name: str) -> Callable[[type[Environment]], type[Environment]]:
 
 
 def _import_path(name: str) -> type[Environment]:
-    from rlhf_exact.config.imports import import_object
+    from rlhf_exact.imports import import_object
 
     obj = import_object(name, "environment", "Class")  # the resolver reward functions use
     if not (isinstance(obj, type) and issubclass(obj, Environment)):

@@ -36,7 +36,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from rlhf_exact.config.imports import import_object
+from rlhf_exact.imports import import_object
 
 from .gsm8k import format_reward, gsm8k_reward
 from .synthetic import synthetic_reward

@@ -1,13 +1,16 @@
-"""Import paths in the config: 'package.module:attr' (attr may be dotted) resolved to
+"""Names resolved to objects on use, for the whole package. Standard library only and
+importing nothing of rlhf_exact, so any layer may use it (the sampler, the rewards, the
+environments, the config checks) without an upward import.
+
+`import_object`: an import path 'package.module:attr' (attr may be dotted) resolved to
 the object, with a one-line ValueError that says which part failed (the module does not
 import, or lacks the attribute, with the nearest name). Reward functions
-(reward.functions[i].name) and sampler backends (sampler.backend) resolve through it, at
-config time (preflight.py) and again in the process that uses them.
+(reward.functions[i].name), environments (env.name) and sampler backends
+(sampler.backend) resolve through it, at config time (preflight.py) and again in the
+process that uses them.
 
-    from rlhf_exact.config.imports import import_object
+    from rlhf_exact.imports import import_object
     fn = import_object("my_pkg.rewards:score", "reward", "function")
-
-Standard library only, like schema.py.
 """
 from __future__ import annotations
 
