@@ -11,6 +11,9 @@ process that uses them.
 
     from rlhf_exact.imports import import_object
     fn = import_object("my_pkg.rewards:score", "reward", "function")
+
+`lazy_exports`: the face of a package whose submodules are imported on use
+(rlhf_exact.models, rlhf_exact.config), made from one table.
 """
 from __future__ import annotations
 
@@ -38,3 +41,20 @@ def import_object(name: str, kind: str, what: str):
                              f"attribute {part!r}{hint}")
         obj = getattr(obj, part)
     return obj
+
+
+def lazy_exports(package: str, by_module: dict[str, tuple[str, ...]]):
+    """The face of a package whose submodules load on first use (torch, Hydra): one table,
+    submodule -> the public names it defines, from which both `__all__` and the module
+    `__getattr__` are made. `from package import name` imports only name's submodule.
+
+        __all__, __getattr__ = lazy_exports(__name__, {"qwen3": ("Qwen3Config", ...), ...})
+    """
+    where = {name: module for module, names in by_module.items() for name in names}
+
+    def __getattr__(name: str):
+        if name in where:
+            return getattr(importlib.import_module(f"{package}.{where[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return sorted(where), __getattr__
