@@ -30,7 +30,7 @@ def import_object(name: str, kind: str, what: str):
         raise ValueError(f"{kind} {name!r}: an import path is 'package.module:{what}'")
     try:
         mod = importlib.import_module(module)
-    except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
+    except Exception as e:  # any import failure of user code is a config error
         raise ValueError(f"{kind} {name!r}: module {module!r} cannot be imported: {type(e).__name__}: {e}") from e
     obj = mod
     for part in attr.split("."):

@@ -75,7 +75,7 @@ def make_env(name: str, kwargs: Mapping[str, Any] | None = None, tokenizer=None,
     for module in imports:
         try:
             importlib.import_module(module)
-        except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
+        except Exception as e:  # any import failure of user code is a config error
             raise ValueError(f"run.imports: {module!r} cannot be imported: {type(e).__name__}: {e}") from e
     cls = get_env(name)
     try:
