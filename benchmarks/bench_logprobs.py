@@ -21,12 +21,13 @@ def main():
         ours = t(lambda: token_logprobs(logits, ids))
         stock = t(lambda: torch.log_softmax(logits.float(), -1).gather(-1, ids[:, None]))
         rows.append(["token_logprobs", T, f"{T}x{V}", ours, stock, ours / stock])
+        logits = ids = None  # frees [T, V] before the next size allocates its own
     for T in args.tokens:
         logits = torch.randn(T, V, device=args.device, dtype=args.dtype)
         ours = t(lambda: log_softmax(logits))
         stock = t(lambda: torch.log_softmax(logits.float(), -1))
         rows.append(["log_softmax", T, f"{T}x{V}", ours, stock, ours / stock])
-        del logits
+        logits = None
     for T in args.tokens:
         x = torch.randn(T, H, device=args.device, dtype=args.dtype)
         ours = t(lambda: row_mean(x))

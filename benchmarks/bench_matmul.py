@@ -77,9 +77,11 @@ def bench_cuda(quick: bool) -> None:
               f" {tot[2]:>10.1f} {tot[3]:>12.1f} {rg:>7.2f}   reference {REFERENCE_RATIO[M]:.2f}", flush=True)
     print(f"\nbar: summed ratio <= {TARGET} at every M, and below the reference kernel's ratio")
     print(f"{'M':>5} {'ratio':>6} {'graph':>6} {'reference':>9}  verdict (do_bench / graph)")
+    def ok(m: int, ratio: float) -> str:
+        return "ok" if ratio <= TARGET and ratio < REFERENCE_RATIO[m] else "MISS"
+
     for M, r, rg in summary:
-        ok = lambda v: "ok" if v <= TARGET and v < REFERENCE_RATIO[M] else "MISS"
-        print(f"{M:>5} {r:>6.2f} {rg:>6.2f} {REFERENCE_RATIO[M]:>9.2f}  {ok(r)} / {ok(rg)}")
+        print(f"{M:>5} {r:>6.2f} {rg:>6.2f} {REFERENCE_RATIO[M]:>9.2f}  {ok(M, r)} / {ok(M, rg)}")
 
 
 def bench_cpu(quick: bool) -> None:
@@ -89,7 +91,8 @@ def bench_cpu(quick: bool) -> None:
     if quick:
         cases = cases[:2]
     print(f"CPU, {torch.get_num_threads()} threads; ratio = ours / torch.mm fp32 (not batch invariant)")
-    print(f"{'M':>5} {'K':>5} {'N':>5} | {'torch_f32_ms':>12} {'ours_f32_ms':>11} {'ratio':>6} | {'ours_bf16_ms':>12} {'ratio':>6}")
+    print(f"{'M':>5} {'K':>5} {'N':>5} | {'torch_f32_ms':>12} {'ours_f32_ms':>11} {'ratio':>6} |"
+          f" {'ours_bf16_ms':>12} {'ratio':>6}")
 
     def t(fn, reps=7):
         fn()
@@ -106,7 +109,8 @@ def bench_cpu(quick: bool) -> None:
         ref = t(lambda: torch.mm(a, b))
         ours = t(lambda: mm_forward(a, b))
         ours16 = t(lambda: mm_forward(ab, bb))
-        print(f"{M:>5} {K:>5} {N:>5} | {ref:>12.3f} {ours:>11.3f} {ours / ref:>6.2f} | {ours16:>12.3f} {ours16 / ref:>6.2f}")
+        print(f"{M:>5} {K:>5} {N:>5} | {ref:>12.3f} {ours:>11.3f} {ours / ref:>6.2f} |"
+              f" {ours16:>12.3f} {ours16 / ref:>6.2f}")
 
 
 def overhead() -> None:
@@ -144,13 +148,13 @@ def overhead() -> None:
         tcfg = MMConfig(64, 64, 64, 4, 3, tma=True)
         xa = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16)
         rows["_mm_cuda TMA config"] = lambda: _mm_cuda(xa, wt, None, 0.0, 1.0, tcfg)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - a GPU without TMA: the other rows still print
         print("tma setup", _err(e))
     print(f"host time per call (us), {torch.cuda.get_device_name()}")
     for k, fn in rows.items():
         try:
             print(f"  {k:>28}: {per_call(fn):7.1f}", flush=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a failing row prints its error, the others still run
             print(f"  {k:>28}: {_err(e)}", flush=True)
 
 
@@ -249,10 +253,11 @@ def sweep(path: str, quick: bool, groups: list[str], ms: list[int], bits_groups:
                         row[str(c)] = tt.do_bench_cudagraph(
                             lambda: _launch_cuda(x, wt, None, 0.0, 1.0, config=cfg), rep=15,
                             return_mode="median") * 1e3
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:  # noqa: BLE001 - a config that fails to launch is a recorded result
                         row[str(c)] = _err(e)
                         print(f"    error {name} M={M} {c}: {row[str(c)]}", flush=True)
-            best = min([(v, k) for k, v in row.items() if k != "cublas" and isinstance(v, float)] or [(float("nan"), "-")])
+            best = min([(v, k) for k, v in row.items() if k != "cublas" and isinstance(v, float)]
+                       or [(float("nan"), "-")])
             result["times"][f"{name}-M{M}"] = row
             print(f"time {name:>8} M={M:>5} cublas {row['cublas']:8.1f}us best {best[0]:8.1f}us "
                   f"({best[0] / row['cublas']:.2f}x) {best[1]}", flush=True)

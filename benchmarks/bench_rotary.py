@@ -36,7 +36,8 @@ def main():
             ours = t(lambda: apply_rotary(x, pos, cos, sin))
             stock = t(lambda: hf_apply(x, pos, cos_full, sin_full))
             rows.append([name, T, f"{T}x{heads}x{D}", ours, stock, ours / stock])
-    print_table("apply_rotary forward (ms)", args, ["case", "tokens", "shape", "ours", "HF rotate_half", "ours/stock"], rows)
+    print_table("apply_rotary forward (ms)", args, ["case", "tokens", "shape", "ours", "HF rotate_half", "ours/stock"],
+                rows)
 
 
 if __name__ == "__main__":

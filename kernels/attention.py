@@ -538,7 +538,8 @@ def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_ca
           f"{shapes(k=k, v=v, k_cache=k_cache, v_cache=v_cache)}")
     check(k.dtype == v.dtype == k_cache.dtype == v_cache.dtype, op,
           f"dtypes differ: k {k.dtype}, v {v.dtype}, k_cache {k_cache.dtype}, v_cache {v_cache.dtype}")
-    check(k.shape[-1] in SUPPORTED_HEAD_DIMS, op, f"head_dim {k.shape[-1]} unsupported (supported: {SUPPORTED_HEAD_DIMS})")
+    check(k.shape[-1] in SUPPORTED_HEAD_DIMS, op,
+          f"head_dim {k.shape[-1]} unsupported (supported: {SUPPORTED_HEAD_DIMS})")
     check(slot_mapping.dtype in (torch.int64, torch.int32) and slot_mapping.shape == (k.shape[0],), op,
           f"slot_mapping must be int64 [T={k.shape[0]}], got {slot_mapping.dtype} {tuple(slot_mapping.shape)}")
     for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
@@ -547,7 +548,8 @@ def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_ca
     n_slots = k_cache.shape[0] * k_cache.shape[1]
     if k.shape[0] == 0:
         return
-    check(not check_slots or int(slot_mapping.max()) < n_slots, op, f"slot_mapping has slots >= {n_slots} (num_blocks * block_size)")
+    check(not check_slots or int(slot_mapping.max()) < n_slots, op,
+          f"slot_mapping has slots >= {n_slots} (num_blocks * block_size)")
     if k.is_cuda:
         slots = slot_mapping.contiguous()
         _write_kv_cache_kernel[(k.shape[0],)](

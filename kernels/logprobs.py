@@ -158,7 +158,8 @@ def _cpu_ops():
 
 def _check_logits(op: str, logits: torch.Tensor, temperature: float) -> None:
     check_float(op, "logits", logits)
-    check(logits.dim() == 2 and logits.shape[1] > 0, op, f"expected logits [T, V] with V > 0; got {shapes(logits=logits)}")
+    check(logits.dim() == 2 and logits.shape[1] > 0, op,
+          f"expected logits [T, V] with V > 0; got {shapes(logits=logits)}")
     check(isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0, op,
           f"temperature must be a finite number > 0, got {temperature!r}")
     check(math.isfinite(float(torch.tensor(float(temperature), dtype=torch.float32))), op,

@@ -52,7 +52,8 @@ def rotary_table(max_positions: int, head_dim: int, theta: float,
                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin), each fp32 [max_positions, head_dim // 2] on `device`."""
     op = "rotary_table"
-    check(isinstance(max_positions, int) and max_positions > 0, op, f"max_positions must be a positive int, got {max_positions!r}")
+    check(isinstance(max_positions, int) and max_positions > 0, op,
+          f"max_positions must be a positive int, got {max_positions!r}")
     check(isinstance(head_dim, int) and head_dim > 0 and head_dim % 2 == 0, op,
           f"head_dim must be a positive even int, got {head_dim!r}")
     check(float(theta) > 0.0, op, f"theta must be > 0, got {theta!r}")
@@ -99,7 +100,8 @@ def _rotary_kernel(X, POS, COS, SIN, Y, NH, P, sign, HALF: tl.constexpr, BH: tl.
     tl.store(Y + base + HALF, o2.to(Y.dtype.element_ty), mask=mask)
 
 
-def _rotate(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool) -> torch.Tensor:
+def _rotate(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+            inverse: bool) -> torch.Tensor:
     T, NH, D = x.shape
     out = torch.empty_like(x)
     if T == 0 or NH == 0:

@@ -8,8 +8,9 @@ and the trainer group, and what they hand back.
         --TrainerGroup.train_minibatch(seqs, LossNorm)--> MinibatchResult
 
 Per-token fields are tensors: token ids int64 [P] / [L], logprobs and weights fp32 [L]
-(L = completion length; with a loss mask, a multi-turn episode's, over the masked tokens). Records are frozen; a phase that adds to one returns a new
-one (`dataclasses.replace`). This module imports torch only, so the trainer ranks, the
+(L = completion length; with a loss mask, a multi-turn episode's, over the masked
+tokens). Records are frozen; a phase that adds to one returns a new one
+(`dataclasses.replace`). This module imports torch only, so the trainer ranks, the
 sampler actors and the multi-GPU check can all use it.
 """
 from __future__ import annotations

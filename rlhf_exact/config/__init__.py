@@ -7,23 +7,12 @@ recipes with Hydra's compose API.
 Names are imported on use, so `rlhf_exact.config.schema` (standard library only) loads
 without Hydra: `python -m rlhf_exact.train --help` stays fast.
 """
-from __future__ import annotations
+from rlhf_exact.imports import lazy_exports
 
-import importlib
-
-_EXPORTS = {
-    "TrainConfig": "schema", "RunConfig": "schema", "ModelConfig": "schema", "DataConfig": "schema",
-    "RewardConfig": "schema", "RewardFunctionConfig": "schema", "AlgorithmConfig": "schema",
-    "SamplingConfig": "schema", "SamplerConfig": "schema", "TrainerConfig": "schema",
-    "ClusterConfig": "schema", "LoggingConfig": "schema", "ConfigError": "schema",
-    "load_config": "compose", "save_config": "compose", "config_to_dict": "compose",
-    "config_to_yaml": "compose", "available_recipes": "compose", "config_groups": "compose",
-    "repo_root": "compose",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, {
+    "schema": ("TrainConfig", "RunConfig", "ModelConfig", "TinyModelConfig", "DataConfig", "SyntheticDataConfig",
+               "RewardConfig", "RewardFunctionConfig", "EnvConfig", "AlgorithmConfig", "SamplingConfig",
+               "SamplerConfig", "TrainerConfig", "ClusterConfig", "LoggingConfig", "EvalConfig", "ConfigError"),
+    "compose": ("load_config", "save_config", "config_to_dict", "config_to_yaml", "available_recipes",
+                "config_groups", "repo_root"),
+})

@@ -43,7 +43,7 @@ def register_env(name: str) -> Callable[[type[Environment]], type[Environment]]:
 
 
 def _import_path(name: str) -> type[Environment]:
-    from rlhf_exact.config.imports import import_object
+    from rlhf_exact.imports import import_object
 
     obj = import_object(name, "environment", "Class")  # the resolver reward functions use
     if not (isinstance(obj, type) and issubclass(obj, Environment)):
@@ -75,7 +75,7 @@ def make_env(name: str, kwargs: Mapping[str, Any] | None = None, tokenizer=None,
     for module in imports:
         try:
             importlib.import_module(module)
-        except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
+        except Exception as e:  # any import failure of user code is a config error
             raise ValueError(f"run.imports: {module!r} cannot be imported: {type(e).__name__}: {e}") from e
     cls = get_env(name)
     try:

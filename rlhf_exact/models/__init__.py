@@ -9,21 +9,12 @@
 
 Submodules are imported on use; `from rlhf_exact.models import Qwen3ForCausalLM` works.
 """
-from __future__ import annotations
+from rlhf_exact.imports import lazy_exports
 
-import importlib
-
-_EXPORTS = {
-    "Qwen3Config": "qwen3", "Qwen3ForCausalLM": "qwen3", "VarlenContext": "qwen3", "PagedContext": "qwen3",
-    "PackedBatch": "qwen3", "pack_sequences": "qwen3", "packed_logprobs": "qwen3",
-    "load_model": "checkpoint", "save_model": "checkpoint", "read_config": "checkpoint",
-    "read_state_dict": "checkpoint",
-    "make_tiny_model_dir": "tiny",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, {
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "VarlenContext", "PagedContext", "PackedBatch", "pack_sequences",
+              "packed_logprobs"),
+    "ops": ("Ops", "select_kernels"),
+    "hf_io": ("load_model", "save_model", "read_config", "read_state_dict"),
+    "tiny": ("make_tiny_model_dir",),
+})

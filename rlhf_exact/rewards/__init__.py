@@ -36,7 +36,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from rlhf_exact.config.imports import import_object
+from rlhf_exact.imports import import_object
 
 from .gsm8k import format_reward, gsm8k_reward
 from .synthetic import synthetic_reward
@@ -67,7 +67,7 @@ def import_reward_modules(modules: Sequence[str]) -> None:
     for i, module in enumerate(modules):
         try:
             importlib.import_module(module)
-        except Exception as e:  # noqa: BLE001 - any import failure of user code is a config error
+        except Exception as e:  # any import failure of user code is a config error
             raise ValueError(f"run.imports[{i}]={module!r} cannot be imported: {type(e).__name__}: {e}") from e
 
 
@@ -161,7 +161,7 @@ def compute_rewards(names_weights: Sequence[tuple[str, float]], completions: Seq
                 value = float(col[i])
                 if not math.isfinite(value):
                     raise ValueError(f"returned a non-finite value {value}")
-            except Exception as e:  # noqa: BLE001 - any failure of user reward code is reported per sample
+            except Exception as e:  # any failure of user reward code is reported per sample
                 where = f" (row {sample['row_id']})" if isinstance(sample, Mapping) and "row_id" in sample else ""
                 error = f"reward {name!r} failed on sample {i}{where}: {type(e).__name__}: {e}"
                 if on_error == "stop":
@@ -173,5 +173,5 @@ def compute_rewards(names_weights: Sequence[tuple[str, float]], completions: Seq
     return rewards, errors
 
 
-__all__ = ["ON_ERROR", "REWARDS", "RewardError", "RewardFn", "compute_rewards", "format_reward", "get_reward", "gsm8k_reward",
-           "import_reward_modules", "register_reward", "resolve_rewards", "synthetic_reward"]
+__all__ = ["ON_ERROR", "REWARDS", "RewardError", "RewardFn", "compute_rewards", "format_reward", "get_reward",
+           "gsm8k_reward", "import_reward_modules", "register_reward", "resolve_rewards", "synthetic_reward"]

@@ -42,6 +42,10 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch is imported on use
+    import torch
 
 FORMAT = "rlhf_exact.run_checkpoint.v1"
 COMPLETE = "COMPLETE"

@@ -13,7 +13,7 @@ logprobs equal the trainer's bit for bit.
                         config sampler.backend may name another, e.g. the paged test oracle)
     actor.py            SamplerActor: one backend in a Ray actor process (plain Python)
     group.py            SamplerGroup: the sampler actors the loop drives (twin of trainer/group.py),
-                        from_config, restarts (Ray imported only here)
+                        from_config, restarts (the sampler's one module that imports Ray)
 
 Nothing here is imported by the model or the kernels; importing this package imports
 neither vLLM nor Ray.

@@ -115,7 +115,7 @@ def load_backend(name: str) -> type:
         from .engine import Sampler
 
         return Sampler
-    from rlhf_exact.config.imports import import_object
+    from rlhf_exact.imports import import_object
 
     cls = import_object(name, "sampler backend", "Class")
     if not isinstance(cls, type):

@@ -133,7 +133,8 @@ class ExactQwen3ForCausalLM(Qwen3ForCausalLM):
             head = state.pop("lm_head.weight")
             emb = state.get("model.embed_tokens.weight")
             if emb is None or not torch.equal(head, emb):
-                raise ValueError("checkpoint: tied embeddings but lm_head.weight differs from model.embed_tokens.weight")
+                raise ValueError("checkpoint: tied embeddings but lm_head.weight differs from "
+                                 "model.embed_tokens.weight")
         expected = expected_tensors(self.config)
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or extra:

@@ -23,11 +23,11 @@ def _run(*args, **kw):
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_is_fast_and_imports_nothing_heavy(flag):
-    code = ("import sys, time, runpy; t = time.perf_counter(); sys.argv = ['rlhf_exact.train', %r]\n"
+    code = (f"import sys, time, runpy; t = time.perf_counter(); sys.argv = ['rlhf_exact.train', {flag!r}]\n"
             "try:\n    runpy.run_module('rlhf_exact.train', run_name='__main__')\n"
             "except SystemExit as e:\n    assert e.code == 0, e.code\n"
             "print('SECONDS', time.perf_counter() - t)\n"
-            "print('HEAVY', sorted(m for m in %r if m in sys.modules))" % (flag, HEAVY))
+            f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))")
     start = time.perf_counter()
     p = _run("-c", code)
     wall = time.perf_counter() - start

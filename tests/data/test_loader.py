@@ -34,7 +34,8 @@ def test_render_tiny_chat_template():
 
 def test_read_chat_template(tmp_path):
     assert read_chat_template(tmp_path) is None
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "default", "template": "T"}]}))
+    named = {"chat_template": [{"name": "default", "template": "T"}]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(named))
     assert read_chat_template(tmp_path) == "T"
     (tmp_path / "chat_template.jinja").write_text("J")
     assert read_chat_template(tmp_path) == "J"
@@ -46,7 +47,8 @@ def test_gsm8k_rows(tok, tmp_path):
                  '{"question": "' + "very long question " * 40 + '", "answer": "#### 1"}\n')
     rows = load_prompt_rows(data_cfg(train_files=[str(f)], max_prompt_tokens=1000), tok, CHAT_TEMPLATE)
     r = rows[0]
-    assert r["prompt_text"].startswith("<|im_start|>user\nAnn has 3 pens. How many?\n") and "'#### <number>'" in r["prompt_text"]
+    assert r["prompt_text"].startswith("<|im_start|>user\nAnn has 3 pens. How many?\n")
+    assert "'#### <number>'" in r["prompt_text"]
     assert r["prompt_ids"] == tok.encode(r["prompt_text"], add_special_tokens=False).ids
     assert r["prompt_ids"][0] == tok.token_to_id("<|im_start|>")  # the template's special token, one id
     assert r["answer"] == "#### 3" and r["row_id"] == f"{f}:1"

@@ -3,7 +3,6 @@ the GSM8K prompt formatter.
 
     .venv/bin/python -m pytest -q tests/data
 """
-import json
 
 import pytest
 

@@ -18,12 +18,12 @@ import torch
 
 pytest.importorskip("vllm")
 
-from rlhf_exact.data.synthetic import SyntheticTask  # noqa: E402
-from rlhf_exact.envs import EnvRunner, Limits, run_episodes  # noqa: E402
-from rlhf_exact.models.hf_io import load_model  # noqa: E402
-from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs  # noqa: E402
-from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
-from rlhf_exact.sampler.engine import Sampler, RequestParams  # noqa: E402
+from rlhf_exact.data.synthetic import SyntheticTask
+from rlhf_exact.envs import EnvRunner, Limits, run_episodes
+from rlhf_exact.models.hf_io import load_model
+from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs
+from rlhf_exact.models.tiny import make_tiny_model_dir
+from rlhf_exact.sampler.engine import Sampler, RequestParams
 
 pytestmark = pytest.mark.slow
 

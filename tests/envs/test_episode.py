@@ -10,7 +10,6 @@ import torch
 from rlhf_exact.envs import EnvRunner, Limits, episode_metrics, run_episodes, turn_seed
 from rlhf_exact.envs.episode import FINISH_REASONS, turn_budget
 
-from .envs_for_tests import OBS
 
 ECHO = "envs.envs_for_tests:Echo" if __package__ == "envs" else f"{__package__}.envs_for_tests:Echo"
 BAD = ECHO.replace(":Echo", ":Bad")

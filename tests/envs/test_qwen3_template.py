@@ -25,9 +25,9 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from rlhf_exact.envs import Turn, make_env  # noqa: E402
-from rlhf_exact.envs.gsm8k import CALCULATOR  # noqa: E402
-from rlhf_exact.models.tiny import train_tokenizer  # noqa: E402
+from rlhf_exact.envs import Turn, make_env
+from rlhf_exact.envs.gsm8k import CALCULATOR
+from rlhf_exact.models.tiny import train_tokenizer
 
 TEMPLATE = (pathlib.Path(__file__).parent / "qwen3_chat_template.jinja").read_text()
 QWEN3_TOOL_TAGS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")

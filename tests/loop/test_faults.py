@@ -31,12 +31,14 @@ import pytest
 
 pytest.importorskip("vllm")
 pytest.importorskip("ray")
-psutil = pytest.importorskip("psutil")
+pytest.importorskip("psutil")
 
-from rlhf_exact.config.compose import repo_root  # noqa: E402
-from rlhf_exact.runtime.cluster import TEMP_PREFIX  # noqa: E402
+import psutil
 
-from .runs import assert_same_run, final_weights, metrics  # noqa: E402
+from rlhf_exact.config.compose import repo_root
+from rlhf_exact.runtime.cluster import TEMP_PREFIX
+
+from .runs import assert_same_run, final_weights, metrics
 
 pytestmark = pytest.mark.slow
 

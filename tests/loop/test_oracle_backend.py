@@ -18,9 +18,9 @@ import pytest
 
 pytest.importorskip("ray")
 
-from rlhf_exact.config.compose import repo_root  # noqa: E402
+from rlhf_exact.config.compose import repo_root
 
-from .runs import assert_exact  # noqa: E402
+from .runs import assert_exact
 
 pytestmark = pytest.mark.slow
 

@@ -20,13 +20,13 @@ exact plugin, two FSDP2 gloo ranks), the environments of rlhf_exact/envs:
 import pytest
 
 pytest.importorskip("vllm")
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
-from rlhf_exact import loop  # noqa: E402
-from rlhf_exact.config import load_config, save_config  # noqa: E402
-from rlhf_exact.runtime.rundir import prepare_run_dir  # noqa: E402
+from rlhf_exact import loop
+from rlhf_exact.config import load_config, save_config
+from rlhf_exact.runtime.rundir import prepare_run_dir
 
-from .runs import assert_exact, metrics  # noqa: E402
+from .runs import assert_exact, metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 

@@ -39,13 +39,15 @@ import pytest
 import torch
 
 pytest.importorskip("vllm")
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
-from rlhf_exact import loop  # noqa: E402
-from rlhf_exact.config import load_config, save_config  # noqa: E402
-from rlhf_exact.runtime.rundir import prepare_run_dir  # noqa: E402
+import ray
 
-from .runs import assert_exact, assert_same_run, final_weights, metrics  # noqa: E402
+from rlhf_exact import loop
+from rlhf_exact.config import load_config, save_config
+from rlhf_exact.runtime.rundir import prepare_run_dir
+
+from .runs import assert_exact, assert_same_run, final_weights, metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 

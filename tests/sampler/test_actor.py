@@ -13,14 +13,16 @@ import pytest
 import torch
 
 pytest.importorskip("vllm")
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
-from rlhf_exact.models.hf_io import hf_state_dict, load_model  # noqa: E402
-from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs  # noqa: E402
-from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
-from rlhf_exact.sampler.actor import SamplerActor  # noqa: E402
-from rlhf_exact.sampler.engine import RequestParams  # noqa: E402
-from rlhf_exact.sampler.group import SamplerGroup  # noqa: E402
+import ray
+
+from rlhf_exact.models.hf_io import hf_state_dict, load_model
+from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs
+from rlhf_exact.models.tiny import make_tiny_model_dir
+from rlhf_exact.sampler.actor import SamplerActor
+from rlhf_exact.sampler.engine import RequestParams
+from rlhf_exact.sampler.group import SamplerGroup
 
 pytestmark = pytest.mark.slow
 

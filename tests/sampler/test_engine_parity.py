@@ -35,10 +35,10 @@ import torch
 
 pytest.importorskip("vllm")
 
-from rlhf_exact.models.hf_io import hf_state_dict, load_model  # noqa: E402
-from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs  # noqa: E402
-from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
-from rlhf_exact.sampler.engine import Sampler, RequestParams  # noqa: E402
+from rlhf_exact.models.hf_io import hf_state_dict, load_model
+from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs
+from rlhf_exact.models.tiny import make_tiny_model_dir
+from rlhf_exact.sampler.engine import Sampler, RequestParams
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def run_shared_workloads(sampler, trainer, name, seeded):
         sampled = sampler.sample(PROMPTS, n=2, params=SAMPLED, seeds=[100 * i for i in range(len(PROMPTS))])
         assert_parity(trainer, PROMPTS, sampled)
         CROSS.setdefault((device, "seeded"), {})[name] = flat(sampled)
-    for key, runs in CROSS.items():
+    for runs in CROSS.values():
         first = next(iter(runs.values()))
         for other in runs.values():
             assert_same(first, other)
@@ -219,7 +219,7 @@ class TestBatch16:
             (PROMPTS[2], SAMPLED, None),
         ]
         res = sampler.sample([c[0] for c in cases], n=2, params=[c[1] for c in cases], seeds=list(range(len(cases))))
-        for (prompt, _, err), r in zip(cases, res):
+        for (_, _, err), r in zip(cases, res):
             if err is None:
                 assert r.error is None and len(r.completions) == 2
             else:

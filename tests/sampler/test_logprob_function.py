@@ -81,7 +81,8 @@ def test_plugin_entry_point_and_lazy_imports():
     code = (
         "import sys\n"
         "import rlhf_exact.sampler, rlhf_exact.sampler.engine, rlhf_exact.sampler.actor\n"
-        "assert 'vllm' not in sys.modules and 'ray' not in sys.modules, sorted(m for m in sys.modules if m in ('vllm', 'ray'))\n"
+        "assert 'vllm' not in sys.modules and 'ray' not in sys.modules, "
+        "sorted(m for m in sys.modules if m in ('vllm', 'ray'))\n"
         "from rlhf_exact.sampler.vllm_plugin import register\n"
         "register(); register()\n"
         "from vllm import ModelRegistry\n"

@@ -10,9 +10,9 @@ import torch
 
 pytest.importorskip("vllm")
 
-from rlhf_exact.sampler import vllm_compat  # noqa: E402
-from rlhf_exact.sampler.vllm_attention import ExactAttentionBackend, kv_cache_views  # noqa: E402
-from rlhf_exact.sampler.vllm_plugin import BACKEND_CLASS, register  # noqa: E402
+from rlhf_exact.sampler import vllm_compat
+from rlhf_exact.sampler.vllm_attention import ExactAttentionBackend, kv_cache_views
+from rlhf_exact.sampler.vllm_plugin import BACKEND_CLASS, register
 
 
 def test_backend_registered_under_this_releases_member():

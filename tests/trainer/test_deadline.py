@@ -11,12 +11,14 @@ import time
 
 import pytest
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
-from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
-from rlhf_exact.runtime.deadline import DeadlineExceeded  # noqa: E402
-from rlhf_exact.trainer.group import TrainerGroup  # noqa: E402
-from rlhf_exact.trainer.worker import TrainerSpec, TrainerWorker  # noqa: E402
+import ray
+
+from rlhf_exact.models.tiny import make_tiny_model_dir
+from rlhf_exact.runtime.deadline import DeadlineExceeded
+from rlhf_exact.trainer.group import TrainerGroup
+from rlhf_exact.trainer.worker import TrainerSpec, TrainerWorker
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 

@@ -13,14 +13,14 @@ groups, a tiny checkpoint written to disk.
 import pytest
 import torch
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
-from rlhf_exact.models.hf_io import load_model  # noqa: E402
-from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs  # noqa: E402
-from rlhf_exact.models.tiny import make_tiny_model_dir  # noqa: E402
-from rlhf_exact.trainer.group import TrainerGroup  # noqa: E402
-from rlhf_exact.trainer.worker import TrainerSpec  # noqa: E402
-from rlhf_exact.types import LossNorm, TrainSeq  # noqa: E402
+from rlhf_exact.models.hf_io import load_model
+from rlhf_exact.models.qwen3 import pack_sequences, packed_logprobs
+from rlhf_exact.models.tiny import make_tiny_model_dir
+from rlhf_exact.trainer.group import TrainerGroup
+from rlhf_exact.trainer.worker import TrainerSpec
+from rlhf_exact.types import LossNorm, TrainSeq
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
