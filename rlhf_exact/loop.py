@@ -494,8 +494,8 @@ def progress_line(step: int, steps: int, m: dict[str, float], step_seconds: Sequ
     eta = (steps - step) * sum(recent) / max(len(recent), 1)
     ev = " ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("eval/pass@") or k == "eval/greedy_pass@1")
     return (f"step {step}/{steps}: {reward}  {parity}  time {m['time/step']:.1f}s (sample {m['time/sample']:.1f}, "
-            f"recompute {m['time/recompute']:.1f}, train {m['time/train']:.1f}, sync {m['time/sync']:.1f})" + (f"  eval: {ev}" if ev else "")
-            + f"  ETA {_hms(eta)}")
+            f"recompute {m['time/recompute']:.1f}, train {m['time/train']:.1f}, sync {m['time/sync']:.1f})"
+            + (f"  eval: {ev}" if ev else "") + f"  ETA {_hms(eta)}")
 
 
 def _hms(seconds: float) -> str:

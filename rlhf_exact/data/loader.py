@@ -104,7 +104,8 @@ def load_prompt_rows(cfg, tokenizer, chat_template: str | None = None, offset: i
     out, too_long = PromptRows(), 0
     for row, text, enc in zip(rows, texts, encoded):
         if len(enc.ids) > d.max_prompt_tokens:
-            problem = f"{row['row_id']}: prompt has {len(enc.ids)} tokens > data.max_prompt_tokens={d.max_prompt_tokens}"
+            problem = (f"{row['row_id']}: prompt has {len(enc.ids)} tokens > "
+                       f"data.max_prompt_tokens={d.max_prompt_tokens}")
             if d.on_malformed == "error":
                 raise ValueError(problem)
             too_long += 1

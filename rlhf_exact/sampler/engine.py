@@ -217,7 +217,7 @@ class Sampler:
             if err is None:
                 try:
                     vps = [self._vllm_params(p, None if s is None else s + j) for j in range(n)]
-                except Exception as e:  # vLLM's own validation (VLLMValidationError, ValueError)
+                except Exception as e:  # noqa: BLE001 - vLLM's validation raises VLLMValidationError, ValueError, TypeError: each one request's error
                     err = f"invalid sampling parameters: {e}"
             if err is not None:
                 results[i].error = err
@@ -244,7 +244,7 @@ class Sampler:
         for job in jobs:
             try:
                 outs.append(self.llm.generate([job[1]], [job[2]], use_tqdm=False)[0])
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - one bad request's error, reported on it; the others are served
                 outs.append(e)
         return outs
 

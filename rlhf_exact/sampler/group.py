@@ -19,8 +19,8 @@ step waits at most the longest deadline, as the trainer group does.
 The twin of trainer/group.py. It owns the samplers' kernel selection (each actor runs
 the exact-mode switch, or starts vLLM without plugins: VLLM_PLUGINS=none) and their
 restart logic: Ray restarts a dead actor (max_restarts), the group re-sends the latest
-weights to it and retries its share of the work. Ray is imported here and in actor.py
-only.
+weights to it and retries its share of the work. Ray is imported here only; actor.py
+stays plain.
 """
 from __future__ import annotations
 
@@ -89,8 +89,9 @@ class SamplerGroup:
                 kw["cuda_graphs"] = s.cuda_graphs
             if not s.kv_cache_bytes:
                 kw["kv_cache_memory_bytes"] = None  # from gpu_memory_utilization
-        return cls(model_path, s.num_samplers, backend=s.backend, exact=cfg.kernels == "exact", device=c.device, colocate=c.colocate,
-                   bucket_bytes=c.weight_sync_bucket_mb << 20, params=params, deadline_s=s.deadline_s,
+        return cls(model_path, s.num_samplers, backend=s.backend, exact=cfg.kernels == "exact", device=c.device,
+                   colocate=c.colocate, bucket_bytes=c.weight_sync_bucket_mb << 20, params=params,
+                   deadline_s=s.deadline_s,
                    deadline_tokens_per_s=s.deadline_tokens_per_s, deadline_mb_per_s=s.deadline_mb_per_s, **kw)
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, seeds: Sequence[int],
