@@ -13,15 +13,39 @@ import path 'package.module:Class') in a Ray actor process. Plain Python: `Sampl
 Results are `engine.SampleResult` objects (token ids, fp32 logprob tensors, finish
 reasons, per-request errors); see engine.py for the exact definition of the logprobs.
 The vLLM engine starts its own worker processes (spawn) from the actor process.
+
+A dead engine process is found in under a second, not at a call's deadline: a raw
+vLLM call on an engine whose core died can block until then, and an engine that dies
+while idle would fail the next call of any kind. A watchdog thread polls the processes
+the backend started (the actor knows them: its children) and, when one dies, ends the
+actor process, so every call in flight fails at once with RayActorError and Ray restarts
+the actor (SamplerGroup then re-sends the weights). A restarted actor holds the initial
+weights, so every call says which weights version it expects (`weights_version`, set by
+the updates): a call that reaches a restarted actor raises `StaleWeights` instead of
+sampling on the wrong weights, and the group revives it.
 """
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import torch
 
 from .backend import SamplerBackend, check_facts, load_backend
 from .engine import SampleResult, RequestParams
+
+
+log = logging.getLogger("rlhf_exact")
+
+WATCH_S = 0.2  # how often the watchdog looks at the engine's processes
+
+
+class StaleWeights(RuntimeError):
+    """A call expected weights this actor does not hold (it was restarted since the last
+    update and holds the initial checkpoint's)."""
 
 
 class SamplerActor:
@@ -38,6 +62,14 @@ class SamplerActor:
         select_kernels("exact" if sampler_kwargs.get("exact", True) else "default")
         self.sampler: SamplerBackend = load_backend(backend)(model, **sampler_kwargs)
         check_facts(self.sampler)
+        self.weights_version = 0  # the initial checkpoint's; each update sets the group's number
+        self.watching = threading.Event()  # cleared by shutdown: its engine processes end then
+        self.engine_pids = watch(engine_processes(self.sampler), self.watching)
+
+    def _check_version(self, version: int | None) -> None:
+        if version is not None and version != self.weights_version:
+            raise StaleWeights(f"this sampler holds weights version {self.weights_version}, the call expects "
+                               f"{version} (it was restarted since the last update)")
 
     def ready(self) -> dict:
         """Engine facts, once it is up: temperature, vocab size, max_model_len."""
@@ -46,20 +78,73 @@ class SamplerActor:
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int = 1,
                params: RequestParams | Sequence[RequestParams] | None = None,
-               seeds: Sequence[int | None] | None = None) -> list[SampleResult]:
+               seeds: Sequence[int | None] | None = None, version: int | None = None) -> list[SampleResult]:
+        """version: the weights version the caller expects (None: whatever is loaded)."""
+        self._check_version(version)
         return self.sampler.sample(prompts, n=n, params=params, seeds=seeds)
 
-    def update_weights(self, named_tensors: Mapping[str, torch.Tensor], bucket_bytes: int = 64 << 20) -> float:
-        """In-place weight update (validated whole first); returns the seconds it took."""
-        return self.sampler.update_weights(named_tensors, bucket_bytes=bucket_bytes)
+    def update_weights(self, named_tensors: Mapping[str, torch.Tensor], bucket_bytes: int = 64 << 20,
+                       version: int | None = None) -> float:
+        """In-place weight update (validated whole first); returns the seconds it took.
+        version: the number these weights get (weights_version) once loaded."""
+        seconds = self.sampler.update_weights(named_tensors, bucket_bytes=bucket_bytes)
+        self.weights_version = self.weights_version if version is None else version
+        return seconds
 
-    def update_weights_shared(self, shared) -> float:
+    def update_weights_shared(self, shared, version: int | None = None) -> float:
         """In-place update from the trainer's shared GPU buffer (types.SharedWeights)."""
-        return self.sampler.update_weights_shared(shared)
+        seconds = self.sampler.update_weights_shared(shared)
+        self.weights_version = self.weights_version if version is None else version
+        return seconds
 
     def get_weights(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.sampler.get_weights(names)
 
     def shutdown(self) -> None:
+        self.watching.clear()
         self.sampler.shutdown()
 
+
+
+def engine_processes(sampler) -> list:
+    """The processes the backend's engine runs in, as psutil.Process: those the backend
+    names (an `engine_pids()` method), else this process's descendants that vLLM titled
+    ("VLLM::EngineCore", its workers). Empty for an in-process backend."""
+    import psutil
+
+    if hasattr(sampler, "engine_pids"):
+        return [psutil.Process(pid) for pid in sampler.engine_pids()]
+    return [p for p in psutil.Process(os.getpid()).children(recursive=True) if _name(p).startswith("VLLM::")]
+
+
+def watch(procs: list, watching: threading.Event) -> list[int]:
+    """Start the watchdog (module docstring) over `procs` while `watching` is set (set
+    here); returns their pids. When one of them dies, this process logs it and exits at
+    once (status 1), without cleanup: the engine it would wait for is gone."""
+    import psutil
+
+    watching.set()
+
+    def loop():
+        while watching.is_set():
+            for p in procs:
+                try:
+                    alive = p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                except psutil.NoSuchProcess:
+                    alive = False
+                if not alive and watching.is_set():
+                    log.error("sampler engine process %d (%s) died; the sampler actor exits to be restarted",
+                              p.pid, _name(p))
+                    os._exit(1)
+            time.sleep(WATCH_S)
+
+    if procs:
+        threading.Thread(target=loop, name="engine-watchdog", daemon=True).start()
+    return [p.pid for p in procs]
+
+
+def _name(p) -> str:
+    try:
+        return p.name()
+    except Exception:  # noqa: BLE001 - a name for the log line only; the process is gone
+        return "?"

@@ -4,11 +4,14 @@ the engines; results come back in prompt order.
 
 Every call has a deadline derived from its work (runtime/deadline.py): a sampling call
 deadline_s plus its tokens (prompts x n x max_tokens) at deadline_tokens_per_s, a weight
-update deadline_s plus its bytes at deadline_mb_per_s. A call past its deadline (a vLLM
-EngineCore that died mid-call leaves it hanging), or one whose requests come back with
-EngineDeadError (an engine that died while idle), is handled like a dead actor: the
-actor is killed and restarted by Ray, gets the latest weights (within their deadline),
-and samples its share again.
+update deadline_s plus its bytes at deadline_mb_per_s. A call past its deadline (a hung
+engine), or one whose requests come back with EngineDeadError, is handled like a dead
+actor: the actor is killed and restarted by Ray, gets the latest weights (within their
+deadline), and samples its share again. An engine process that dies ends its actor at
+once (the actor's watchdog, actor.py), so that is a dead actor too, found in under a
+second; and a call that reaches an actor restarted since the last update raises
+StaleWeights (every call carries the weights version) and is run again after the
+current weights are re-sent.
 Each deadline counts from the call's submission (the engines run at once), so a
 step waits at most the longest deadline, as the trainer group does.
 
@@ -35,7 +38,7 @@ import torch
 from rlhf_exact.runtime.deadline import MIB, deadline, tensor_bytes
 from rlhf_exact.types import SharedWeights
 
-from .actor import SamplerActor
+from .actor import SamplerActor, StaleWeights
 from .engine import SampleResult, RequestParams
 
 log = logging.getLogger("rlhf_exact")
@@ -70,6 +73,7 @@ class SamplerGroup:
                        for _ in range(num_samplers)]
         ray.get([a.ready.remote() for a in self.actors])  # surfaces an engine start error here
         self.weights = None  # the latest weights sent (re-sent to a restarted actor)
+        self.version = 0  # their number: every call says which weights it expects (actor.py)
         self.restarts = 0
 
     @classmethod
@@ -112,7 +116,8 @@ class SamplerGroup:
         def submit(i):
             share = shares[i]
             p = params if isinstance(params, RequestParams) else [params[j] for j in share]
-            return self.actors[i].sample.remote([prompts[j] for j in share], n, p, [seeds[j] for j in share])
+            return self.actors[i].sample.remote([prompts[j] for j in share], n, p, [seeds[j] for j in share],
+                                                self.version)
 
         out = [None] * len(prompts)
         pending, sent = {i: submit(i) for i in shares}, time.monotonic()
@@ -133,6 +138,11 @@ class SamplerGroup:
                     log.warning("sampler %d gave no result within its deadline of %.0f s (a dead or hung vLLM "
                                 "engine); restarting it", i, seconds)
                     ray.kill(self.actors[i], no_restart=False)
+                    failed.append(i)
+                    continue
+                except StaleWeights:
+                    log.warning("sampler %d was restarted since the last weight sync (its engine died while "
+                                "idle); sending it the current weights", i)
                     failed.append(i)
                     continue
                 dead = next((r.error for r in results if r.error and "EngineDeadError" in r.error), None)
@@ -161,7 +171,7 @@ class SamplerGroup:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        self.weights = weights
+        self.weights, self.version = weights, self.version + 1
         ref = weights if isinstance(weights, SharedWeights) else ray.put(weights)
         refs = [self._update(a, ref) for a in self.actors]
         seconds, end = [], time.monotonic() + self.update_deadline()  # one deadline: the updates run at once
@@ -174,8 +184,8 @@ class SamplerGroup:
 
     def _update(self, actor, weights):
         if isinstance(weights, SharedWeights):
-            return actor.update_weights_shared.remote(weights)
-        return actor.update_weights.remote(weights, self.bucket_bytes)
+            return actor.update_weights_shared.remote(weights, self.version)
+        return actor.update_weights.remote(weights, self.bucket_bytes, self.version)
 
     def update_deadline(self) -> float:
         """Seconds a weight update of the latest weights may take (module docstring)."""

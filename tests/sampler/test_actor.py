@@ -2,11 +2,16 @@
 vLLM engine inside, samples, updates the weights, and checks the logprobs against the
 trainer's bitwise (the chain is in test_engine_parity.py). And the sampler group's
 weight-update deadline: an actor whose first update hangs (a subclass of the real actor,
-the group's actor_class) is restarted at the deadline and sent the weights again.
+the group's actor_class) is restarted at the deadline and sent the weights again; and
+an engine process killed while idle, before a sampling call and before a weight update:
+the actor's watchdog ends it at once, and each call still gives the current weights'
+samples, without waiting for a deadline.
 
     .venv/bin/python -m pytest -q tests/sampler/test_actor.py
 """
+import os
 import pathlib
+import signal
 import time
 
 import pytest
@@ -66,11 +71,11 @@ class HangOnceActor(SamplerActor):
         self.marker = pathlib.Path(model).parent / "hung_once"
         super().__init__(model, *args, **kwargs)
 
-    def update_weights(self, named_tensors, bucket_bytes=64 << 20):
+    def update_weights(self, named_tensors, bucket_bytes=64 << 20, version=None):
         if not self.marker.exists():
             self.marker.touch()
             time.sleep(3600)
-        return super().update_weights(named_tensors, bucket_bytes)
+        return super().update_weights(named_tensors, bucket_bytes, version)
 
 
 class HangOnceGroup(SamplerGroup):
@@ -95,5 +100,38 @@ def test_hung_weight_update_restarts_the_sampler(local_ray, tmp_path, caplog):
         assert got.keys() == weights.keys()
         for k in weights:
             assert torch.equal(got[k], weights[k]), k
+
+        # the engine process killed while the sampler is idle, then each kind of call: the
+        # watchdog ends the actor at once, Ray restarts it on the initial checkpoint, and the
+        # call is not run on those weights (StaleWeights) but after the current ones are re-sent
+        prompts, seeds = [[5, 6, 7, 8], [40, 41, 42]], [1, 2]
+        ref = group.sample(prompts, 2, seeds)
+
+        def kill_engine():
+            pids = ray.get(group.actors[0].__ray_call__.remote(lambda self: self.engine_pids), timeout=60)
+            assert pids, "the actor watches no engine process"
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            return pids
+
+        caplog.clear()
+        killed, restarts, t = kill_engine(), group.restarts, time.monotonic()
+        again = group.sample(prompts, 2, seeds)
+        print(f"sample after the engine {killed} died: {time.monotonic() - t:.1f} s (engine start included)")
+        assert group.restarts == restarts + 1
+        warned = [r.getMessage() for r in caplog.records]
+        assert any(w.startswith(("sampler 0 was restarted since the last weight sync", "sampler 0 died during"))
+                   for w in warned), warned
+        assert not any("deadline" in w for w in warned), warned
+        for a, b in zip(ref, again):
+            for ca, cb in zip(a.completions, b.completions):
+                assert ca.token_ids == cb.token_ids and torch.equal(ca.logprobs, cb.logprobs)
+
+        kill_engine()  # and before a weight update: it reaches a live engine, which then samples as before
+        group.update_weights(weights)
+        after = group.sample(prompts, 2, seeds)
+        for a, b in zip(ref, after):
+            for ca, cb in zip(a.completions, b.completions):
+                assert ca.token_ids == cb.token_ids and torch.equal(ca.logprobs, cb.logprobs)
     finally:
         group.shutdown()
