@@ -1,7 +1,11 @@
-"""What the loop tests read back from a finished run directory and the claims they make
-about it: its metrics rows, its exported weights, every step exact, and two runs equal
-(metrics and final weights). One copy for every test module under tests/loop."""
+"""What the loop tests share: a run started in-process (`start`), run with faults
+injected at given steps (`run_and_kill`), and what they read back from a finished run
+directory and the claims they make about it: its metrics rows, its exported weights,
+every step exact, and two runs equal (metrics and final weights). One copy for every
+test module under tests/loop."""
 import json
+import threading
+import time
 
 import torch
 
@@ -42,3 +46,42 @@ def assert_same_run(rows, weights, run_dir, skip=()):
     assert mine.keys() == weights.keys(), run_dir.name
     for k in weights:
         assert torch.equal(weights[k], mine[k]), (run_dir.name, k)
+
+
+def start(tmp_path, name, *overrides):
+    """A Loop of the tiny recipe (W&B off, no progress bars) in tmp_path/name, not yet run."""
+    from rlhf_exact import loop
+    from rlhf_exact.config import load_config, save_config
+    from rlhf_exact.runtime.rundir import prepare_run_dir
+
+    cfg = load_config(["recipe=grpo_qwen3_tiny", f"run.output_dir={tmp_path}", f"run.name={name}",
+                       "logging.wandb_mode=disabled", "logging.progress_bars=false", *overrides])
+    run_dir = prepare_run_dir(cfg)
+    save_config(cfg, run_dir / "config.yaml")
+    return loop.Loop(cfg, run_dir), run_dir
+
+
+def run_and_kill(run, run_dir, kills, timeout=900):
+    """Run `run` while a thread calls kills[rows]() once metrics.jsonl holds `rows` steps,
+    for each entry in order. Returns {rows: what the kill returned} for those that fired."""
+    fired, over = {}, threading.Event()
+
+    def watch():
+        deadline = time.time() + timeout
+        pending = sorted(kills)
+        while pending and time.time() < deadline and not over.is_set():
+            f = run_dir / "metrics.jsonl"
+            if f.exists() and f.read_text().count("\n") >= pending[0]:
+                rows = pending.pop(0)
+                fired[rows] = kills[rows]()
+                continue
+            time.sleep(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        run.run()
+    finally:
+        over.set()
+        t.join()
+    return fired

