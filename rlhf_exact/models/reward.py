@@ -99,7 +99,7 @@ class Qwen3RewardModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: VarlenContext) -> torch.Tensor:
         hidden = self.model(input_ids, positions, ctx)
         rows = score_indices(input_ids, ctx.cu_seqlens, self.config.pad_token_id)
-        return self.score(hidden[rows]).squeeze(-1)
+        return self.score(hidden[rows]).squeeze(-1).clone()  # not a view of the head output: FSDP2 hooks it
 
 
 @torch.no_grad()
