@@ -54,6 +54,53 @@ class Preflight:
     verified: Path | None = None  # the checkpoint to resume from, its SHA-256s checked (None: none to resume)
 
 
+def preflight_reward_model(cfg: TrainConfig, run_dir: Path) -> Preflight:
+    """The checks of python -m rlhf_exact.train_rm: resume as for `train`; model.path a
+    Qwen3ForSequenceClassification directory (num_labels=1); preference.*_files read and
+    tokenized line by line, as the run will (file:line of the first bad pair)."""
+    report = Preflight(Path(run_dir))
+    if cfg.run.resume != "never":
+        check_resume(cfg, report)
+        if report.finished:
+            return report
+    from rlhf_exact.models.reward import REWARD_ARCHITECTURE
+
+    tokenizer, template = check_model(cfg, REWARD_ARCHITECTURE)
+    check_preferences(cfg, tokenizer, template, report)
+    return report
+
+
+def check_preferences(cfg: TrainConfig, tokenizer, template, report: Preflight) -> None:
+    pc = cfg.preference
+    if pc.name != "jsonl":
+        return check_synthetic_vocab(cfg)
+    from rlhf_exact.data.preferences import load_preference_pairs
+
+    if tokenizer is None:  # the tiny model: its tokenizer is trained, deterministically, at the start
+        from rlhf_exact.models.tiny import CHAT_TEMPLATE, train_tokenizer
+
+        tokenizer, template, vocab = train_tokenizer(cfg.model.tiny.vocab_size), CHAT_TEMPLATE, \
+            cfg.model.tiny.vocab_size
+    else:
+        from rlhf_exact.models.hf_io import read_config
+        from rlhf_exact.models.reward import REWARD_ARCHITECTURE
+
+        vocab = read_config(cfg.model.path, REWARD_ARCHITECTURE).vocab_size
+    skipped = 0
+    for key in ("train_files", "heldout_files"):
+        files = getattr(pc, key)
+        if not files:
+            continue
+        try:
+            skipped += load_preference_pairs(files, tokenizer, vocab_size=vocab, max_tokens=pc.max_tokens,
+                                             chat_template=template, on_malformed=pc.on_malformed)[1]
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"preference.{key}: {e}") from None
+    if skipped:
+        report.notes.append(f"preference.on_malformed=skip: {skipped} malformed pairs skipped "
+                            f"(counted in metrics as data/skipped_rows)")
+
+
 def preflight(cfg: TrainConfig, run_dir: Path) -> Preflight:
     report = Preflight(Path(run_dir))
     if cfg.run.resume != "never":
@@ -123,7 +170,7 @@ def check_env(cfg: TrainConfig) -> None:
         raise ConfigError(f"env.kwargs: environment {cfg.env.name!r} takes {inspect.signature(cls)}: {e}") from None
 
 
-def check_model(cfg: TrainConfig):
+def check_model(cfg: TrainConfig, architecture: str = "Qwen3ForCausalLM"):
     """(tokenizer, chat template) of model.path, or (None, None) for the tiny model (built
     at the start of the run)."""
     if cfg.model.tiny.enabled:
@@ -134,7 +181,7 @@ def check_model(cfg: TrainConfig):
     from rlhf_exact.models.hf_io import check_model_dir
 
     try:
-        check_model_dir(cfg.model.path)
+        check_model_dir(cfg.model.path, architecture)
         template = read_chat_template(cfg.model.path)
     except ValueError as e:
         raise ConfigError(f"model.path: {e}") from None

@@ -136,7 +136,9 @@ def parse_args(argv: list[str]) -> tuple[list[str], bool, str | None]:
     return config_args, print_config, None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reward_model: bool = False) -> int:
+    """reward_model: run `python -m rlhf_exact.train_rm` (default recipe rm_qwen3_tiny, the
+    reward-model preflight and rlhf_exact.rm_loop) instead of the GRPO loop."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         config_args, print_config, topic = parse_args(argv)
@@ -150,15 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_exact.config import compose
     from rlhf_exact.config.schema import ConfigError
 
+    if reward_model:
+        config_args = ["recipe=rm_qwen3_tiny", *config_args]  # a recipe= given wins (the last one)
     try:
         cfg = compose.load_config(config_args, check_files=not print_config)
         if print_config:
             _print(compose.config_to_yaml(cfg).rstrip("\n"))
             return 0
-        from rlhf_exact.preflight import preflight
+        from rlhf_exact.preflight import preflight, preflight_reward_model
         from rlhf_exact.runtime.rundir import locate_run_dir
 
-        report = preflight(cfg, locate_run_dir(cfg))
+        report = (preflight_reward_model if reward_model else preflight)(cfg, locate_run_dir(cfg))
         for note in report.notes:
             print(f"note: {note}", file=sys.stderr)
         if report.finished:
@@ -178,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_exact import loop
     from rlhf_exact.rewards import RewardError
 
+    runner = loop
+    if reward_model:
+        from rlhf_exact import rm_loop as runner
     try:
-        result = loop.run(cfg, run_dir, report.verified)
+        result = runner.run(cfg, run_dir, report.verified)
     except (loop.ParityError, loop.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exception(e.__cause__ or e, file=sys.stderr)
         print(f"error: {e} (reward.on_error=skip drops such samples instead)", file=sys.stderr)
         return 1
-    print(loop.summarize(result))
+    print(runner.summarize(result))
     print(f"metrics: {run_dir / 'metrics.jsonl'}  plots: python -m rlhf_exact.plot {run_dir}")
     return 0
 

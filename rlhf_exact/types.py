@@ -187,3 +187,48 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferencePair:
+    """One preference pair for reward-model training: the prompt's token ids and two
+    completions, the chosen (preferred) one and the rejected one. The model scores
+    prompt + chosen and prompt + rejected."""
+
+    prompt: torch.Tensor  # [P] int64
+    chosen: torch.Tensor  # [C] int64
+    rejected: torch.Tensor  # [R] int64
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of both scored sequences (what a micro-batch holds)."""
+        return 2 * self.prompt.numel() + self.chosen.numel() + self.rejected.numel()
+
+    def sequences(self) -> tuple[list[int], list[int]]:
+        p = self.prompt.tolist()
+        return p + self.chosen.tolist(), p + self.rejected.tolist()
+
+
+@dataclasses.dataclass
+class PairResult:
+    """One optimizer step of the reward model over a minibatch of pairs: sums over its
+    real pairs, and each pair's (r_chosen, r_rejected) from the training forward."""
+
+    loss: float = 0.0  # sum of the micro-batch Bradley-Terry losses (= the minibatch mean loss)
+    grad_norm: float = 0.0  # global gradient L2 norm before clipping
+    nonfinite_ranks: int = 0  # as MinibatchResult.nonfinite_ranks
+    scores: list[torch.Tensor] = dataclasses.field(default_factory=list)  # per pair [2] fp32: chosen, rejected
+
+    @property
+    def nonfinite(self) -> bool:
+        return self.nonfinite_ranks > 0
+
+    @staticmethod
+    def merge(ranks: list[PairResult], scores: list[torch.Tensor]) -> PairResult:
+        """The group's result from its ranks' (as MinibatchResult.merge)."""
+        skipped = [i for i, r in enumerate(ranks) if r.nonfinite]
+        if skipped and len(skipped) != len(ranks):
+            raise RuntimeError(f"trainer ranks disagree about a non-finite step: ranks {skipped} skipped it, the "
+                               f"others applied it; the model's shards are out of step")
+        return PairResult(loss=sum(r.loss for r in ranks), grad_norm=ranks[0].grad_norm,
+                          nonfinite_ranks=len(skipped), scores=scores)

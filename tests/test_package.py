@@ -41,7 +41,8 @@ LAYERS = (
     ("rlhf_exact.runtime",),
     ("rlhf_exact.eval",),
     ("rlhf_exact.loop", "rlhf_exact.preflight"),
-    ("rlhf_exact.train", "rlhf_exact.plot"),
+    ("rlhf_exact.rm_loop",),
+    ("rlhf_exact.train", "rlhf_exact.train_rm", "rlhf_exact.plot"),
 )
 # docs/design.md: "Ray is imported only ..."; a change here is a change there.
 IMPORTS_RAY = {"rlhf_exact.runtime.cluster", "rlhf_exact.sampler.group", "rlhf_exact.trainer.group",

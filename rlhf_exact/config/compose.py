@@ -277,6 +277,8 @@ def _absolutize(cfg: TrainConfig) -> None:
         cfg.model.path = ab(cfg.model.path)
     cfg.data.train_files = [ab(f) for f in cfg.data.train_files]
     cfg.eval.files = [ab(f) for f in cfg.eval.files]
+    cfg.preference.train_files = [ab(f) for f in cfg.preference.train_files]
+    cfg.preference.heldout_files = [ab(f) for f in cfg.preference.heldout_files]
     cfg.run.output_dir = ab(cfg.run.output_dir)
     if cfg.run.resume not in ("never", "auto", ""):
         cfg.run.resume = ab(cfg.run.resume)

@@ -247,6 +247,61 @@ class DataConfig:
 
 
 @dataclass
+class SyntheticPreferenceConfig:
+    """Synthetic preference pairs (preference.name=synthetic): prompts of the synthetic token
+    task (data.synthetic sets its shape), two completions each, the chosen one with more
+    tokens of the prompt's target set (rlhf_exact/data/preferences.py)."""
+
+    num_pairs: int = 1024  # training pairs generated; >= 1 (the held-out ones come after them)
+    completion_len: int = 8  # tokens per completion, chosen and rejected alike; >= 1
+
+    def validate(self, p: str = "preference.synthetic") -> None:
+        _int(f"{p}.num_pairs", self.num_pairs, 1)
+        _int(f"{p}.completion_len", self.completion_len, 1)
+
+
+@dataclass
+class PreferenceConfig:
+    """Reward-model training (python -m rlhf_exact.train_rm): preference pairs, the
+    Bradley-Terry objective's batch, the held-out evaluation. The optimizer is algorithm's
+    (lr, adam_*, weight_decay, max_grad_norm, warmup_steps); run, trainer, cluster and
+    logging apply as for `train`; the other sections are unused."""
+
+    name: str = "synthetic"  # "synthetic" (generated pairs, no files) | "jsonl" (train_files)
+    train_files: list[str] = field(default_factory=list)  # jsonl: .jsonl files, one pair per line,
+    # {"prompt", "chosen", "rejected"}, each text or a list of token ids; >= 1 file
+    heldout_files: list[str] = field(default_factory=list)  # jsonl: held-out pairs; []: the last
+    # heldout_pairs lines of train_files are held out instead
+    heldout_pairs: int = 64  # held-out pairs scored at each evaluation (synthetic: generated after the
+    # training pairs; jsonl without heldout_files: taken from the end of train_files); >= 1
+    pairs_per_step: int = 32  # pairs per optimizer step; >= 1
+    max_tokens: int = 512  # prompt + completion tokens of one scored sequence; a longer pair is malformed; >= 2
+    on_malformed: str = "error"  # a bad line: "error": stop with its file:line, "skip": drop and count it
+    eval_every: int = 10  # score the held-out pairs every N steps and after the last one (heldout/*);
+    # the initial model is scored too (heldout/initial/*, in step 1's row); 0: only at the end; >= 0
+    synthetic: SyntheticPreferenceConfig = field(default_factory=SyntheticPreferenceConfig)  # name=synthetic
+
+    def validate(self, p: str = "preference") -> None:
+        _choice(f"{p}.name", self.name, ("synthetic", "jsonl"))
+        if self.name == "jsonl" and not self.train_files:
+            _fail(f"{p}.train_files", self.train_files, "a non-empty list of .jsonl files for preference.name=jsonl")
+        _int(f"{p}.heldout_pairs", self.heldout_pairs, 1)
+        _int(f"{p}.pairs_per_step", self.pairs_per_step, 1)
+        _int(f"{p}.max_tokens", self.max_tokens, 2)
+        _choice(f"{p}.on_malformed", self.on_malformed, ("error", "skip"))
+        _int(f"{p}.eval_every", self.eval_every, 0)
+        self.synthetic.validate(f"{p}.synthetic")
+
+    def check_files(self, p: str = "preference") -> None:
+        if self.name != "jsonl":
+            return
+        for key in ("train_files", "heldout_files"):
+            for i, f in enumerate(getattr(self, key)):
+                if not Path(f).is_file():
+                    raise ConfigError(f"{p}.{key}[{i}]={f!r} does not exist")
+
+
+@dataclass
 class RewardFunctionConfig:
     """One term of the reward: total reward = sum of weight * function(sample)."""
 
@@ -570,6 +625,7 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # devices and Ray
     logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics and W&B
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation during training (eval/*)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)  # reward-model training (train_rm)
 
     def validate(self) -> TrainConfig:
         """Range and cross-field checks; raises ConfigError naming the dotted key. Touches
@@ -616,6 +672,7 @@ class TrainConfig:
         self.model.check_files()
         self.data.check_files()
         self.eval.check_files(self.data.name)
+        self.preference.check_files()
         if self.run.resume not in ("never", "auto") and not Path(self.run.resume).exists():
             _fail("run.resume", self.run.resume, "'never', 'auto' or an existing run directory or checkpoint")
         return self

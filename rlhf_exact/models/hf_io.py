@@ -1,5 +1,8 @@
-"""Hugging Face checkpoint I/O for `Qwen3ForCausalLM`: a local model directory in,
-the same format out, so transformers and vLLM load what the product trains.
+"""Hugging Face checkpoint I/O for `Qwen3ForCausalLM` (the policy) and
+`Qwen3ForSequenceClassification` (a reward model, models/reward.py): a local model
+directory in, the same format out, so transformers and vLLM load what the product
+trains. Every function takes `architecture` (default Qwen3ForCausalLM); the checks are
+the same for both, a reward model's config.json must also say num_labels=1.
 
 A directory holds config.json, optional generation_config.json and tokenizer files,
 and the weights as `model.safetensors` or shards listed in
@@ -31,8 +34,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from torch import nn
+
 from .ops import EXACT, Ops
-from .qwen3 import Qwen3Config, Qwen3ForCausalLM
+from .qwen3 import ARCHITECTURE, Qwen3Config, Qwen3ForCausalLM
+from .reward import REWARD_ARCHITECTURE, Qwen3RewardModel, check_num_labels, label_config
 
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -41,10 +47,18 @@ INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 _ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {ARCHITECTURE: Qwen3ForCausalLM, REWARD_ARCHITECTURE: Qwen3RewardModel}
 
 
-def read_config(path: str | os.PathLike) -> Qwen3Config:
-    """config.json of a model directory -> Qwen3Config (ValueError for another architecture)."""
+def model_class(architecture: str) -> type[nn.Module]:
+    if architecture not in MODEL_CLASSES:
+        raise ValueError(f"architecture must be one of {', '.join(MODEL_CLASSES)}, got {architecture!r}")
+    return MODEL_CLASSES[architecture]
+
+
+def read_config(path: str | os.PathLike, architecture: str = ARCHITECTURE) -> Qwen3Config:
+    """config.json of a model directory -> Qwen3Config (ValueError for another
+    architecture, or a reward model without num_labels=1)."""
     f = pathlib.Path(path) / CONFIG
     if not f.is_file():
         raise ValueError(f"{f}: not found (is {path} a Hugging Face model directory?)")
@@ -52,16 +66,20 @@ def read_config(path: str | os.PathLike) -> Qwen3Config:
         d = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{f}: not valid JSON ({e})") from None
-    return Qwen3Config.from_hf_dict(d, source=str(f))
+    model_class(architecture)  # a known one
+    config = Qwen3Config.from_hf_dict(d, source=str(f), architecture=architecture)
+    if architecture == REWARD_ARCHITECTURE:
+        check_num_labels(d, str(f))
+    return config
 
 
-def expected_tensors(config: Qwen3Config) -> dict[str, tuple[int, ...]]:
-    """HF state-dict names and shapes of a Qwen3ForCausalLM checkpoint (without
+def expected_tensors(config: Qwen3Config, architecture: str = ARCHITECTURE) -> dict[str, tuple[int, ...]]:
+    """HF state-dict names and shapes of a checkpoint of `architecture` (without
     lm_head.weight when the embeddings are tied)."""
-    model = Qwen3ForCausalLM(config, device="meta")
+    model = model_class(architecture)(config, device="meta")
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if config.tie_word_embeddings:
-        del shapes["lm_head.weight"]
+        shapes.pop("lm_head.weight", None)
     return shapes
 
 
@@ -127,14 +145,14 @@ def _open_safetensors(f: pathlib.Path):
         yield st
 
 
-def _check_headers(root: pathlib.Path, config: Qwen3Config | None):
+def _check_headers(root: pathlib.Path, config: Qwen3Config | None, architecture: str = ARCHITECTURE):
     """(config, tensor name -> file, file -> names, tied checkpoint carries lm_head) after
     checking every header against the config (read_state_dict's checks, no data read)."""
-    config = config or read_config(root)
-    expected = expected_tensors(config)
+    config = config or read_config(root, architecture)
+    expected = expected_tensors(config, architecture)
     files, listing = _weight_files(root)
 
-    tied_extra = config.tie_word_embeddings and "lm_head.weight" in files
+    tied_extra = architecture == ARCHITECTURE and config.tie_word_embeddings and "lm_head.weight" in files
     missing = sorted(set(expected) - set(files))
     extra = sorted(set(files) - set(expected) - ({"lm_head.weight"} if tied_extra else set()))
     if missing:
@@ -144,7 +162,7 @@ def _check_headers(root: pathlib.Path, config: Qwen3Config | None):
     if extra:
         raise ValueError(f"{listing}: unexpected tensor {extra[0]!r}"
                          + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
-                         + f" (not part of the Qwen3 model described by {root / CONFIG})")
+                         + f" (not part of the {architecture} described by {root / CONFIG})")
 
     by_file: dict[pathlib.Path, list[str]] = {}
     for name, f in files.items():
@@ -167,7 +185,7 @@ def _check_headers(root: pathlib.Path, config: Qwen3Config | None):
     return config, files, by_file, tied_extra
 
 
-def check_model_dir(path: str | os.PathLike) -> Qwen3Config:
+def check_model_dir(path: str | os.PathLike, architecture: str = ARCHITECTURE) -> Qwen3Config:
     """Everything a run needs of a model directory, without reading tensor data:
     config.json (a Qwen3 config with model_type), tokenizer.json (a Hugging Face fast
     tokenizer that loads, its ids within the embedding), and every safetensors file's
@@ -176,7 +194,7 @@ def check_model_dir(path: str | os.PathLike) -> Qwen3Config:
     from tokenizers import Tokenizer
 
     root = pathlib.Path(path)
-    config = read_config(root)
+    config = read_config(root, architecture)
     tok = root / "tokenizer.json"
     if not tok.is_file():
         raise ValueError(f"{tok}: not found (the run needs a Hugging Face fast tokenizer file)")
@@ -185,19 +203,19 @@ def check_model_dir(path: str | os.PathLike) -> Qwen3Config:
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own Exception type
         raise ValueError(f"{tok}: not a readable tokenizer ({str(e).splitlines()[0] if str(e) else e!r})") from None
     check_tokenizer(root, config)
-    _check_headers(root, config)
+    _check_headers(root, config, architecture)
     return config
 
 
 def read_state_dict(path: str | os.PathLike, config: Qwen3Config | None = None,
-                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                    dtype: torch.dtype | None = None, architecture: str = ARCHITECTURE) -> dict[str, torch.Tensor]:
     """Validated tensors of a model directory (CPU), cast to `dtype` if given.
 
     Checks, before reading any data: every expected tensor present, none extra, shapes
     and dtypes right; a tied checkpoint may carry lm_head.weight only if it equals the
     embedding. ValueError names the file and the tensor."""
     root = pathlib.Path(path)
-    config, files, by_file, tied_extra = _check_headers(root, config)
+    config, files, by_file, tied_extra = _check_headers(root, config, architecture)
 
     out: dict[str, torch.Tensor] = {}
     for f, names in by_file.items():
@@ -223,15 +241,17 @@ def check_tokenizer(path: str | os.PathLike, config: Qwen3Config) -> None:
 
 
 def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-               activation_checkpointing: bool = False, ops: Ops = EXACT) -> tuple[Qwen3ForCausalLM, Qwen3Config]:
-    """Build a Qwen3ForCausalLM with parameters in `dtype` on `device` from a local HF
+               activation_checkpointing: bool = False, ops: Ops = EXACT,
+               architecture: str = ARCHITECTURE) -> tuple[nn.Module, Qwen3Config]:
+    """Build the `architecture` module (Qwen3ForCausalLM, or Qwen3RewardModel for
+    Qwen3ForSequenceClassification) with parameters in `dtype` on `device` from a local HF
     model directory, computing with the op table `ops` (models/ops.py). Everything is
     validated before the module is created."""
-    config = read_config(path)
+    config = read_config(path, architecture)
     check_tokenizer(path, config)
-    state = read_state_dict(path, config, dtype=dtype)
-    model = Qwen3ForCausalLM(config, device="meta", dtype=dtype, activation_checkpointing=activation_checkpointing,
-                             ops=ops)
+    state = read_state_dict(path, config, dtype=dtype, architecture=architecture)
+    model = model_class(architecture)(config, device="meta", dtype=dtype,
+                                      activation_checkpointing=activation_checkpointing, ops=ops)
     model.to_empty(device=device)  # rebuilds the fp32 rotary table on `device`
     model.tie_weights()
     load_state_dict_into(model, state)
@@ -239,12 +259,12 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, dev
 
 
 @torch.no_grad()
-def load_state_dict_into(model: Qwen3ForCausalLM, state: Mapping[str, torch.Tensor]) -> None:
+def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Copy HF-named tensors into the module after checking the complete set of names
     and shapes (nothing is copied if any check fails)."""
     params = dict(model.state_dict())
     if model.config.tie_word_embeddings:
-        params.pop("lm_head.weight")
+        params.pop("lm_head.weight", None)
     missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or extra:
         raise ValueError(f"state dict: missing {missing[:3]}, unexpected {extra[:3]}")
@@ -256,7 +276,7 @@ def load_state_dict_into(model: Qwen3ForCausalLM, state: Mapping[str, torch.Tens
         params[name].copy_(t)
 
 
-def hf_state_dict(model: Qwen3ForCausalLM, dtype: torch.dtype | None = torch.bfloat16) -> dict[str, torch.Tensor]:
+def hf_state_dict(model: nn.Module, dtype: torch.dtype | None = torch.bfloat16) -> dict[str, torch.Tensor]:
     """The module's tensors under HF names, contiguous on CPU (lm_head.weight left out
     when tied, as HF saves it)."""
     out = {}
@@ -268,18 +288,23 @@ def hf_state_dict(model: Qwen3ForCausalLM, dtype: torch.dtype | None = torch.bfl
     return out
 
 
-def save_model(model: Qwen3ForCausalLM | Mapping[str, torch.Tensor], path: str | os.PathLike, *,
+def save_model(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, *,
                config: Qwen3Config | None = None, dtype: torch.dtype = torch.bfloat16,
                tokenizer_from: str | os.PathLike | None = None, max_shard_bytes: int | None = None,
-               generation_config: Mapping | None = None) -> pathlib.Path:
+               generation_config: Mapping | None = None, architecture: str | None = None) -> pathlib.Path:
     """Write a HF model directory atomically (temp dir + rename, replacing `path`).
 
     model: the module, or an HF-named state dict (then `config` is required; e.g. a
       full state dict gathered from FSDP2).
     tokenizer_from: a directory whose tokenizer files and generation_config.json are copied.
     max_shard_bytes: split into model-0000i-of-0000n.safetensors + index when exceeded.
+    architecture: the module's own (Qwen3RewardModel: Qwen3ForSequenceClassification), else
+      Qwen3ForCausalLM; give it for a reward model's state dict.
     """
-    if isinstance(model, Qwen3ForCausalLM):
+    if architecture is None:
+        classes = {cls: name for name, cls in MODEL_CLASSES.items()}
+        architecture = classes.get(type(model), ARCHITECTURE)
+    if isinstance(model, nn.Module):
         config = config or model.config
         tensors = hf_state_dict(model, dtype)
     else:
@@ -287,7 +312,7 @@ def save_model(model: Qwen3ForCausalLM | Mapping[str, torch.Tensor], path: str |
             raise ValueError("save_model: a state dict needs config=")
         tensors = {k: v.detach().to(dtype).to("cpu").contiguous() for k, v in model.items()
                    if not (k == "lm_head.weight" and config.tie_word_embeddings)}
-    expected = expected_tensors(config)
+    expected = expected_tensors(config, architecture)
     bad = sorted(set(expected) ^ set(tensors)) + sorted(k for k in expected if k in tensors
                                                          and tuple(tensors[k].shape) != expected[k])
     if bad:
@@ -297,7 +322,8 @@ def save_model(model: Qwen3ForCausalLM | Mapping[str, torch.Tensor], path: str |
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        (tmp / CONFIG).write_text(config.to_json(dtype))
+        extra = label_config() if architecture == REWARD_ARCHITECTURE else None
+        (tmp / CONFIG).write_text(config.to_json(dtype, architecture, extra))
         _write_weights(tensors, tmp, max_shard_bytes)
         if tokenizer_from is not None:
             src = pathlib.Path(tokenizer_from)

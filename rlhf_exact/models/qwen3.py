@@ -103,13 +103,15 @@ class Qwen3Config:
             raise ValueError(f"Qwen3Config.rope_theta must be > 0, got {self.rope_theta}")
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> Qwen3Config:
-        """Read a Hugging Face config.json dict; ValueError naming `source` for another
-        architecture or a Qwen3 feature this model does not implement."""
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json",
+                     architecture: str = ARCHITECTURE) -> Qwen3Config:
+        """Read a Hugging Face config.json dict of `architecture` (Qwen3ForCausalLM, or
+        Qwen3ForSequenceClassification for a reward model); ValueError naming `source` for
+        another architecture or a Qwen3 feature this model does not implement."""
         archs = d.get("architectures") or []
-        if d.get("model_type") != MODEL_TYPE or (archs and archs != [ARCHITECTURE]):
+        if d.get("model_type") != MODEL_TYPE or (archs and archs != [architecture]):
             raise ValueError(f"{source}: model_type={d.get('model_type')!r}, architectures={archs!r}; "
-                             f"only model_type='qwen3' with {ARCHITECTURE} is supported")
+                             f"expected model_type='qwen3' with {architecture}")
         unsupported = []
         if d.get("attention_bias"):
             unsupported.append("attention_bias=true")
@@ -141,10 +143,11 @@ class Qwen3Config:
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
 
-    def to_hf_dict(self, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
-        """A config.json dict that transformers' Qwen3ForCausalLM and vLLM load."""
+    def to_hf_dict(self, dtype: torch.dtype = torch.bfloat16, architecture: str = ARCHITECTURE) -> dict[str, Any]:
+        """A config.json dict that transformers' `architecture` class (and, for
+        Qwen3ForCausalLM, vLLM) loads."""
         return {
-            "architectures": [ARCHITECTURE],
+            "architectures": [architecture],
             "model_type": MODEL_TYPE,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -167,8 +170,10 @@ class Qwen3Config:
             "dtype": str(dtype).removeprefix("torch."),
         }
 
-    def to_json(self, dtype: torch.dtype = torch.bfloat16) -> str:
-        return json.dumps(self.to_hf_dict(dtype), indent=2, sort_keys=True) + "\n"
+    def to_json(self, dtype: torch.dtype = torch.bfloat16, architecture: str = ARCHITECTURE,
+                extra: dict[str, Any] | None = None) -> str:
+        """config.json text; `extra` keys (a reward model's labels) are added."""
+        return json.dumps(self.to_hf_dict(dtype, architecture) | (extra or {}), indent=2, sort_keys=True) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------

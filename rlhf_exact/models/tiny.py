@@ -9,6 +9,7 @@ AutoTokenizer and vLLM load it. The weights are a seeded random init.
 
     from rlhf_exact.models.tiny import make_tiny_model_dir
     make_tiny_model_dir("/tmp/tiny-qwen3")            # 4 layers, hidden 128, vocab 512
+    make_tiny_reward_model_dir("/tmp/tiny-rm")        # the same decoder with a scalar head
     python -m rlhf_exact.models.tiny /tmp/tiny-qwen3  # the same from the shell
 
 head_dim defaults to 32, the smallest vLLM's CPU attention supports.
@@ -26,6 +27,7 @@ import torch
 
 from .hf_io import save_model
 from .qwen3 import Qwen3Config, Qwen3ForCausalLM
+from .reward import Qwen3RewardModel
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 EOS, BOS_CHAT, EOS_CHAT = SPECIAL_TOKENS
@@ -131,6 +133,30 @@ def make_tiny_model_dir(path: str | os.PathLike, *, seed: int = 0, dtype: torch.
         write_tokenizer(tok, staging)
         gen = {"eos_token_id": [eos, tok.token_to_id(EOS)], "pad_token_id": pad}
         return save_model(model, path, dtype=dtype, tokenizer_from=staging, generation_config=gen)
+    finally:
+        for f in staging.iterdir():
+            f.unlink()
+        staging.rmdir()
+
+
+def make_tiny_reward_model_dir(path: str | os.PathLike, *, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
+                               std: float = 0.02, norm_noise: float = 0.0, **config_kwargs) -> pathlib.Path:
+    """Write a tiny Qwen3ForSequenceClassification directory (num_labels=1, pad_token_id
+    <|endoftext|>) at `path`: the tiny decoder and tokenizer of make_tiny_model_dir with a
+    scalar head (models/reward.py), seeded random init. config_kwargs override
+    `tiny_config` (tie_word_embeddings is false: there is no lm_head to tie)."""
+    vocab_size = config_kwargs.get("vocab_size", 512)
+    tok = train_tokenizer(vocab_size, seed=0)
+    config_kwargs.setdefault("tie_word_embeddings", False)
+    config = tiny_config(eos_token_id=tok.token_to_id(EOS_CHAT), pad_token_id=tok.token_to_id(EOS), **config_kwargs)
+    model = Qwen3RewardModel(config, dtype=torch.float32)
+    model.init_weights(seed=seed, std=std, norm_noise=norm_noise)
+
+    staging = pathlib.Path(path).with_name(pathlib.Path(path).name + ".tokenizer-staging")
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        write_tokenizer(tok, staging)
+        return save_model(model, path, dtype=dtype, tokenizer_from=staging)
     finally:
         for f in staging.iterdir():
             f.unlink()

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rlhf_exact.runtime.deadline import MIB, DeadlineExceeded, deadline, tensor_bytes
-from rlhf_exact.types import LossNorm, MinibatchResult, SharedWeights, TrainSeq
+from rlhf_exact.types import LossNorm, MinibatchResult, PairResult, PreferencePair, SharedWeights, TrainSeq
 
 from . import plan as planner
 from .worker import TrainerSpec, TrainerWorker
@@ -55,7 +55,8 @@ class TrainerGroup:
         self.deadline_s, self.deadline_tokens_per_s = deadline_s, deadline_tokens_per_s
         self.deadline_bytes_per_s = deadline_mb_per_s * MIB
         # fp32 master weights and Adam's two moments: the most bytes a whole-model call moves
-        params = sum(math.prod(shape) for shape in expected_tensors(read_config(spec.model_path)).values())
+        config = read_config(spec.model_path, spec.architecture)
+        params = sum(math.prod(shape) for shape in expected_tensors(config, spec.architecture).values())
         self.state_bytes = 3 * 4 * params
         bundle = {"CPU": cpus_per_rank} | ({"GPU": gpus_per_rank} if device == "cuda" else {})
         self.pg = placement_group([bundle] * world_size, strategy="PACK")
@@ -74,8 +75,9 @@ class TrainerGroup:
         self._all("start", lambda a: a.start.remote(port), seconds=self._bytes(self.state_bytes))  # a start error
 
     @classmethod
-    def from_config(cls, cfg, model_path) -> TrainerGroup:
-        """The run's trainer: the spec from the algorithm, model and trainer sections."""
+    def from_config(cls, cfg, model_path, architecture: str = "Qwen3ForCausalLM") -> TrainerGroup:
+        """The run's trainer: the spec from the algorithm, model and trainer sections
+        (architecture Qwen3ForSequenceClassification: a reward model, train_rm)."""
         a, c = cfg.algorithm, cfg.cluster
         spec = TrainerSpec(
             model_path=str(model_path), exact=cfg.kernels == "exact", device=c.device,
@@ -84,7 +86,7 @@ class TrainerGroup:
             weight_decay=a.weight_decay, max_grad_norm=a.max_grad_norm if a.max_grad_norm > 0 else math.inf,
             warmup_steps=a.warmup_steps, clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high,
             kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef,
-            activation_checkpointing=cfg.model.activation_checkpointing)
+            activation_checkpointing=cfg.model.activation_checkpointing, architecture=architecture)
         colocated = c.device == "cuda" and c.colocate
         t = cfg.trainer
         return cls(spec, t.world_size, t.micro_batch_tokens, device=c.device,
@@ -113,7 +115,24 @@ class TrainerGroup:
                           seconds=self._tokens(parts))
         return MinibatchResult.merge(ranks, planner.gather(p, [r.forward_logprobs for r in ranks], len(seqs)))
 
-    def _plan(self, seqs: Sequence[TrainSeq]) -> list[list[list[int]]]:
+    def pair_scores(self, pairs: Sequence[PreferencePair]) -> list[torch.Tensor]:
+        """The reward model's [2] fp32 scores (chosen, rejected) of each pair, in order."""
+        p = self._plan(pairs)
+        parts = planner.scatter(p, pairs.__getitem__)
+        per_rank = self._all("pair_scores", lambda a, part: a.pair_scores.remote(part), parts,
+                             seconds=self._tokens(parts))
+        return planner.gather(p, per_rank, len(pairs))
+
+    def train_pairs(self, pairs: Sequence[PreferencePair]) -> PairResult:
+        """One Bradley-Terry optimizer step of the reward model over the minibatch `pairs`
+        (every rank steps, or none: `nonfinite`); scores per pair in order."""
+        p = self._plan(pairs)
+        parts = planner.scatter(p, pairs.__getitem__)
+        ranks = self._all("train_pairs", lambda a, part: a.train_pairs.remote(part, len(pairs)), parts,
+                          seconds=self._tokens(parts))
+        return PairResult.merge(ranks, planner.gather(p, [r.scores for r in ranks], len(pairs)))
+
+    def _plan(self, seqs: Sequence[TrainSeq] | Sequence[PreferencePair]) -> list[list[list[int]]]:
         return planner.plan([s.num_tokens for s in seqs], self.world_size, self.micro_batch_tokens)
 
     def _tokens(self, parts: list) -> float:

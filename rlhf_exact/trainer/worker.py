@@ -1,6 +1,9 @@
 """One FSDP2 trainer rank: the policy (fp32 master weights, bf16 compute), its AdamW
 optimizer and LR schedule, the trainer-side logprob recompute, the GRPO update, the
-full-weight gather for the sampler, and the rank's part of a run checkpoint.
+full-weight gather for the sampler, and the rank's part of a run checkpoint. With
+`TrainerSpec.architecture` Qwen3ForSequenceClassification the model is a reward model
+(models/reward.py) and the update is the Bradley-Terry one over preference pairs
+(`train_pairs`, `pair_scores`; rlhf_exact/train_rm.py); the rest is shared.
 
 Plain Python (no Ray): `trainer/group.py` wraps it in Ray actors, and tests can drive
 it with torch.multiprocessing. Every rank runs the same sequence of collective calls:
@@ -28,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rlhf_exact.types import LossNorm, MinibatchResult, SharedWeights, TrainSeq
+from rlhf_exact.types import LossNorm, MinibatchResult, PairResult, PreferencePair, SharedWeights, TrainSeq
 
 
 @dataclasses.dataclass
@@ -54,12 +57,15 @@ class TrainerSpec:
     entropy_coef: float = 0.0
     activation_checkpointing: bool = False
     num_threads: int = 1
+    architecture: str = "Qwen3ForCausalLM"  # or "Qwen3ForSequenceClassification": a reward model
 
 
 # Fills an empty micro-batch slot (its loss is multiplied by 0); it carries every
 # per-token field a real sequence may carry, so the same loss code runs on it.
 DUMMY = TrainSeq(prompt=torch.zeros(1, dtype=torch.int64), completion=torch.zeros(1, dtype=torch.int64),
                  old_logprobs=torch.zeros(1), advantage=0.0, ref_logprobs=torch.zeros(1))
+DUMMY_PAIR = PreferencePair(prompt=torch.zeros(1, dtype=torch.int64), chosen=torch.zeros(1, dtype=torch.int64),
+                            rejected=torch.ones(1, dtype=torch.int64))
 
 
 class TrainerWorker:
@@ -121,7 +127,8 @@ class TrainerWorker:
 
         s = self.spec
         model, config = load_model(s.model_path, dtype=getattr(torch, s.param_dtype), device=self.device,
-                                   activation_checkpointing=s.activation_checkpointing, ops=self.ops)
+                                   activation_checkpointing=s.activation_checkpointing, ops=self.ops,
+                                   architecture=s.architecture)
         mesh = init_device_mesh(self.device.type, (self.world_size,))
         mp = MixedPrecisionPolicy(param_dtype=getattr(torch, self.spec.compute_dtype), reduce_dtype=torch.float32,
                                   cast_forward_inputs=False)
@@ -232,17 +239,64 @@ class TrainerWorker:
                 out.clipped_tokens += m["clip_frac"] * n
                 out.tokens += n
             (loss * self.world_size).backward()  # FSDP2 averages gradients over ranks
+        out.grad_norm, out.nonfinite_ranks = self._optimizer_step(check_finite)
+        return out
+
+    def _optimizer_step(self, check_finite: bool) -> tuple[float, int]:
+        """Clip, then step unless a gradient is not finite: (grad norm, 1 if skipped else 0)."""
         # The global gradient norm is one reduction over every rank's shards: it is NaN/inf
         # on every rank as soon as any gradient element is (a non-finite loss gives
         # non-finite gradients, the dummy's too: NaN * 0 = NaN), so all ranks agree.
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
-        out.grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        out.nonfinite_ranks = int(not math.isfinite(out.grad_norm))
-        if check_finite and out.nonfinite:
-            self.optimizer.zero_grad(set_to_none=True)  # the step is not applied
-            return out
-        self.optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.max_grad_norm)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        nonfinite = int(not math.isfinite(grad_norm))
+        if not (check_finite and nonfinite):  # else the step is not applied
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, nonfinite
+
+    # ------------------------------------------------------------------ reward model
+
+    def _pair_forward(self, slots: Sequence[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r_chosen [P], r_rejected [P]) of the slots' pairs, from one packed forward of
+        prompt + chosen and prompt + rejected of every pair (the compute dtype's scores)."""
+        from rlhf_exact.models.qwen3 import pack_sequences
+
+        batch = pack_sequences([seq for p in slots for seq in p.sequences()]).to(self.device)
+        r = self.model(batch.input_ids, batch.positions, batch.context)
+        return r[0::2], r[1::2]
+
+    @torch.no_grad()
+    def pair_scores(self, plan: Sequence[Sequence[PreferencePair]]) -> list[list[torch.Tensor]]:
+        """Per micro-batch, each pair's [2] fp32 scores (chosen, rejected)."""
+        self.model.eval()
+        out = []
+        for micro in plan:
+            rc, rr = self._pair_forward(list(micro) or [DUMMY_PAIR])
+            out.append([torch.stack([c, r]).float().cpu() for c, r in zip(rc[:len(micro)], rr[:len(micro)])])
+        return out
+
+    def train_pairs(self, plan: Sequence[Sequence[PreferencePair]], num_pairs: int,
+                    check_finite: bool = True) -> PairResult:
+        """One optimizer step of the reward model on this rank's micro-batches of pairs:
+        Bradley-Terry loss (algo/preference.py) over the WHOLE minibatch's num_pairs, so
+        the ranks' micro-batch losses sum to the minibatch mean. Returns this rank's loss
+        sum and each pair's scores from the training forward."""
+        from rlhf_exact.algo.preference import bradley_terry_loss
+
+        self.model.train()
+        out = PairResult()
+        for micro in plan:
+            rc, rr = self._pair_forward(list(micro) or [DUMMY_PAIR])
+            loss = bradley_terry_loss(rc, rr, num_pairs)
+            if micro:
+                out.loss += float(loss.detach())
+                out.scores.append([torch.stack([c, r]).detach().float().cpu() for c, r in zip(rc, rr)])
+            else:
+                loss = loss * 0.0  # the dummy keeps this rank in step with the others' collectives
+                out.scores.append([])
+            (loss * self.world_size).backward()  # FSDP2 averages gradients over ranks
+        out.grad_norm, out.nonfinite_ranks = self._optimizer_step(check_finite)
         return out
 
     def end_step(self) -> float:
