@@ -539,5 +539,12 @@ def run(cfg, run_dir, verified: pathlib.Path | None = None) -> dict:
 
 
 def summarize(result: dict, keys: Sequence[str] = ("reward/mean", "parity/kl")) -> str:
+    """The run's last console line: the first and last value of each key. Parity figures are
+    0 or in scientific notation: a KL of 2e-5 at four decimals would read 0.0000, exact."""
     f, l_ = result.get("first") or {}, result.get("last") or {}
-    return "  ".join(f"{k}: first {f.get(k, float('nan')):.4f} last {l_.get(k, float('nan')):.4f}" for k in keys)
+
+    def num(k: str, v: float) -> str:
+        return f"{v:.4f}" if not k.startswith("parity/") else "0" if v == 0 else f"{v:.3e}"
+
+    return "  ".join(f"{k}: first {num(k, f.get(k, float('nan')))} last {num(k, l_.get(k, float('nan')))}"
+                     for k in keys)
