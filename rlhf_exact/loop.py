@@ -191,8 +191,9 @@ class Loop:
 
         path = resume_checkpoint(self.cfg, self.run_dir)
         if path is None:
-            if self.cfg.run.resume == "auto":
-                log.info("resume=auto: no complete checkpoint in %s, starting at step 0", self.run_dir)
+            if self.cfg.run.resume in ("auto", "auto_or_new"):
+                log.info("resume=%s: no complete checkpoint in %s, starting at step 0", self.cfg.run.resume,
+                         self.run_dir)
             return 0
         tensors, meta = load_run_checkpoint(path, checksums=path.resolve() != self.verified)
         discard_checkpoints_after(self.run_dir, int(meta["step"]))  # a later resume=auto must not jump ahead
