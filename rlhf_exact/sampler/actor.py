@@ -13,9 +13,18 @@ import path 'package.module:Class') in a Ray actor process. Plain Python: `Sampl
 Results are `engine.SampleResult` objects (token ids, fp32 logprob tensors, finish
 reasons, per-request errors); see engine.py for the exact definition of the logprobs.
 The vLLM engine starts its own worker processes (spawn) from the actor process.
+
+A dead engine ends its actor: vLLM does not restart an EngineCore process that died (it
+answers every later call with EngineDeadError), so a call that meets one (sample,
+update_weights, get_weights) makes the actor process exit, and Ray restarts the actor
+with a new engine; SamplerGroup then sends it the latest weights and retries its work,
+as for an actor that died any other way.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -47,19 +56,53 @@ class SamplerActor:
     def sample(self, prompts: Sequence[Sequence[int]], n: int = 1,
                params: RequestParams | Sequence[RequestParams] | None = None,
                seeds: Sequence[int | None] | None = None) -> list[SampleResult]:
-        return self.sampler.sample(prompts, n=n, params=params, seeds=seeds)
+        with _exit_on_dead_engine("sample"):
+            results = self.sampler.sample(prompts, n=n, params=params, seeds=seeds)
+        dead = next((r.error for r in results if r.error and r.error.startswith(DEAD)), None)
+        if dead:  # the engine refused each request: vLLM reports a dead engine per request
+            _exit_for_restart("sample", dead)
+        return results
 
     def update_weights(self, named_tensors: Mapping[str, torch.Tensor], bucket_bytes: int = 64 << 20) -> float:
         """In-place weight update (validated whole first); returns the seconds it took."""
-        return self.sampler.update_weights(named_tensors, bucket_bytes=bucket_bytes)
+        with _exit_on_dead_engine("update_weights"):
+            return self.sampler.update_weights(named_tensors, bucket_bytes=bucket_bytes)
 
     def update_weights_shared(self, shared) -> float:
         """In-place update from the trainer's shared GPU buffer (types.SharedWeights)."""
-        return self.sampler.update_weights_shared(shared)
+        with _exit_on_dead_engine("update_weights"):
+            return self.sampler.update_weights_shared(shared)
 
     def get_weights(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        return self.sampler.get_weights(names)
+        with _exit_on_dead_engine("get_weights"):
+            return self.sampler.get_weights(names)
 
     def shutdown(self) -> None:
         self.sampler.shutdown()
 
+
+
+DEAD = "EngineDeadError"  # vLLM's exception for an engine whose core process is gone
+
+
+@contextlib.contextmanager
+def _exit_on_dead_engine(call: str):
+    try:
+        yield
+    except Exception as e:
+        chain, x = [], e
+        while x is not None and x not in chain:
+            chain.append(x)
+            x = x.__cause__ or x.__context__
+        dead = next((x for x in chain if type(x).__name__ == DEAD), None)
+        if dead is None:
+            raise
+        _exit_for_restart(call, f"{DEAD}: {dead}")
+
+
+def _exit_for_restart(call: str, why: str) -> None:
+    """End this actor's process: Ray counts it as a death and restarts the actor (module
+    docstring). Nothing is returned to the caller, whose call fails as RayActorError."""
+    print(f"sampler: the vLLM engine is dead ({why.splitlines()[0][:200]}) in {call}; the actor exits so that "
+          f"Ray restarts it", file=sys.stderr, flush=True)
+    os._exit(1)

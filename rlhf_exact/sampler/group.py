@@ -5,10 +5,11 @@ the engines; results come back in prompt order.
 Every call has a deadline derived from its work (runtime/deadline.py): a sampling call
 deadline_s plus its tokens (prompts x n x max_tokens) at deadline_tokens_per_s, a weight
 update deadline_s plus its bytes at deadline_mb_per_s. A call past its deadline (a vLLM
-EngineCore that died mid-call leaves it hanging), or one whose requests come back with
-EngineDeadError (an engine that died while idle), is handled like a dead actor: the
+EngineCore that died mid-call leaves it hanging) is handled like a dead actor: the
 actor is killed and restarted by Ray, gets the latest weights (within their deadline),
-and samples its share again.
+and samples its share again. A call that meets an engine found dead (in any call:
+sample, a weight update, get_weights) ends its actor itself (actor.py), and the same
+follows.
 Each deadline counts from the call's submission (the engines run at once), so a
 step waits at most the longest deadline, as the trainer group does.
 
@@ -99,8 +100,8 @@ class SamplerGroup:
         """n completions of every prompt (sample j of prompt i seeded seeds[i] + j), in
         prompt order, with `params` (default: the group's), one for all prompts or one per
         prompt (a multi-turn episode's turn gets the token budget it has left). A sampler
-        that dies is restarted and its share sampled again, as is one past its deadline or
-        with a dead engine (module docstring)."""
+        that dies (a dead engine ends its actor) is restarted and its share sampled again,
+        as is one past its deadline (module docstring)."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -132,12 +133,6 @@ class SamplerGroup:
                 except GetTimeoutError:
                     log.warning("sampler %d gave no result within its deadline of %.0f s (a dead or hung vLLM "
                                 "engine); restarting it", i, seconds)
-                    ray.kill(self.actors[i], no_restart=False)
-                    failed.append(i)
-                    continue
-                dead = next((r.error for r in results if r.error and "EngineDeadError" in r.error), None)
-                if dead:
-                    log.warning("sampler %d: its vLLM engine is dead (%s); restarting it", i, dead[:200])
                     ray.kill(self.actors[i], no_restart=False)
                     failed.append(i)
                     continue

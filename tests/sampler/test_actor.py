@@ -2,7 +2,9 @@
 vLLM engine inside, samples, updates the weights, and checks the logprobs against the
 trainer's bitwise (the chain is in test_engine_parity.py). And the sampler group's
 weight-update deadline: an actor whose first update hangs (a subclass of the real actor,
-the group's actor_class) is restarted at the deadline and sent the weights again.
+the group's actor_class) is restarted at the deadline and sent the weights again; an
+engine whose EngineCore process was killed after sampling ends its actor at the next
+call (the weight update, get_weights), which the group restarts with the latest weights.
 
     .venv/bin/python -m pytest -q tests/sampler/test_actor.py
 """
@@ -97,3 +99,49 @@ def test_hung_weight_update_restarts_the_sampler(local_ray, tmp_path, caplog):
             assert torch.equal(got[k], weights[k]), k
     finally:
         group.shutdown()
+
+
+def _kill_engine_cores():
+    """SIGKILL the vLLM EngineCore processes under this process (this test's Ray only)."""
+    import os
+    import signal
+
+    import psutil
+
+    cores = [p for p in psutil.Process(os.getpid()).children(recursive=True)
+             if p.name().startswith("VLLM::EngineCore")]
+    for p in cores:
+        os.kill(p.pid, signal.SIGKILL)
+    psutil.wait_procs(cores, timeout=30)
+    time.sleep(1.0)  # vLLM's monitor thread marks the engine dead when it sees the process gone
+    return cores
+
+
+def test_engine_killed_between_sampling_and_the_weight_sync(local_ray, tmp_path, caplog):
+    pytest.importorskip("psutil")
+    path = make_tiny_model_dir(tmp_path / "tiny", seed=5, std=0.05, norm_noise=0.1, num_hidden_layers=2)
+    group = SamplerGroup(path, 1, temperature=1.0, max_model_len=128, max_num_seqs=8)
+    new_model, _ = load_model(path, dtype=torch.bfloat16)
+    new_model.init_weights(seed=42, std=0.05, norm_noise=0.1)
+    weights = hf_state_dict(new_model)
+    params = RequestParams(max_tokens=8)
+    caplog.set_level("WARNING", logger="rlhf_exact")
+    try:
+        group.sample([[5, 6, 7]], 2, [1], params)
+        assert _kill_engine_cores(), "no EngineCore process found"
+        group.update_weights(weights)  # was: EngineDeadError, and the run stopped
+        assert group.restarts == 1
+        got = ray.get(group.actors[0].get_weights.remote(list(weights)), timeout=120)
+        assert all(torch.equal(got[k], weights[k]) for k in weights)
+        mid = group.sample([[5, 6, 7]], 2, [1], params)
+        # found dead by the next sampling call: restarted, sent the latest weights, sampled again
+        assert _kill_engine_cores()
+        after = group.sample([[5, 6, 7]], 2, [1], params)
+        assert group.restarts == 2 and after[0].error is None and len(after[0].completions) == 2
+        for a, b in zip(mid[0].completions, after[0].completions):
+            assert a.token_ids == b.token_ids and torch.equal(a.logprobs, b.logprobs)
+    finally:
+        group.shutdown()
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and warned[0] == "sampler 0 died during update_weights; waiting for Ray to restart it"
+    assert warned[1].startswith("sampler 0 died during sampling ("), warned  # ActorDiedError or ActorUnavailable...
