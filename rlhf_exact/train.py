@@ -149,31 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
 
-    from rlhf_exact.config import compose
-    from rlhf_exact.config.schema import ConfigError
-
-    try:
-        from rlhf_exact.runtime.resume import load_run_config
-
-        cfg, notes = load_run_config(config_args, check_files=not print_config)
-        if print_config:
-            _print(compose.config_to_yaml(cfg).rstrip("\n"))
-            return 0
-        from rlhf_exact.preflight import preflight
-        from rlhf_exact.runtime.rundir import locate_run_dir
-
-        report = preflight(cfg, locate_run_dir(cfg))
-        if report.finished:
-            print(report.finished, file=sys.stderr)
-            return 0
-        for note in notes + report.notes:
-            print(f"note: {note}", file=sys.stderr)
-        run_dir = report.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        compose.save_config(cfg, run_dir / "config.yaml")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    prepared = _prepare(config_args, print_config)
+    if isinstance(prepared, int):
+        return prepared
+    cfg, report = prepared
+    run_dir = report.run_dir
     print(f"run directory: {run_dir}", file=sys.stderr)
     # The loop raises the first failure of a group of actor calls itself; Ray would
     # print the others (the same failure, seen by the ranks it took down) a second time.
@@ -202,6 +182,37 @@ def main(argv: list[str] | None = None) -> int:
     print(loop.summarize(result))
     print(f"metrics: {run_dir / 'metrics.jsonl'}  plots: python -m rlhf_exact.plot {run_dir}")
     return 0
+
+
+def _prepare(config_args: list[str], print_config: bool):
+    """(config, preflight report) of a run to start, its directory made and config.yaml
+    saved in it; or the exit status when there is none to start (--print-config, a
+    finished run, a config error: one line)."""
+    from rlhf_exact.config import compose
+    from rlhf_exact.config.schema import ConfigError
+
+    try:
+        from rlhf_exact.runtime.resume import load_run_config
+
+        cfg, notes = load_run_config(config_args, check_files=not print_config)
+        if print_config:
+            _print(compose.config_to_yaml(cfg).rstrip("\n"))
+            return 0
+        from rlhf_exact.preflight import preflight
+        from rlhf_exact.runtime.rundir import locate_run_dir
+
+        report = preflight(cfg, locate_run_dir(cfg))
+        if report.finished:
+            print(report.finished, file=sys.stderr)
+            return 0
+        for note in notes + report.notes:
+            print(f"note: {note}", file=sys.stderr)
+        report.run_dir.mkdir(parents=True, exist_ok=True)
+        compose.save_config(cfg, report.run_dir / "config.yaml")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return cfg, report
 
 
 def _terminated(cfg, run_dir) -> None:
