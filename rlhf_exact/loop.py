@@ -191,8 +191,9 @@ class Loop:
 
         path = resume_checkpoint(self.cfg, self.run_dir)
         if path is None:
-            if self.cfg.run.resume == "auto":
-                log.info("resume=auto: no complete checkpoint in %s, starting at step 0", self.run_dir)
+            if self.cfg.run.resume in ("auto", "auto_or_new"):
+                log.info("resume=%s: no complete checkpoint in %s, starting at step 0", self.cfg.run.resume,
+                         self.run_dir)
             return 0
         tensors, meta = load_run_checkpoint(path, checksums=path.resolve() != self.verified)
         discard_checkpoints_after(self.run_dir, int(meta["step"]))  # a later resume=auto must not jump ahead
@@ -539,5 +540,12 @@ def run(cfg, run_dir, verified: pathlib.Path | None = None) -> dict:
 
 
 def summarize(result: dict, keys: Sequence[str] = ("reward/mean", "parity/kl")) -> str:
+    """The run's last console line: the first and last value of each key. Parity figures are
+    0 or in scientific notation: a KL of 2e-5 at four decimals would read 0.0000, exact."""
     f, l_ = result.get("first") or {}, result.get("last") or {}
-    return "  ".join(f"{k}: first {f.get(k, float('nan')):.4f} last {l_.get(k, float('nan')):.4f}" for k in keys)
+
+    def num(k: str, v: float) -> str:
+        return f"{v:.4f}" if not k.startswith("parity/") else "0" if v == 0 else f"{v:.3e}"
+
+    return "  ".join(f"{k}: first {num(k, f.get(k, float('nan')))} last {num(k, l_.get(k, float('nan')))}"
+                     for k in keys)

@@ -43,7 +43,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf_exact.config.schema import ConfigError, TrainConfig
+from rlhf_exact.config.schema import RESUME_WORDS, ConfigError, TrainConfig
 
 
 @dataclass
@@ -240,7 +240,7 @@ def check_resume(cfg: TrainConfig, report: Preflight) -> None:
     from rlhf_exact.runtime.rundir import is_checkpoint_dir
 
     resume, run_dir = cfg.run.resume, report.run_dir
-    if resume not in ("auto", "never") and is_checkpoint_dir(Path(resume)):
+    if resume not in RESUME_WORDS and is_checkpoint_dir(Path(resume)):
         try:
             verify_checkpoint(resume)
         except CheckpointError as e:
@@ -261,7 +261,7 @@ def check_resume(cfg: TrainConfig, report: Preflight) -> None:
         os.replace(path, aside)
         report.notes.append(f"checkpoint {path.name} does not verify ({why}); moved it to {aside} and skipped it")
     if bad:
-        if newest is None and resume != "auto":
+        if newest is None and resume not in RESUME_WORDS:  # a path named the run to resume
             raise ConfigError(f"run.resume={resume!r}: no intact checkpoint left in {run_dir / 'checkpoints'}")
         report.notes.append(f"resuming from {newest.name}, the newest intact checkpoint" if newest else
                             "no intact checkpoint left: the run starts again at step 0")

@@ -5,7 +5,8 @@
     python -m rlhf_exact.train recipe=grpo_qwen3_tiny --print-config   # resolved YAML, then exit
     python -m rlhf_exact.train --help [SECTION|all]                    # recipes, blocks, fields
 
-Parses the arguments, composes and validates the config (rlhf_exact/config), checks
+Parses the arguments, composes and validates the config (rlhf_exact/config; a resumed
+run composes its own saved config.yaml: rlhf_exact/runtime/resume.py), checks
 every name and file it refers to (rlhf_exact/preflight.py: rewards, model directory,
 data files, checkpoints to resume), creates the run directory
 (rlhf_exact/runtime/rundir.py), saves config.yaml there and calls
@@ -19,7 +20,7 @@ What the user sees, by exit status:
        no run directory is left behind
   3    exact mode violated, or a non-finite loss: one line naming the step (1-based, as
        the step lines count)
-  130  Ctrl-C (SIGINT): "interrupted after step N; resume with run.resume=auto run.name=..."
+  130  Ctrl-C (SIGINT) or SIGTERM: "interrupted after step N; resume with run.resume=auto run.name=..."
   1    a reward function that raised (reward.on_error=stop): its traceback once and one
        line naming the reward, the sample and its data row; anything else: its traceback,
        once
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 
 USAGE = """usage: python -m rlhf_exact.train [recipe=NAME|FILE.yaml] [GROUP=OPTION ...] [SECTION.KEY=VALUE ...]
@@ -149,31 +151,13 @@ def main(argv: list[str] | None = None, reward_model: bool = False) -> int:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
 
-    from rlhf_exact.config import compose
-    from rlhf_exact.config.schema import ConfigError
-
     if reward_model:
         config_args = ["recipe=rm_qwen3_tiny", *config_args]  # a recipe= given wins (the last one)
-    try:
-        cfg = compose.load_config(config_args, check_files=not print_config)
-        if print_config:
-            _print(compose.config_to_yaml(cfg).rstrip("\n"))
-            return 0
-        from rlhf_exact.preflight import preflight, preflight_reward_model
-        from rlhf_exact.runtime.rundir import locate_run_dir
-
-        report = (preflight_reward_model if reward_model else preflight)(cfg, locate_run_dir(cfg))
-        for note in report.notes:
-            print(f"note: {note}", file=sys.stderr)
-        if report.finished:
-            print(report.finished, file=sys.stderr)
-            return 0
-        run_dir = report.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        compose.save_config(cfg, run_dir / "config.yaml")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    prepared = _prepare(config_args, print_config, reward_model)
+    if isinstance(prepared, int):
+        return prepared
+    cfg, report = prepared
+    run_dir = report.run_dir
     print(f"run directory: {run_dir}", file=sys.stderr)
     # The loop raises the first failure of a group of actor calls itself; Ray would
     # print the others (the same failure, seen by the ranks it took down) a second time.
@@ -185,6 +169,7 @@ def main(argv: list[str] | None = None, reward_model: bool = False) -> int:
     runner = loop
     if reward_model:
         from rlhf_exact import rm_loop as runner
+    previous = signal.signal(signal.SIGTERM, lambda *_: _terminated(cfg, run_dir))
     try:
         result = runner.run(cfg, run_dir, report.verified)
     except (loop.ParityError, loop.NonFiniteLossError) as e:
@@ -199,9 +184,53 @@ def main(argv: list[str] | None = None, reward_model: bool = False) -> int:
         traceback.print_exception(e.__cause__ or e, file=sys.stderr)
         print(f"error: {e} (reward.on_error=skip drops such samples instead)", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(runner.summarize(result))
     print(f"metrics: {run_dir / 'metrics.jsonl'}  plots: python -m rlhf_exact.plot {run_dir}")
     return 0
+
+
+def _prepare(config_args: list[str], print_config: bool, reward_model: bool = False):
+    """(config, preflight report) of a run to start, its directory made and config.yaml
+    saved in it; or the exit status when there is none to start (--print-config, a
+    finished run, a config error: one line). reward_model: the reward-model preflight."""
+    from rlhf_exact.config import compose
+    from rlhf_exact.config.schema import ConfigError
+
+    try:
+        from rlhf_exact.runtime.resume import load_run_config
+
+        cfg, notes = load_run_config(config_args, check_files=not print_config)
+        if print_config:
+            _print(compose.config_to_yaml(cfg).rstrip("\n"))
+            return 0
+        from rlhf_exact.preflight import preflight, preflight_reward_model
+        from rlhf_exact.runtime.rundir import locate_run_dir
+
+        report = (preflight_reward_model if reward_model else preflight)(cfg, locate_run_dir(cfg))
+        if report.finished:
+            print(report.finished, file=sys.stderr)
+            return 0
+        for note in notes + report.notes:
+            print(f"note: {note}", file=sys.stderr)
+        report.run_dir.mkdir(parents=True, exist_ok=True)
+        compose.save_config(cfg, report.run_dir / "config.yaml")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return cfg, report
+
+
+def _terminated(cfg, run_dir) -> None:
+    """SIGTERM (schedulers, `timeout`, `docker stop`): what Ctrl-C says, and exit at once.
+    Sent to the process group, it has stopped Ray's GCS and raylet too, and every Ray call
+    of an orderly shutdown would wait for them (a minute, then Ray aborts the process).
+    Nothing is lost: metrics lines and checkpoints are on disk whole or not at all, and the
+    watcher of runtime/cluster.py stops what is left of Ray and deletes its files."""
+    print(interrupted_message(cfg, run_dir), file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)
 
 
 def interrupted_message(cfg, run_dir) -> str:

@@ -35,8 +35,8 @@ import os
 import re
 from pathlib import Path
 
-from .schema import (ConfigError, TrainConfig, list_of_records_keys, mapping_keys, renamed_keys, section_types,
-                     valid_keys)
+from .schema import (RESUME_WORDS, ConfigError, TrainConfig, list_of_records_keys, mapping_keys, renamed_keys,
+                     section_types, valid_keys)
 
 DEFAULT_RECIPE = "grpo_qwen3_tiny"
 _MAIN = "rlhf_exact_main"  # the primary config: [schema, recipe, _self_] (ConfigStore)
@@ -280,7 +280,7 @@ def _absolutize(cfg: TrainConfig) -> None:
     cfg.preference.train_files = [ab(f) for f in cfg.preference.train_files]
     cfg.preference.heldout_files = [ab(f) for f in cfg.preference.heldout_files]
     cfg.run.output_dir = ab(cfg.run.output_dir)
-    if cfg.run.resume not in ("never", "auto", ""):
+    if cfg.run.resume not in (*RESUME_WORDS, ""):
         cfg.run.resume = ab(cfg.run.resume)
 
 

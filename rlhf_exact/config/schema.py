@@ -35,6 +35,9 @@ class ConfigError(ValueError):
     message is one line and names the dotted key."""
 
 
+RESUME_WORDS = ("never", "auto", "auto_or_new")  # run.resume's values that are not a path
+
+
 def _fail(key: str, value, requirement: str) -> None:
     raise ConfigError(f"{key} must be {requirement}, got {value!r}")
 
@@ -88,12 +91,14 @@ class RunConfig:
     """Run identity, length, checkpoints and resumption."""
 
     name: str | None = None  # run directory name under output_dir; None: "<recipe>-<YYYYmmdd-HHMMSS>"
-    # (with resume=auto: the newest such directory, or a new one)
+    # (with resume=auto: the newest such directory; auto_or_new: that, or a new one)
     output_dir: str = "runs"  # parent of run directories; relative paths are taken from the working directory
     seed: int = 0  # seed of the data order, the sampling seeds and the tiny model's init; >= 0
     steps: int = 100  # training steps (one rollout batch and its updates each); >= 1
-    resume: str = "never"  # "never" (the run directory must be new or empty), "auto" (latest complete
-    # checkpoint of the run directory, if any), or a path to a run directory or a checkpoint step_NNNNNN
+    resume: str = "never"  # "never" (the run directory must be new or empty), "auto" (continue the run
+    # named run.name with its own saved config.yaml, from its latest complete checkpoint; a name without a run
+    # is an error), "auto_or_new" (the same, or a new run when there is none), or a path to a run directory or
+    # a checkpoint step_NNNNNN
     save_every: int = 0  # steps between run checkpoints (checkpoints/step_NNNNNN); 0: off; >= 0
     keep_last: int = 2  # run checkpoints kept (older ones are deleted); >= 1
     on_parity_mismatch: str = "stop"  # kernels=exact only: a sampler/trainer logprob that differs in any bit
@@ -109,7 +114,7 @@ class RunConfig:
         _int(f"{p}.seed", self.seed, 0)
         _int(f"{p}.steps", self.steps, 1)
         if not self.resume:
-            _fail(f"{p}.resume", self.resume, "'never', 'auto' or a path")
+            _fail(f"{p}.resume", self.resume, "'never', 'auto', 'auto_or_new' or a path")
         _int(f"{p}.save_every", self.save_every, 0)
         _int(f"{p}.keep_last", self.keep_last, 1)
         _choice(f"{p}.on_parity_mismatch", self.on_parity_mismatch, ("warn", "stop"))
@@ -673,8 +678,9 @@ class TrainConfig:
         self.data.check_files()
         self.eval.check_files(self.data.name)
         self.preference.check_files()
-        if self.run.resume not in ("never", "auto") and not Path(self.run.resume).exists():
-            _fail("run.resume", self.run.resume, "'never', 'auto' or an existing run directory or checkpoint")
+        if self.run.resume not in RESUME_WORDS and not Path(self.run.resume).exists():
+            _fail("run.resume", self.run.resume, "'never', 'auto', 'auto_or_new' or an existing run directory or "
+                  "checkpoint")
         return self
 
 

@@ -13,7 +13,7 @@ in a session of its own so that it outlives the driver:
 Every half second it records Ray's processes: the driver's children that belong to this
 Ray (their command lines name TEMP_DIR: GCS, raylet, monitors) and all their descendants
 (agents, workers, the vLLM engine processes of the sampler actors). When the driver is
-gone, however it ended (return, exception, Ctrl-C, SIGKILL), it terminates what is still
+gone, however it ended (return, exception, Ctrl-C, SIGTERM, SIGKILL), it terminates what is still
 alive of them (SIGTERM, SIGKILL after 5 s) and deletes TEMP_DIR. Ray alone stops its head
 with the driver but leaves agents running for minutes after a killed driver, and never
 deletes its session directories.
@@ -27,12 +27,15 @@ processes are its own: nothing is stopped or deleted at exit.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +58,25 @@ def start_ray(cluster) -> str | None:
 
     if ray.is_initialized():
         return None
+    with _keep_sigterm_handler():
+        return _init(ray, cluster)
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """ray.init replaces the driver's SIGTERM handler with its own, which exits at once and
+    skips the run's clean-up; the caller's handler is put back, so a SIGTERM stops a run
+    the way its entry point says (train.py: like Ctrl-C)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init(ray, cluster) -> str | None:
     kw = dict(include_dashboard=cluster.ray_dashboard, log_to_driver=True, logging_level=logging.WARNING)
     if cluster.ray_address:
         if "RAY_AUTH_MODE" not in os.environ and auth_token_available():

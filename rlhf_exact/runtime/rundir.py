@@ -7,9 +7,12 @@
 
 Rules (run.output_dir = OUT):
   run.name set           OUT/<name>. resume=never refuses a directory that already holds
-                         a run (config.yaml, metrics.jsonl or checkpoints/).
+                         a run (config.yaml, metrics.jsonl or checkpoints/); resume=auto
+                         refuses one that does not (a mistyped name would start afresh),
+                         naming the nearest runs; resume=auto_or_new takes either.
   run.name null          resume=never: a new OUT/<recipe>-<YYYYmmdd-HHMMSS>;
-                         resume=auto: the newest existing OUT/<recipe>-<timestamp>, else new.
+                         resume=auto: the newest existing OUT/<recipe>-<timestamp> (none is
+                         an error); auto_or_new: that, else a new one.
   run.resume=<path>      a run directory (its latest complete checkpoint) or a checkpoint
                          directory .../checkpoints/step_NNNNNN; the run continues in that
                          run directory.
@@ -20,11 +23,12 @@ wandb/, plots/ (python -m rlhf_exact.plot RUN_DIR), and whatever the loop adds
 """
 from __future__ import annotations
 
+import difflib
 import re
 import time
 from pathlib import Path
 
-from rlhf_exact.config.schema import ConfigError, TrainConfig
+from rlhf_exact.config.schema import RESUME_WORDS, ConfigError, TrainConfig
 
 from .checkpoint import COMPLETE, latest_checkpoint
 
@@ -53,7 +57,7 @@ def locate_run_dir(cfg: TrainConfig, now: float | None = None) -> Path:
     Sets cfg.run.name (and cfg.run.output_dir) like prepare_run_dir."""
     out = Path(cfg.run.output_dir)
     resume = cfg.run.resume
-    if resume not in ("never", "auto"):
+    if resume not in RESUME_WORDS:
         path = Path(resume)
         run_dir = path.parent.parent if is_checkpoint_dir(path) else path
         if not _holds_run(run_dir):
@@ -64,12 +68,18 @@ def locate_run_dir(cfg: TrainConfig, now: float | None = None) -> Path:
         if resume == "never" and _holds_run(run_dir):
             raise ConfigError(f"run directory {run_dir} already holds a run: continue it with run.resume=auto, "
                               f"or start another with run.name=NEW_NAME")
+        if resume == "auto" and not _holds_run(run_dir):
+            raise ConfigError(f"run.resume=auto: no run named {cfg.run.name!r} in {out}{_nearest(cfg.run.name, out)}; "
+                              f"run.resume=auto_or_new starts a new run of that name")
     else:
         stem = Path(cfg.recipe).stem
         previous = sorted(p for p in out.glob(f"{stem}-*")
                           if p.is_dir() and re.fullmatch(re.escape(stem) + r"-\d{8}-\d{6}(-\d+)?", p.name))
-        if resume == "auto" and previous:
+        if resume != "never" and previous:
             run_dir = previous[-1]
+        elif resume == "auto":
+            raise ConfigError(f"run.resume=auto: no run of recipe {stem} in {out} to continue; run.resume=auto_or_new "
+                              f"starts one")
         else:
             base = out / f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
             run_dir, n = base, 1
@@ -81,12 +91,24 @@ def locate_run_dir(cfg: TrainConfig, now: float | None = None) -> Path:
     return run_dir.resolve()
 
 
+def _nearest(name: str, out: Path) -> str:
+    """' (nearest: a, b)': the runs in `out` whose names are closest to `name`, or the newest."""
+    runs = [d for d in out.iterdir() if _holds_run(d)] if out.is_dir() else []
+    if not runs:
+        return " (it holds no runs)"
+    names = difflib.get_close_matches(name, [d.name for d in runs], n=3, cutoff=0.5)
+    if names:
+        return f" (nearest: {', '.join(names)})"
+    newest = sorted(runs, key=lambda d: d.stat().st_mtime)[-3:][::-1]
+    return f" (newest: {', '.join(d.name for d in newest)})"
+
+
 def resume_checkpoint(cfg: TrainConfig, run_dir: str | Path) -> Path | None:
     """The checkpoint to resume from: None for resume=never or a fresh resume=auto."""
     resume = cfg.run.resume
     if resume == "never":
         return None
-    if resume == "auto":
+    if resume in ("auto", "auto_or_new"):
         return latest_checkpoint(run_dir)
     path = Path(resume)
     if is_checkpoint_dir(path):

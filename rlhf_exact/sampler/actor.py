@@ -23,11 +23,18 @@ the actor (SamplerGroup then re-sends the weights). A restarted actor holds the 
 weights, so every call says which weights version it expects (`weights_version`, set by
 the updates): a call that reaches a restarted actor raises `StaleWeights` instead of
 sampling on the wrong weights, and the group revives it.
+
+A dead engine that the watchdog misses (an in-process backend, say) ends its actor at
+the next call: vLLM does not restart an EngineCore process that died (it answers every
+later call with EngineDeadError), so a call that meets one (sample, update_weights,
+get_weights) makes the actor process exit the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -81,24 +88,32 @@ class SamplerActor:
                seeds: Sequence[int | None] | None = None, version: int | None = None) -> list[SampleResult]:
         """version: the weights version the caller expects (None: whatever is loaded)."""
         self._check_version(version)
-        return self.sampler.sample(prompts, n=n, params=params, seeds=seeds)
+        with _exit_on_dead_engine("sample"):
+            results = self.sampler.sample(prompts, n=n, params=params, seeds=seeds)
+        dead = next((r.error for r in results if r.error and r.error.startswith(DEAD)), None)
+        if dead:  # the engine refused each request: vLLM reports a dead engine per request
+            _exit_for_restart("sample", dead)
+        return results
 
     def update_weights(self, named_tensors: Mapping[str, torch.Tensor], bucket_bytes: int = 64 << 20,
                        version: int | None = None) -> float:
         """In-place weight update (validated whole first); returns the seconds it took.
         version: the number these weights get (weights_version) once loaded."""
-        seconds = self.sampler.update_weights(named_tensors, bucket_bytes=bucket_bytes)
+        with _exit_on_dead_engine("update_weights"):
+            seconds = self.sampler.update_weights(named_tensors, bucket_bytes=bucket_bytes)
         self.weights_version = self.weights_version if version is None else version
         return seconds
 
     def update_weights_shared(self, shared, version: int | None = None) -> float:
         """In-place update from the trainer's shared GPU buffer (types.SharedWeights)."""
-        seconds = self.sampler.update_weights_shared(shared)
+        with _exit_on_dead_engine("update_weights"):
+            seconds = self.sampler.update_weights_shared(shared)
         self.weights_version = self.weights_version if version is None else version
         return seconds
 
     def get_weights(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        return self.sampler.get_weights(names)
+        with _exit_on_dead_engine("get_weights"):
+            return self.sampler.get_weights(names)
 
     def shutdown(self) -> None:
         self.watching.clear()
@@ -148,3 +163,29 @@ def _name(p) -> str:
         return p.name()
     except Exception:  # noqa: BLE001 - a name for the log line only; the process is gone
         return "?"
+
+
+DEAD = "EngineDeadError"  # vLLM's exception for an engine whose core process is gone
+
+
+@contextlib.contextmanager
+def _exit_on_dead_engine(call: str):
+    try:
+        yield
+    except Exception as e:
+        chain, x = [], e
+        while x is not None and x not in chain:
+            chain.append(x)
+            x = x.__cause__ or x.__context__
+        dead = next((x for x in chain if type(x).__name__ == DEAD), None)
+        if dead is None:
+            raise
+        _exit_for_restart(call, f"{DEAD}: {dead}")
+
+
+def _exit_for_restart(call: str, why: str) -> None:
+    """End this actor's process: Ray counts it as a death and restarts the actor (module
+    docstring). Nothing is returned to the caller, whose call fails as RayActorError."""
+    print(f"sampler: the vLLM engine is dead ({why.splitlines()[0][:200]}) in {call}; the actor exits so that "
+          f"Ray restarts it", file=sys.stderr, flush=True)
+    os._exit(1)

@@ -5,13 +5,13 @@ the engines; results come back in prompt order.
 Every call has a deadline derived from its work (runtime/deadline.py): a sampling call
 deadline_s plus its tokens (prompts x n x max_tokens) at deadline_tokens_per_s, a weight
 update deadline_s plus its bytes at deadline_mb_per_s. A call past its deadline (a hung
-engine), or one whose requests come back with EngineDeadError, is handled like a dead
-actor: the actor is killed and restarted by Ray, gets the latest weights (within their
-deadline), and samples its share again. An engine process that dies ends its actor at
-once (the actor's watchdog, actor.py), so that is a dead actor too, found in under a
-second; and a call that reaches an actor restarted since the last update raises
-StaleWeights (every call carries the weights version) and is run again after the
-current weights are re-sent.
+engine) is handled like a dead actor: the actor is killed and restarted by Ray, gets the
+latest weights (within their deadline), and samples its share again. An engine process
+that dies ends its actor at once (the actor's watchdog, actor.py), and a call that meets
+an engine found dead (EngineDeadError in sample, a weight update, get_weights) ends its
+actor itself: a dead actor too, found in under a second. A call that reaches an actor
+restarted since the last update raises StaleWeights (every call carries the weights
+version) and is run again after the current weights are re-sent.
 Each deadline counts from the call's submission (the engines run at once), so a
 step waits at most the longest deadline, as the trainer group does.
 
@@ -103,8 +103,8 @@ class SamplerGroup:
         """n completions of every prompt (sample j of prompt i seeded seeds[i] + j), in
         prompt order, with `params` (default: the group's), one for all prompts or one per
         prompt (a multi-turn episode's turn gets the token budget it has left). A sampler
-        that dies is restarted and its share sampled again, as is one past its deadline or
-        with a dead engine (module docstring)."""
+        that dies (a dead engine ends its actor) is restarted and its share sampled again,
+        as is one past its deadline (module docstring)."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -143,12 +143,6 @@ class SamplerGroup:
                 except StaleWeights:
                     log.warning("sampler %d was restarted since the last weight sync (its engine died while "
                                 "idle); sending it the current weights", i)
-                    failed.append(i)
-                    continue
-                dead = next((r.error for r in results if r.error and "EngineDeadError" in r.error), None)
-                if dead:
-                    log.warning("sampler %d: its vLLM engine is dead (%s); restarting it", i, dead[:200])
-                    ray.kill(self.actors[i], no_restart=False)
                     failed.append(i)
                     continue
                 for j, r in zip(shares[i], results):

@@ -103,3 +103,11 @@ def test_main_makes_run_dir_and_calls_loop(tmp_path, monkeypatch):
     save_run_checkpoint(run_dir, 1, {"model": {"w": torch.zeros(4)}}, {"data": {}})
     assert train.main([f"run.output_dir={tmp_path}", "run.name=demo", "run.resume=auto"]) == 0
     assert calls[-1][2] == run_dir / "checkpoints" / "step_000001"
+
+
+def test_summary_line_shows_a_small_kl():
+    """The last line of a run: a KL of 2e-5 is not printed as 0.0000; an exact KL is 0."""
+    from rlhf_exact import loop
+
+    result = {"first": {"reward/mean": 0.25, "parity/kl": 2e-5}, "last": {"reward/mean": 0.5, "parity/kl": 0.0}}
+    assert loop.summarize(result) == ("reward/mean: first 0.2500 last 0.5000  parity/kl: first 2.000e-05 last 0")

@@ -11,6 +11,11 @@ tiny recipe in a process group of its own, as a terminal runs it.
   test_killed_driver_leaves_nothing
         SIGKILL of the driver mid-run: every process of its Ray (GCS, raylet, agents,
         actors, vLLM engine processes) is gone within seconds and its temp dir deleted.
+  test_sigterm_is_ctrl_c_and_the_hint_resumes_the_same_run
+        SIGTERM to the process group (`timeout`, a scheduler) after step 2 of a 4-step run
+        of grpo_qwen3_tiny_tools: exit 130, the resume hint as the last line, no traceback,
+        no Ray crash dump, nothing of Ray left behind. Then the hint, pasted alone, resumes
+        with the run's saved config (not the default recipe) and finishes at step 4.
   test_parity_violation_names_its_step
         the samplers get wrong weights in the sync after step 1 (tests/loop/corrupt_sync.py)
         and run step 2 on them. on_parity_mismatch=warn: "EXACT MODE VIOLATED at step 2"
@@ -179,3 +184,29 @@ def test_parity_violation_names_its_step(tmp_path):
                                                      "logprobs differ"), err[-3000:]
     assert re.findall(r"step (\d+)/3: ", err) == ["1"], err[-3000:]
     assert [r["step"] for r in metrics(tmp_path / "stop")] == [1]
+
+
+def test_sigterm_is_ctrl_c_and_the_hint_resumes_the_same_run(tmp_path):
+    run = launch(tmp_path, "T", "recipe=grpo_qwen3_tiny_tools", "eval.every_steps=0", steps=4)
+    wait_for_step(tmp_path / "T", run, 2)
+    procs, temp_dir = ray_of(run)
+    os.killpg(run.pid, signal.SIGTERM)  # what `timeout` and a scheduler do
+    assert finish(run, timeout=60) == 130, (tmp_path / "T.err").read_text()[-3000:]
+    err = (tmp_path / "T.err").read_text()
+    assert "Traceback" not in err and "SIGTERM" not in err and "GCS" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    m = re.fullmatch(rf"interrupted after step ([23]); resume with (run.resume=auto run.name=T "
+                     rf"run.output_dir={tmp_path}) \(it continues from checkpoint step_00000([123])\)", last)
+    assert m, last
+    assert_nothing_left(procs, temp_dir)
+
+    # the hint alone: the run's own config (recipe, run.steps, logging), from its checkpoint to step 4
+    log = open(tmp_path / "hint.err", "w")
+    hint = subprocess.Popen([sys.executable, "-m", "rlhf_exact.train", *m.group(2).split()], cwd=repo_root(),
+                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    assert finish(hint) == 0, (tmp_path / "hint.err").read_text()[-3000:]
+    err = (tmp_path / "hint.err").read_text()
+    assert f"note: resuming run T with its config {tmp_path / 'T' / 'config.yaml'}\n" in err, err[-3000:]
+    assert re.findall(r"step (\d)/4: ", err) == [str(s) for s in range(int(m.group(3)) + 1, 5)], err[-3000:]
+    assert [r["step"] for r in metrics(tmp_path / "T")] == [1, 2, 3, 4]
+    assert (tmp_path / "T" / "final_model" / "config.json").is_file()

@@ -158,3 +158,4 @@ def test_hung_weight_update_restarts_the_sampler(local_ray, tmp_path, caplog):
                 assert ca.token_ids == cb.token_ids and torch.equal(ca.logprobs, cb.logprobs)
     finally:
         group.shutdown()
+
