@@ -2,8 +2,9 @@
 against the same model code on stock torch ops.
 
 "Stock" builds the same model on the stock op table (rlhf_exact/models/ops.py STOCK):
-F.linear (cuBLAS), F.rms_norm, rotary in torch elementwise math, per-sequence SDPA
-(flash/efficient backends, causal, GQA), F.silu * up, log_softmax + gather. Module
+F.linear (cuBLAS), F.rms_norm, rotary in torch elementwise math, attention by
+FlashAttention-2's varlen kernel on CUDA (per-sequence SDPA elsewhere; causal, GQA),
+F.silu * up, log_softmax + gather. Module
 code, shapes, packing and parameters are identical, so the ratio is the cost of the
 kernels alone.
 

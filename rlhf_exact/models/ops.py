@@ -67,6 +67,13 @@ def _stock_apply_rotary(x, positions, cos, sin):
 
 
 def _stock_varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale):
+    """Stock causal attention over packed sequences. On CUDA: FlashAttention-2's varlen
+    kernel (the one a stock trainer uses; grouped KV heads natively), with its autograd
+    formula; elsewhere SDPA once per sequence."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_seqlen, max_seqlen, 0.0, True, False,
+                                                        scale=scale)[0]
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
