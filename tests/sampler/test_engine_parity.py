@@ -26,7 +26,7 @@ on the same GPU, the same test bodies through device-aware fixtures:
   TestCudaGraphs64         the same with CUDA graphs on
   TestCudaCrowd256         max_num_seqs 256, budget 512: 256 mixed requests, shuffled
   TestCudaGraphsCrowd256   the same with budget 1024 and CUDA graphs on
-  TestCudaChunkedPreempt8  max_num_seqs 8, budget 32, 36 KV blocks: preemption; seeds
+  TestCudaChunkedPreempt8  max_num_seqs 8, budget 32, 12 KV blocks: preemption; seeds
   TestCudaSingle1          max_num_seqs 1
 Results are equal across all CUDA engines (greedy, seeded, crowd), graphs or not.
 """
@@ -355,7 +355,8 @@ def cuda_sampler(model_dir, **kw):
     # vLLM checks at start that this fraction of the GPU is free; the trainer model and
     # the test process's cached logits hold part of it.
     kw.setdefault("gpu_memory_utilization", 0.5)
-    return Sampler(model_dir, temperature=T, max_model_len=CUDA_LEN, skip_tokenizer_init=True,
+    kw.setdefault("max_model_len", CUDA_LEN)
+    return Sampler(model_dir, temperature=T, skip_tokenizer_init=True,
                    disable_log_stats=False, **kw)
 
 
@@ -456,8 +457,8 @@ class TestCudaGraphsCrowd256(TestCudaCrowd256):
 
 @pytest.mark.gpu
 class TestCudaChunkedPreempt8(TestChunkedPreempt4):
-    """max_num_seqs 8, token budget 32, 36 KV blocks of 16 (vLLM needs one max_model_len
-    sequence to fit): chunked prefill, forced preemption and recompute. On CUDA seeded
+    """max_num_seqs 8, token budget 32, 12 KV blocks of 16 and max_model_len 128 (vLLM
+    needs one max_model_len sequence to fit): chunked prefill, forced preemption and recompute. On CUDA seeded
     requests work with split prompts."""
 
     @pytest.fixture(scope="class")
@@ -468,9 +469,11 @@ class TestCudaChunkedPreempt8(TestChunkedPreempt4):
     @pytest.fixture(scope="class")
     @classmethod
     def sampler(cls, cuda_model_dir):
-        # kv_cache_memory_bytes would size the cache itself and vLLM would ignore the block limit
-        s = cuda_sampler(cuda_model_dir, max_num_seqs=8, max_num_batched_tokens=32, num_gpu_blocks_override=36,
-                         block_size=16, kv_cache_memory_bytes=None)
+        # kv_cache_memory_bytes would size the cache itself and vLLM would ignore the block limit;
+        # max_model_len 128 (8 blocks must hold one sequence) leaves 12 blocks for 8 running
+        # sequences of up to 83 tokens: with 36 blocks of a 512-token limit nothing was preempted
+        s = cuda_sampler(cuda_model_dir, max_num_seqs=8, max_num_batched_tokens=32, num_gpu_blocks_override=12,
+                         block_size=16, kv_cache_memory_bytes=None, max_model_len=128)
         yield s
         s.shutdown()
 
