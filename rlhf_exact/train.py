@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exception(e.__cause__ or e, file=sys.stderr)
         print(f"error: {e} (reward.on_error=skip drops such samples instead)", file=sys.stderr)
         return 1
-    print(loop.summarize(result))
+    from rlhf_exact.runtime.console import summarize
+
+    print(summarize(result))
     print(f"metrics: {run_dir / 'metrics.jsonl'}  plots: python -m rlhf_exact.plot {run_dir}")
     return 0
 

@@ -80,7 +80,6 @@ def test_main_makes_run_dir_and_calls_loop(tmp_path, monkeypatch):
     calls = []
     fake = types.ModuleType("rlhf_exact.loop")
     fake.run = lambda cfg, run_dir, verified: calls.append((cfg, run_dir, verified)) or {}
-    fake.summarize = lambda result: "summary"
     fake.ParityError = fake.NonFiniteLossError = type("Never", (Exception,), {})
     fake.__spec__ = importlib.machinery.ModuleSpec("rlhf_exact.loop", None)
     monkeypatch.setitem(sys.modules, "rlhf_exact.loop", fake)
