@@ -100,7 +100,6 @@ class Loop:
 
     def _driver_state(self):
         from rlhf_exact.runtime.checkpoint import capture_rng_state
-
         return capture_rng_state(), self.stream.state_dict()
 
     def restart_trainer(self, error: BaseException) -> int:

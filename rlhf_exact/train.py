@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
 
     from rlhf_exact import loop
+    from rlhf_exact.runtime.console import summarize
     from rlhf_exact.rewards import RewardError
 
     try:
@@ -192,8 +193,6 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exception(e.__cause__ or e, file=sys.stderr)
         print(f"error: {e} (reward.on_error=skip drops such samples instead)", file=sys.stderr)
         return 1
-    from rlhf_exact.runtime.console import summarize
-
     print(summarize(result))
     print(f"metrics: {run_dir / 'metrics.jsonl'}  plots: python -m rlhf_exact.plot {run_dir}")
     return 0

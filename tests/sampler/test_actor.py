@@ -28,6 +28,7 @@ from rlhf_exact.models.tiny import make_tiny_model_dir
 from rlhf_exact.sampler.actor import SamplerActor
 from rlhf_exact.sampler.engine import RequestParams
 from rlhf_exact.sampler.group import SamplerGroup
+from rlhf_exact.sampler.spec import EngineSpec, SamplerSpec
 
 pytestmark = pytest.mark.slow
 
@@ -84,8 +85,8 @@ class HangOnceGroup(SamplerGroup):
 
 def test_hung_weight_update_restarts_the_sampler(local_ray, tmp_path, caplog):
     path = make_tiny_model_dir(tmp_path / "tiny", seed=5, std=0.05, norm_noise=0.1, num_hidden_layers=2)
-    group = HangOnceGroup(path, 1, deadline_s=5.0, deadline_mb_per_s=20.0, temperature=1.0, max_model_len=128,
-                          max_num_seqs=8)
+    group = HangOnceGroup(SamplerSpec(str(path), deadline_s=5.0, deadline_mb_per_s=20.0,
+                                      engine=EngineSpec(temperature=1.0, max_model_len=128, max_num_seqs=8)))
     new_model, _ = load_model(path, dtype=torch.bfloat16)
     new_model.init_weights(seed=42, std=0.05, norm_noise=0.1)
     weights = hf_state_dict(new_model)
