@@ -8,9 +8,12 @@ metrics.
 Per held-out prompt: one greedy completion (temperature 0: the most likely token at
 every position) and eval.k sampled ones (the run's sampling parameters; seeds a function of
 (run.seed, step, prompt), so a resumed run evaluates the same way). Every completion is
-scored by the run's reward functions (a failing reward counts as no reward). A
-completion passes when the first reward function gives at least eval.pass_threshold
-(gsm8k: the final answer is right; synthetic: every token is in the target set).
+collected and scored as the training episodes are (envs/collect.py: with an environment
+(env.name) each is a multi-turn episode, its reward the environment's plus the reward
+functions'; a failing reward or environment counts as no reward). A completion passes
+when the first reward function gives at least eval.pass_threshold (gsm8k: the final
+answer is right; synthetic: every token is in the target set), or, with an environment
+and no reward functions, when the environment's reward does.
 
   eval/greedy_pass@1         fraction of prompts whose greedy completion passes
   eval/pass@K                fraction of prompts with a passing completion among the K samples
@@ -31,6 +34,8 @@ import dataclasses
 import time
 
 import torch
+
+from rlhf_exact.envs.episode import FAILED
 
 EVAL_STEP_OFFSET = 1 << 20  # eval seeds come from steps no training step uses
 
@@ -56,54 +61,50 @@ def load_eval_rows(cfg, tokenizer, chat_template: str | None) -> list[dict]:
 
 
 class Evaluator:
-    def __init__(self, cfg, tokenizer, rows: list[dict]):
-        from rlhf_exact.sampler.engine import RequestParams
-
-        self.cfg, self.tokenizer, self.rows = cfg, tokenizer, rows
-        sp = cfg.sampling
-        self.sampled = RequestParams(max_tokens=sp.max_tokens, top_k=sp.top_k, top_p=sp.top_p,
-                                      stop_token_ids=tuple(sp.stop_token_ids))
-        self.greedy = dataclasses.replace(self.sampled, temperature=0.0, top_k=0, top_p=1.0)
+    def __init__(self, cfg, collector, rows: list[dict]):
+        """collector: the run's (envs/collect.py), whose rewards and environment eval uses."""
+        self.cfg, self.collector, self.rows = cfg, collector, rows
 
     @classmethod
-    def from_config(cls, cfg, tokenizer, model_path) -> Evaluator | None:
+    def from_config(cls, cfg, tokenizer, model_path, collector) -> Evaluator | None:
         if not cfg.eval.every_steps:
             return None
         from rlhf_exact.data import read_chat_template
 
-        return cls(cfg, tokenizer, load_eval_rows(cfg, tokenizer, read_chat_template(model_path)))
+        return cls(cfg, collector, load_eval_rows(cfg, tokenizer, read_chat_template(model_path)))
 
     def due(self, step: int) -> bool:
         """Evaluate after `step` steps (1-based)?"""
         return step % self.cfg.eval.every_steps == 0 or step == self.cfg.run.steps
 
-    def _score(self, rows, ids) -> tuple[list[float], list[bool]]:
-        from rlhf_exact.rewards import compute_rewards
-
-        r = self.cfg.reward
-        texts = [self.tokenizer.decode(t) for t in ids]
-        total, _ = compute_rewards([(f.name, f.weight) for f in r.functions], texts, ids, rows, on_error="skip",
-                                   timeout_s=r.timeout_s)
-        first, errors = compute_rewards([(r.functions[0].name, 1.0)], texts, ids, rows, on_error="skip",
-                                        timeout_s=r.timeout_s)
-        passed = [err is None and v >= self.cfg.eval.pass_threshold for v, err in zip(first, errors)]
-        return [v if v == v else 0.0 for v in total], passed  # a failed reward (NaN) counts as none
+    def _score(self, episodes) -> tuple[list[float], list[bool]]:
+        """Per episode: its total reward (0 when it failed) and whether it passes."""
+        ok = [e.finish_reason not in FAILED for e in episodes]
+        total, errors = self.collector.rewards(self.rows, episodes, on_error="skip")
+        total = [v if good and err is None else 0.0 for v, err, good in zip(total, errors, ok)]
+        functions = self.collector.reward_spec.functions
+        if functions:
+            first, errors = self.collector.rewards(self.rows, episodes, [(functions[0][0], 1.0)], on_error="skip",
+                                                  environment=False)
+        else:  # an environment's reward alone (the schema allows no reward function only with one)
+            first = [e.reward for e in episodes]
+        t = self.cfg.eval.pass_threshold
+        return total, [good and err is None and v >= t for v, err, good in zip(first, errors, ok)]
 
     def evaluate(self, samplers, step: int) -> dict[str, float]:
         from rlhf_exact.algo.rollout import request_seed
 
         t0 = time.perf_counter()
-        k, prompts = self.cfg.eval.k, [list(r["prompt_ids"]) for r in self.rows]
-        seeds = [request_seed(self.cfg.run.seed, EVAL_STEP_OFFSET + step, i, k) for i in range(len(prompts))]
-        greedy = samplers.sample(prompts, 1, seeds, params=self.greedy)
-        sampled = samplers.sample(prompts, k, seeds, params=self.sampled)
-        g_ids = [r.completions[0].token_ids for r in greedy]
-        s_ids = [c.token_ids for r in sampled for c in r.completions]
-        g_reward, g_pass = self._score(self.rows, g_ids)
-        s_reward, s_pass = self._score([row for row in self.rows for _ in range(k)], s_ids)
-        out = pass_metrics(torch.tensor(s_pass).view(len(prompts), k), torch.tensor(g_pass))
-        out |= {"eval/reward_mean": sum(s_reward) / len(s_reward),
-                "eval/greedy_reward_mean": sum(g_reward) / len(g_reward),
-                "eval/response_length_mean": sum(map(len, s_ids)) / len(s_ids),
-                "time/eval": time.perf_counter() - t0}
-        return out
+        k, n = self.cfg.eval.k, len(self.rows)
+        seeds = [request_seed(self.cfg.run.seed, EVAL_STEP_OFFSET + step, i, k) for i in range(n)]
+        greedy_params = dataclasses.replace(samplers.params, temperature=0.0, top_k=0, top_p=1.0)
+        (greedy, _), (sampled, _) = [self.collector.collect(samplers, self.rows, seeds, count, params,
+                                                            where=f"eval after step {step}", keep_failed=True)
+                                     for count, params in ((1, greedy_params), (k, None))]
+        g_reward, g_pass = self._score(greedy)
+        s_reward, s_pass = self._score(sampled)
+        out = pass_metrics(torch.tensor(s_pass).view(n, k), torch.tensor(g_pass))
+        return out | {"eval/reward_mean": sum(s_reward) / len(s_reward),
+                      "eval/greedy_reward_mean": sum(g_reward) / len(g_reward),
+                      "eval/response_length_mean": sum(e.completion.numel() for e in sampled) / len(sampled),
+                      "time/eval": time.perf_counter() - t0}

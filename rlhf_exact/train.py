@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None, reward_model: bool = False) -> int:
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
 
     from rlhf_exact import loop
+    from rlhf_exact.runtime.console import summarize
     from rlhf_exact.rewards import RewardError
 
     runner = loop
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None, reward_model: bool = False) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(runner.summarize(result))
+    print(runner.summarize(result) if reward_model else summarize(result))
     print(f"metrics: {run_dir / 'metrics.jsonl'}  plots: python -m rlhf_exact.plot {run_dir}")
     return 0
 

@@ -165,3 +165,14 @@ def test_the_import_resolver_is_a_stdlib_leaf(graph):
     import sys
 
     assert {d.split(".")[0] for d in graph["rlhf_exact.imports"]} <= sys.stdlib_module_names | {"__future__"}
+
+
+def test_functions_and_the_loop_stay_short():
+    # sizes a reader can hold: no function over 60 lines (decorators and docstring included), the loop at most 400
+    long = sorted(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+                  for path in (ROOT / "rlhf_exact").rglob("*.py")
+                  for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                  if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.end_lineno - node.lineno + 1 > 60)
+    assert long == []
+    assert len((ROOT / "rlhf_exact" / "loop.py").read_text().splitlines()) <= 400

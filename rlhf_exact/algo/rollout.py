@@ -126,3 +126,13 @@ def update_metrics(updates: Sequence[MinibatchResult], lr: float, kl: bool = Fal
     if entropy:
         out["train/entropy"] = sum(u.entropy for u in updates) / tokens
     return out
+
+
+def on_loss_tokens(model_values: torch.Tensor, fill: torch.Tensor, model_in_loss: torch.Tensor | None):
+    """A per-loss-token tensor: `model_values` at the model's tokens, `fill` at observation
+    tokens an environment marked trained (model_in_loss: Episode.model_in_loss())."""
+    if model_in_loss is None:
+        return model_values
+    out = fill.clone()
+    out[model_in_loss] = model_values
+    return out

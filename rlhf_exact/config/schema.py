@@ -475,6 +475,9 @@ class SamplerConfig:
     deadline_mb_per_s: float = 20.0  # the slowest weight update (MiB per second, per engine) that still
     # counts as alive: an update's deadline is deadline_s plus its bytes at this rate; past it the actor is
     # restarted and the weights sent again; > 0
+    max_restarts: int = 3  # a sampler actor that dies, hangs past its deadline or loses its engine is
+    # restarted (by Ray, the latest weights re-sent, its share of the call run again) at most this many
+    # times; >= 0
 
     def validate(self, p: str = "sampler") -> None:
         _int(f"{p}.num_samplers", self.num_samplers, 1)
@@ -488,6 +491,7 @@ class SamplerConfig:
         _num(f"{p}.deadline_s", self.deadline_s, 0, lo_open=True)
         _num(f"{p}.deadline_tokens_per_s", self.deadline_tokens_per_s, 0, lo_open=True)
         _num(f"{p}.deadline_mb_per_s", self.deadline_mb_per_s, 0, lo_open=True)
+        _int(f"{p}.max_restarts", self.max_restarts, 0)
 
 
 @dataclass
@@ -521,6 +525,11 @@ class TrainerConfig:
         _choice(f"{p}.compute_dtype", self.compute_dtype, ("bfloat16", "float32"))
 
 
+# colocated on CUDA: a trainer rank and a sampler engine on one GPU, reserved by these shares (the
+# engine's memory is sampler.gpu_memory_utilization of it, the rest the trainer's)
+COLOCATED_GPU_SHARE = {"trainer": 0.6, "sampler": 0.4}
+
+
 @dataclass
 class ClusterConfig:
     """Where the actors run."""
@@ -538,6 +547,12 @@ class ClusterConfig:
     weight_sync: str = "auto"  # "host": gathered to the trainer's CPU, sent through Ray in buckets;
     # "cuda_ipc": gathered into one bf16 buffer on trainer rank 0's GPU that the engines open by CUDA
     # IPC handle (device=cuda, colocate=true: same node); "auto": cuda_ipc when colocated on CUDA, else host
+
+    def gpus_per_actor(self, role: str) -> float:
+        """The share of a GPU Ray reserves for a trainer rank or a sampler ("trainer" |
+        "sampler"): a GPU each, or, colocated on CUDA, one GPU for the two together
+        (COLOCATED_GPU_SHARE)."""
+        return COLOCATED_GPU_SHARE[role] if self.device == "cuda" and self.colocate else 1.0
 
     def resolved_weight_sync(self) -> str:
         """weight_sync with "auto" decided."""

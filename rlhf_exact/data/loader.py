@@ -37,6 +37,16 @@ from .synthetic import SyntheticTask
 logger = logging.getLogger(__name__)
 
 
+def load_tokenizer(model_dir: str | os.PathLike):
+    """The model directory's tokenizer.json as a `tokenizers.Tokenizer`."""
+    from tokenizers import Tokenizer
+
+    f = pathlib.Path(model_dir) / "tokenizer.json"
+    if not f.exists():
+        raise FileNotFoundError(f"{model_dir}: no tokenizer.json (a Hugging Face fast tokenizer is needed)")
+    return Tokenizer.from_file(str(f))
+
+
 def read_chat_template(model_dir: str | os.PathLike) -> str | None:
     """The model's chat template: chat_template.jinja, else tokenizer_config.json's
     "chat_template" (the "default" entry when it is a list of named templates), else None."""

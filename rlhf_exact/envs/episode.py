@@ -135,15 +135,9 @@ def _fail(ep: Trajectory, reason: str, why: str) -> None:
     ep.finish_reason, ep.error = reason, why
 
 
-def run_episodes(runner: EnvRunner, rows: Sequence[Mapping[str, Any]], sample: SampleFn, *, limits: Limits,
-                 params, seeds: Sequence[int | None], decode: Callable[[list[int]], str]) -> list[Trajectory]:
-    """One episode per row (repeat a row per group member), rolled out in rounds of one
-    turn (module docstring). `params` is the sampler's per-request config (a dataclass
-    with max_tokens, e.g. sampler.engine.RequestParams); each turn's request gets
-    max_tokens = turn_budget(...). Returns the episodes in row order, each with its
-    finish reason (module docstring); failed ones keep what they had."""
-    if len(seeds) != len(rows):
-        raise ValueError(f"run_episodes: {len(rows)} rows but {len(seeds)} seeds")
+def _start(runner: EnvRunner, rows: Sequence[Mapping[str, Any]], limits: Limits) -> tuple[list[Trajectory], list]:
+    """Every row's episode as the environment starts it (a failed start or a prompt that
+    fills the budget: failed already) and its state."""
     episodes: list[Trajectory] = []
     states: list[Any] = []
     for start in runner.start(rows):
@@ -157,7 +151,19 @@ def run_episodes(runner: EnvRunner, rows: Sequence[Mapping[str, Any]], sample: S
                 _fail(episodes[-1], "env_error", f"start: the prompt has {len(start.prompt_ids)} tokens, "
                                                  f"max_episode_tokens is {limits.max_episode_tokens}")
         states.append(None if isinstance(start, EnvFailure) else start.state)
+    return episodes, states
 
+
+def run_episodes(runner: EnvRunner, rows: Sequence[Mapping[str, Any]], sample: SampleFn, *, limits: Limits,
+                 params, seeds: Sequence[int | None], decode: Callable[[list[int]], str]) -> list[Trajectory]:
+    """One episode per row (repeat a row per group member), rolled out in rounds of one
+    turn (module docstring). `params` is the sampler's per-request config (a dataclass
+    with max_tokens, e.g. sampler.engine.RequestParams); each turn's request gets
+    max_tokens = turn_budget(...). Returns the episodes in row order, each with its
+    finish reason (module docstring); failed ones keep what they had."""
+    if len(seeds) != len(rows):
+        raise ValueError(f"run_episodes: {len(rows)} rows but {len(seeds)} seeds")
+    episodes, states = _start(runner, rows, limits)
     for t in range(limits.max_turns):
         active = [k for k, ep in enumerate(episodes) if not ep.finish_reason]
         if not active:

@@ -119,3 +119,16 @@ def resume_checkpoint(cfg: TrainConfig, run_dir: str | Path) -> Path | None:
     if found is None:
         raise ConfigError(f"run.resume={resume!r}: the run directory has no complete checkpoint")
     return found
+
+
+def prepare_model(cfg, run_dir: Path) -> Path:
+    """The HF model directory the run starts from (the tiny model is built into the run
+    directory, deterministically from run.seed, on the first start)."""
+    if not cfg.model.tiny.enabled:
+        return Path(cfg.model.path)
+    path = run_dir / "initial_model"
+    if not (path / "config.json").exists():
+        from rlhf_exact.models.tiny import make_tiny_model_dir
+
+        make_tiny_model_dir(path, seed=cfg.run.seed, std=0.05, **cfg.model.tiny.shape())
+    return path

@@ -11,6 +11,8 @@ logprobs equal the trainer's bit for bit.
     engine.py           Sampler: sample() / update_weights() around vllm.LLM
     backend.py          SamplerBackend: the interface an engine gives the actor (Sampler is one;
                         config sampler.backend may name another, e.g. the paged test oracle)
+    spec.py             SamplerSpec, EngineSpec: the group's and the engines' settings, typed (twin
+                        of trainer/worker.py's TrainerSpec)
     actor.py            SamplerActor: one backend in a Ray actor process (plain Python)
     group.py            SamplerGroup: the sampler actors the loop drives (twin of trainer/group.py),
                         from_config, restarts (the sampler's one module that imports Ray)

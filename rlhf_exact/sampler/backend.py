@@ -19,9 +19,9 @@ each):
   * seeds: sample j of prompt i is drawn with seed `seeds[i] + j`, independent of the
     batch.
 
-A backend class is built as `cls(model_path, **engine_kwargs)` with the keywords
-`SamplerGroup.from_config` passes (CONSTRUCTOR_KWARGS; a backend may ignore those it has
-no use for). `mismatches(cls)` compares a class with the protocol signature by signature;
+A backend class is built as `cls(model_path, **spec.engine.kwargs())`, the fields of
+spec.py's `EngineSpec` (BACKEND_KEYWORDS; a backend may ignore those it has no use
+for). `mismatches(cls)` compares a class with the protocol signature by signature;
 preflight runs it on `sampler.backend` at config time.
 """
 from __future__ import annotations
@@ -33,10 +33,8 @@ from typing import Protocol
 import torch
 
 from .engine import RequestParams, SampleResult
+from .spec import BACKEND_KEYWORDS
 
-# The keywords SamplerGroup.from_config may pass to a backend's constructor.
-CONSTRUCTOR_KWARGS = ("temperature", "dtype", "max_model_len", "max_num_seqs", "enable_prefix_caching", "seed",
-                      "exact", "kv_cache_memory_bytes", "gpu_memory_utilization")
 FACTS = {"temperature": float, "vocab_size": int, "max_model_len": int}  # what SamplerActor.ready reports
 
 
@@ -93,9 +91,9 @@ def mismatches(cls: type) -> list[str]:
         elif _shape(impl) != _shape(getattr(SamplerBackend, name)):
             problems.append(f"{name}{_plain(impl)} is not {name}{_plain(getattr(SamplerBackend, name))}")
     try:
-        inspect.signature(cls).bind("model", **dict.fromkeys(CONSTRUCTOR_KWARGS))
+        inspect.signature(cls).bind("model", **dict.fromkeys(BACKEND_KEYWORDS))
     except TypeError as e:
-        problems.append(f"its constructor does not take (model, {', '.join(f'{k}=' for k in CONSTRUCTOR_KWARGS)}):"
+        problems.append(f"its constructor does not take (model, {', '.join(f'{k}=' for k in BACKEND_KEYWORDS)}):"
                         f" {e}")
     return problems
 

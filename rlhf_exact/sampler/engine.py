@@ -109,8 +109,7 @@ class Sampler:
         from vllm import LLM
 
         self.temperature = float(temperature)
-        self.max_model_len = max_model_len
-        self.exact = exact
+        self.max_model_len, self.exact = max_model_len, exact
         kw = dict(model=str(model), dtype=dtype, enforce_eager=not cuda_graphs, max_model_len=max_model_len,
                   max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
                   seed=seed, **engine_kwargs)
@@ -144,8 +143,7 @@ class Sampler:
         else:
             kw.update(logprobs_mode="processed_logprobs")
         self.llm = LLM(**kw)
-        hf = self.llm.llm_engine.model_config.hf_config
-        self.vocab_size = int(hf.vocab_size)
+        self.vocab_size = int(self.llm.llm_engine.model_config.hf_config.vocab_size)
         self.model_class = self.llm.collective_rpc("exact_model_class")[0]
         if exact and self.model_class != MODEL_CLASS:
             raise RuntimeError(f"Sampler: the workers run {self.model_class}, not {MODEL_CLASS}: is the rlhf_exact "

@@ -15,13 +15,13 @@ version) and is run again after the current weights are re-sent.
 Each deadline counts from the call's submission (the engines run at once), so a
 step waits at most the longest deadline, as the trainer group does.
 
-    samplers = SamplerGroup.from_config(cfg, model_path)
+    samplers = SamplerGroup.from_config(cfg, model_path)    # or SamplerGroup(SamplerSpec(...)): spec.py
     results = samplers.sample(prompts, n=8, seeds=seeds)   # the config's sampling parameters
     seconds = samplers.update_weights(trainer.full_weights("bfloat16"))
 
 The twin of trainer/group.py. It owns the samplers' kernel selection (each actor runs
 the exact-mode switch, or starts vLLM without plugins: VLLM_PLUGINS=none) and their
-restart logic: Ray restarts a dead actor (max_restarts), the group re-sends the latest
+restart logic: Ray restarts a dead actor (sampler.max_restarts), the group re-sends the latest
 weights to it and retries its share of the work. Ray is imported here only; actor.py
 stays plain.
 """
@@ -39,38 +39,29 @@ from rlhf_exact.runtime.deadline import MIB, deadline, tensor_bytes
 from rlhf_exact.types import SharedWeights
 
 from .actor import SamplerActor, StaleWeights
-from .engine import SampleResult, RequestParams
+from .engine import RequestParams, SampleResult
+from .spec import EngineSpec, SamplerSpec
 
 log = logging.getLogger("rlhf_exact")
-
-MAX_RESTARTS = 3  # per actor, by Ray
 
 
 class SamplerGroup:
     actor_class = SamplerActor  # the actors' body (a test may run a subclass)
 
-    def __init__(self, model_path: str | os.PathLike, num_samplers: int, *, backend: str = "vllm", exact: bool = True,
-                 device: str = "cpu", colocate: bool = False, bucket_bytes: int = 64 << 20,
-                 params: RequestParams | None = None, deadline_s: float = 600.0,
-                 deadline_tokens_per_s: float = 20.0, deadline_mb_per_s: float = 20.0, **engine_kwargs):
-        """backend: the engine class (config sampler.backend: "vllm" or 'package.module:Class',
-        backend.py), built in every actor; params: the default per-request sampling parameters; deadline_s,
-        deadline_tokens_per_s, deadline_mb_per_s: a call's deadline (module docstring);
-        engine_kwargs go to every engine (engine.Sampler: temperature, dtype, max_model_len, ...)."""
+    def __init__(self, spec: SamplerSpec):
+        """spec: everything the group, its actors and their engines are built with (spec.py)."""
         import ray
 
-        self.bucket_bytes, self.params = bucket_bytes, params or RequestParams()
-        self.deadline_s, self.deadline_tokens_per_s = deadline_s, deadline_tokens_per_s
-        self.deadline_mb_per_s = deadline_mb_per_s
-        opts = dict(max_restarts=MAX_RESTARTS, max_task_retries=0)
-        if device == "cuda":
-            opts["num_gpus"] = 0.4 if colocate else 1
-        env = {} if exact else {"VLLM_PLUGINS": "none"}  # kernels=default: vLLM's own model and kernels
+        self.spec, self.params, self.max_restarts = spec, spec.params, spec.max_restarts
+        opts = dict(max_restarts=spec.max_restarts, max_task_retries=0)
+        if spec.device == "cuda":
+            opts["num_gpus"] = spec.gpus_per_actor
+        env = {} if spec.engine.exact else {"VLLM_PLUGINS": "none"}  # kernels=default: vLLM's own model, kernels
         env |= {"OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
         opts["runtime_env"] = {"env_vars": env}
-        cls = ray.remote(num_cpus=0.5 if device == "cpu" else 1, **opts)(self.actor_class)
-        self.actors = [cls.remote(str(model_path), backend, exact=exact, **engine_kwargs)
-                       for _ in range(num_samplers)]
+        cls = ray.remote(num_cpus=0.5 if spec.device == "cpu" else 1, **opts)(self.actor_class)
+        self.actors = [cls.remote(spec.model_path, spec.backend, **spec.engine.kwargs())
+                       for _ in range(spec.num_samplers)]
         ray.get([a.ready.remote() for a in self.actors])  # surfaces an engine start error here
         self.weights = None  # the latest weights sent (re-sent to a restarted actor)
         self.version = 0  # their number: every call says which weights it expects (actor.py)
@@ -78,71 +69,53 @@ class SamplerGroup:
 
     @classmethod
     def from_config(cls, cfg, model_path: pathlib.Path) -> SamplerGroup:
-        """The run's samplers: engines from the sampler section, requests from the sampling
-        section (its temperature is the engines': engine.py)."""
+        """The run's samplers: its SamplerSpec from the validated config (duck-typed: the
+        sampler does not import the config), engines from the sampler section, requests
+        from the sampling section (its temperature is the engines': engine.py)."""
         s, c, sp = cfg.sampler, cfg.cluster, cfg.sampling
+        cuda = c.device == "cuda"
+        engine = EngineSpec(temperature=sp.temperature, dtype=cfg.model.dtype, max_model_len=s.max_model_len,
+                            max_num_seqs=s.max_num_seqs, enable_prefix_caching=s.enable_prefix_caching,
+                            seed=cfg.run.seed, exact=cfg.kernels == "exact",
+                            kv_cache_memory_bytes=s.kv_cache_bytes or (None if cuda else 64 << 20),
+                            gpu_memory_utilization=s.gpu_memory_utilization if cuda else None,
+                            cuda_graphs=s.cuda_graphs if cuda and s.backend == "vllm" else None)
         params = RequestParams(max_tokens=sp.max_tokens, top_k=sp.top_k, top_p=sp.top_p,
-                                stop_token_ids=tuple(sp.stop_token_ids))
-        kw = dict(temperature=cfg.sampling.temperature, dtype=cfg.model.dtype, max_model_len=s.max_model_len,
-                  max_num_seqs=s.max_num_seqs, enable_prefix_caching=s.enable_prefix_caching, seed=cfg.run.seed)
-        if s.kv_cache_bytes:
-            kw["kv_cache_memory_bytes"] = s.kv_cache_bytes
-        if c.device == "cuda":
-            kw["gpu_memory_utilization"] = s.gpu_memory_utilization
-            if s.backend == "vllm":
-                kw["cuda_graphs"] = s.cuda_graphs
-            if not s.kv_cache_bytes:
-                kw["kv_cache_memory_bytes"] = None  # from gpu_memory_utilization
-        return cls(model_path, s.num_samplers, backend=s.backend, exact=cfg.kernels == "exact", device=c.device,
-                   colocate=c.colocate, bucket_bytes=c.weight_sync_bucket_mb << 20, params=params,
-                   deadline_s=s.deadline_s,
-                   deadline_tokens_per_s=s.deadline_tokens_per_s, deadline_mb_per_s=s.deadline_mb_per_s, **kw)
+                               stop_token_ids=tuple(sp.stop_token_ids))
+        return cls(SamplerSpec(model_path=str(model_path), num_samplers=s.num_samplers, backend=s.backend,
+                               device=c.device, gpus_per_actor=c.gpus_per_actor("sampler"), engine=engine,
+                               params=params, bucket_bytes=c.weight_sync_bucket_mb << 20, deadline_s=s.deadline_s,
+                               deadline_tokens_per_s=s.deadline_tokens_per_s, deadline_mb_per_s=s.deadline_mb_per_s,
+                               max_restarts=s.max_restarts))
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, seeds: Sequence[int],
                params: RequestParams | Sequence[RequestParams] | None = None) -> list[SampleResult]:
         """n completions of every prompt (sample j of prompt i seeded seeds[i] + j), in
         prompt order, with `params` (default: the group's), one for all prompts or one per
         prompt (a multi-turn episode's turn gets the token budget it has left). A sampler
-        that dies (a dead engine ends its actor) is restarted and its share sampled again,
-        as is one past its deadline (module docstring)."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
+        that dies is restarted and its share sampled again, as is one past its deadline or
+        with a dead engine (module docstring)."""
         params = params or self.params
         k = len(self.actors)
         shares = {i: list(range(i, len(prompts), k)) for i in range(k)}
         shares = {i: sh for i, sh in shares.items() if sh}
+        per = [params] * len(prompts) if isinstance(params, RequestParams) else list(params)
 
         def submit(i):
             share = shares[i]
             p = params if isinstance(params, RequestParams) else [params[j] for j in share]
+            seconds = deadline(self.spec.deadline_s, n * sum(per[j].max_tokens for j in share),
+                               self.spec.deadline_tokens_per_s)
             return self.actors[i].sample.remote([prompts[j] for j in share], n, p, [seeds[j] for j in share],
-                                                self.version)
+                                                self.version), seconds
 
         out = [None] * len(prompts)
         pending, sent = {i: submit(i) for i in shares}, time.monotonic()
-        for _ in range(MAX_RESTARTS + 1):
+        for _ in range(self.max_restarts + 1):
             failed = []
-            for i, ref in pending.items():
-                tokens = n * sum((params if isinstance(params, RequestParams) else params[j]).max_tokens
-                                 for j in shares[i])
-                seconds = deadline(self.deadline_s, tokens, self.deadline_tokens_per_s)
-                try:  # each deadline counts from the submission: the engines run at once
-                    results = ray.get(ref, timeout=max(0.0, sent + seconds - time.monotonic()))
-                except RayActorError as e:
-                    log.warning("sampler %d died during sampling (%s); waiting for Ray to restart it", i,
-                                type(e).__name__)
-                    failed.append(i)
-                    continue
-                except GetTimeoutError:
-                    log.warning("sampler %d gave no result within its deadline of %.0f s (a dead or hung vLLM "
-                                "engine); restarting it", i, seconds)
-                    ray.kill(self.actors[i], no_restart=False)
-                    failed.append(i)
-                    continue
-                except StaleWeights:
-                    log.warning("sampler %d was restarted since the last weight sync (its engine died while "
-                                "idle); sending it the current weights", i)
+            for i, (ref, seconds) in pending.items():
+                results = self._sample_result(i, ref, sent + seconds, seconds)
+                if results is None:
                     failed.append(i)
                     continue
                 for j, r in zip(shares[i], results):
@@ -154,7 +127,29 @@ class SamplerGroup:
                 self._revive(i)
             pending, sent = {i: submit(i) for i in failed}, time.monotonic()
         raise RuntimeError(f"sampler actor(s) {sorted(failed)}: sample died or gave no result within its deadline "
-                           f"(the last {seconds:.0f} s) {MAX_RESTARTS + 1} times; the run stops")
+                           f"(the last {seconds:.0f} s) {self.max_restarts + 1} times; the run stops")
+
+    def _sample_result(self, i: int, ref, end: float, seconds: float) -> list[SampleResult] | None:
+        """Sampler i's results by monotonic time `end`, or None when it died, hung (then
+        killed: Ray restarts it; a dead engine ends its actor) or holds stale weights."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        try:  # each deadline counts from the submission: the engines run at once
+            results = ray.get(ref, timeout=max(0.0, end - time.monotonic()))
+        except RayActorError as e:
+            log.warning("sampler %d died during sampling (%s); waiting for Ray to restart it", i, type(e).__name__)
+            return None
+        except GetTimeoutError:
+            log.warning("sampler %d gave no result within its deadline of %.0f s (a dead or hung vLLM "
+                        "engine); restarting it", i, seconds)
+            ray.kill(self.actors[i], no_restart=False)
+            return None
+        except StaleWeights:
+            log.warning("sampler %d was restarted since the last weight sync (its engine died while "
+                        "idle); sending it the current weights", i)
+            return None
+        return results
 
     def update_weights(self, weights: dict[str, torch.Tensor] | SharedWeights) -> float:
         """Send weights to every sampler (in place, validated whole first), each within the
@@ -179,13 +174,13 @@ class SamplerGroup:
     def _update(self, actor, weights):
         if isinstance(weights, SharedWeights):
             return actor.update_weights_shared.remote(weights, self.version)
-        return actor.update_weights.remote(weights, self.bucket_bytes, self.version)
+        return actor.update_weights.remote(weights, self.spec.bucket_bytes, self.version)
 
     def update_deadline(self) -> float:
         """Seconds a weight update of the latest weights may take (module docstring)."""
         w = self.weights
-        return deadline(self.deadline_s, w.nbytes if isinstance(w, SharedWeights) else tensor_bytes(w),
-                        self.deadline_mb_per_s * MIB)
+        return deadline(self.spec.deadline_s, w.nbytes if isinstance(w, SharedWeights) else tensor_bytes(w),
+                        self.spec.deadline_mb_per_s * MIB)
 
     def _restart(self, i: int, call: str, error: BaseException) -> None:
         """Sampler i died or hung in `call`: kill it (Ray restarts it) and revive it."""
@@ -204,11 +199,11 @@ class SamplerGroup:
     def _revive(self, i: int) -> None:
         """Wait for Ray to restart sampler i and send it the latest weights (the restarted
         engine loaded the initial checkpoint); one that dies or hangs again is killed and
-        revived again, MAX_RESTARTS times at most."""
+        revived again, spec.max_restarts times at most."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        for _ in range(MAX_RESTARTS):
+        for _ in range(self.max_restarts):
             self._wait_ready(i)
             if self.weights is None:
                 return
@@ -221,7 +216,7 @@ class SamplerGroup:
                 ray.kill(self.actors[i], no_restart=False)
                 self.restarts += 1
         raise RuntimeError(f"sampler {i}: update_weights died or gave no result within its deadline of "
-                           f"{self.update_deadline():.0f} s after {MAX_RESTARTS} restarts; the run stops")
+                           f"{self.update_deadline():.0f} s after {self.max_restarts} restarts; the run stops")
 
     def _wait_ready(self, i: int) -> None:
         import ray
@@ -243,3 +238,4 @@ class SamplerGroup:
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
             ray.kill(a)
+

@@ -87,11 +87,10 @@ class TrainerGroup:
             warmup_steps=a.warmup_steps, clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high,
             kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef,
             activation_checkpointing=cfg.model.activation_checkpointing, architecture=architecture)
-        colocated = c.device == "cuda" and c.colocate
         t = cfg.trainer
         return cls(spec, t.world_size, t.micro_batch_tokens, device=c.device,
                    cpus_per_rank=0.5 if c.device == "cpu" else 1,
-                   gpus_per_rank=0.6 if colocated else 1.0,  # + a sampler's 0.4
+                   gpus_per_rank=c.gpus_per_actor("trainer"),
                    deadline_s=t.deadline_s, deadline_tokens_per_s=t.deadline_tokens_per_s,
                    deadline_mb_per_s=t.deadline_mb_per_s)
 

@@ -80,7 +80,6 @@ def test_main_makes_run_dir_and_calls_loop(tmp_path, monkeypatch):
     calls = []
     fake = types.ModuleType("rlhf_exact.loop")
     fake.run = lambda cfg, run_dir, verified: calls.append((cfg, run_dir, verified)) or {}
-    fake.summarize = lambda result: "summary"
     fake.ParityError = fake.NonFiniteLossError = type("Never", (Exception,), {})
     fake.__spec__ = importlib.machinery.ModuleSpec("rlhf_exact.loop", None)
     monkeypatch.setitem(sys.modules, "rlhf_exact.loop", fake)
@@ -107,7 +106,7 @@ def test_main_makes_run_dir_and_calls_loop(tmp_path, monkeypatch):
 
 def test_summary_line_shows_a_small_kl():
     """The last line of a run: a KL of 2e-5 is not printed as 0.0000; an exact KL is 0."""
-    from rlhf_exact import loop
+    from rlhf_exact.runtime.console import summarize
 
     result = {"first": {"reward/mean": 0.25, "parity/kl": 2e-5}, "last": {"reward/mean": 0.5, "parity/kl": 0.0}}
-    assert loop.summarize(result) == ("reward/mean: first 0.2500 last 0.5000  parity/kl: first 2.000e-05 last 0")
+    assert summarize(result) == ("reward/mean: first 0.2500 last 0.5000  parity/kl: first 2.000e-05 last 0")

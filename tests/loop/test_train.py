@@ -183,16 +183,18 @@ def test_eval_samples_and_reward_errors(tmp_path, monkeypatch, caplog):
 
 def test_progress_line():
     """The step line's parts, without a run (the line of a run is checked above)."""
+    from rlhf_exact.runtime.console import progress_line
+
     m = {"reward/mean": 0.25, "reward/errors": 1.0, "parity/kl": 0.0, "parity/tokens_bitwise_equal_frac": 1.0,
          "parity/logprob_abs_diff_max": 0.0, "parity/ratio_min": 1.0, "parity/ratio_max": 1.0, "time/step": 2.0,
          "time/sample": 1.0, "time/recompute": 0.3, "time/train": 0.5, "time/sync": 0.5}
     # ETA: 7 steps left x the mean of the steps after the warm-up one (2 s, 4 s) = 21 s
-    assert loop.progress_line(3, 10, m, [40.0, 2.0, 4.0], exact=True) == (
+    assert progress_line(3, 10, m, [40.0, 2.0, 4.0], exact=True) == (
         "step 3/10: reward 0.2500 (1 reward error, dropped)  parity exact (KL 0, every token bitwise equal, "
         "ratio 1)  time 2.0s (sample 1.0, recompute 0.3, train 0.5, sync 0.5)  ETA 0:00:21")
     bad = m | {"reward/errors": 0.0, "parity/kl": 1e-5, "parity/tokens_bitwise_equal_frac": 0.5,
                "parity/logprob_abs_diff_max": 0.01, "eval/greedy_pass@1": 0.5, "eval/pass@4": 0.75}
-    assert loop.progress_line(1, 2, bad, [3600.0], exact=False) == (
+    assert progress_line(1, 2, bad, [3600.0], exact=False) == (
         "step 1/2: reward 0.2500  parity differs: KL 1e-05, max|diff| 0.01, bitwise 0.5000  time 2.0s (sample 1.0, "
         "recompute 0.3, train 0.5, sync 0.5)  eval: greedy_pass@1 0.500 pass@4 0.750  ETA 1:00:00")
 

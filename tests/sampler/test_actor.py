@@ -9,6 +9,7 @@ samples, without waiting for a deadline.
 
     .venv/bin/python -m pytest -q tests/sampler/test_actor.py
 """
+import dataclasses
 import os
 import pathlib
 import signal
@@ -28,6 +29,7 @@ from rlhf_exact.models.tiny import make_tiny_model_dir
 from rlhf_exact.sampler.actor import SamplerActor
 from rlhf_exact.sampler.engine import RequestParams
 from rlhf_exact.sampler.group import SamplerGroup
+from rlhf_exact.sampler.spec import EngineSpec, SamplerSpec
 
 pytestmark = pytest.mark.slow
 
@@ -84,8 +86,8 @@ class HangOnceGroup(SamplerGroup):
 
 def test_hung_weight_update_restarts_the_sampler(local_ray, tmp_path, caplog):
     path = make_tiny_model_dir(tmp_path / "tiny", seed=5, std=0.05, norm_noise=0.1, num_hidden_layers=2)
-    group = HangOnceGroup(path, 1, deadline_s=5.0, deadline_mb_per_s=20.0, temperature=1.0, max_model_len=128,
-                          max_num_seqs=8)
+    group = HangOnceGroup(SamplerSpec(str(path), deadline_s=5.0, deadline_mb_per_s=20.0,
+                                      engine=EngineSpec(temperature=1.0, max_model_len=128, max_num_seqs=8)))
     new_model, _ = load_model(path, dtype=torch.bfloat16)
     new_model.init_weights(seed=42, std=0.05, norm_noise=0.1)
     weights = hf_state_dict(new_model)
@@ -105,7 +107,8 @@ def test_hung_weight_update_restarts_the_sampler(local_ray, tmp_path, caplog):
         # watchdog ends the actor at once, Ray restarts it on the initial checkpoint, and the
         # call is not run on those weights (StaleWeights) but after the current ones are re-sent
         psutil = pytest.importorskip("psutil")
-        group.deadline_s = 300.0  # from here on a call may wait for its actor's restart (an engine start)
+        # from here on a call may wait for its actor's restart (an engine start)
+        group.spec = dataclasses.replace(group.spec, deadline_s=300.0)
         prompts, seeds = [[5, 6, 7, 8], [40, 41, 42]], [1, 2]
         ref = group.sample(prompts, 2, seeds)
 

@@ -1,0 +1,80 @@
+"""What a run prints to the console, apart from the loop that produces it: one line per
+step (`progress_line`), the start-up lines around each slow start (`starting`), the
+closing summary (`summarize`), and the per-phase clock the step line reads (`Clock`).
+Pure formatting over the step's metrics dict, so it is tested without a run:
+
+    with starting("2 sampler engine(s)"):    # 'starting ... ' now, '... ready (12.3 s)' after
+        ...
+    log.info("%s", progress_line(step, steps, metrics, step_seconds, exact=True))
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+log = logging.getLogger("rlhf_exact")
+
+
+class Clock:
+    """Seconds per phase (`with clock("time/sample"): ...`) and since the start."""
+
+    def __init__(self):
+        self.start, self.times = time.perf_counter(), {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        yield
+        self.times[name] = time.perf_counter() - t
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+@contextlib.contextmanager
+def starting(what: str):
+    """'starting WHAT ...' now and 'WHAT ready (N s)' after: start-up takes minutes on CPU."""
+    log.info("starting %s ...", what)
+    t = time.perf_counter()
+    yield
+    log.info("%s ready (%.1f s)", what, time.perf_counter() - t)
+
+
+def progress_line(step: int, steps: int, m: dict[str, float], step_seconds: Sequence[float], exact: bool) -> str:
+    """The console line of a step (1-based): k/N, reward (and reward errors), parity status,
+    times, eval when it ran, ETA from this process's steps (the first, a warm-up, left out
+    when there are others)."""
+    errors = int(m.get("reward/errors", 0))
+    reward = f"reward {m['reward/mean']:.4f}" + (f" ({errors} reward error{'s' * (errors != 1)}, dropped)"
+                                                  if errors else "")
+    if m["parity/tokens_bitwise_equal_frac"] == 1.0 and m["parity/kl"] == 0.0:
+        parity = "parity exact (KL 0, every token bitwise equal" + (", ratio 1)" if m["parity/ratio_max"] == 1.0
+                                                                   and m["parity/ratio_min"] == 1.0 else ")")
+    else:
+        parity = (f"parity {'VIOLATED' if exact else 'differs'}: KL {m['parity/kl']:.3g}, max|diff| "
+                  f"{m['parity/logprob_abs_diff_max']:.3g}, bitwise {m['parity/tokens_bitwise_equal_frac']:.4f}")
+    recent = list(step_seconds[1:] or step_seconds)
+    eta = (steps - step) * sum(recent) / max(len(recent), 1)
+    ev = " ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("eval/pass@") or k == "eval/greedy_pass@1")
+    return (f"step {step}/{steps}: {reward}  {parity}  time {m['time/step']:.1f}s (sample {m['time/sample']:.1f}, "
+            f"recompute {m['time/recompute']:.1f}, train {m['time/train']:.1f}, sync {m['time/sync']:.1f})"
+            + (f"  eval: {ev}" if ev else "") + f"  ETA {hms(eta)}")
+
+
+def hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def summarize(result: dict, keys: Sequence[str] = ("reward/mean", "parity/kl")) -> str:
+    """The run's closing line: each key's first and last step value. Parity figures are
+    0 or in scientific notation: a KL of 2e-5 at four decimals would read 0.0000, exact."""
+    f, l_ = result.get("first") or {}, result.get("last") or {}
+
+    def num(k: str, v: float) -> str:
+        return f"{v:.4f}" if not k.startswith("parity/") else "0" if v == 0 else f"{v:.3e}"
+
+    return "  ".join(f"{k}: first {num(k, f.get(k, float('nan')))} last {num(k, l_.get(k, float('nan')))}"
+                     for k in keys)
