@@ -93,7 +93,12 @@ def write_model(path: pathlib.Path, shape: str) -> pathlib.Path:
                 p.fill_(1.0)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen, device="cuda", dtype=torch.float32) * 0.02)
-    return save_model(model, path, max_shard_bytes=4 << 30)
+    saved = save_model(model, path, max_shard_bytes=4 << 30)
+    # the engines start in child processes and check that gpu_memory_utilization of the card
+    # is free: this process must not keep the model (16 GB at 8B) in torch's cache
+    del model, gen, p
+    torch.cuda.empty_cache()
+    return saved
 
 
 def groups(n: int) -> list[int]:
