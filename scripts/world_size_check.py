@@ -29,7 +29,7 @@ the training step is not invariant to the world size, only the logprobs are
 (docs/design.md). The first update therefore differs in its last bits across W and
 the runs part from there; the table says how many tensors are still equal.
 
-scripts/multi_gpu_check.py remains for what this cannot reach: trainer logprobs across
+tests/trainer/multi_gpu_check.py remains for what this cannot reach: trainer logprobs across
 W on fixed sequences, and a bucketed NCCL weight sync on a GPU image without Ray or vLLM.
 Exit code 1 if any check fails.
 """

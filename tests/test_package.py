@@ -176,3 +176,14 @@ def test_functions_and_the_loop_stay_short():
                   and node.end_lineno - node.lineno + 1 > 60)
     assert long == []
     assert len((ROOT / "rlhf_exact" / "loop.py").read_text().splitlines()) <= 400
+
+
+def test_no_script_imports_tests():
+    """scripts/ are the product's tools: a harness built on a test oracle lives in tests/."""
+    import ast
+
+    for path in sorted((ROOT / "scripts").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
+        assert not [m for m in names if m.split(".")[0] == "tests"], path.name

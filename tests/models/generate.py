@@ -1,6 +1,6 @@
 """A small paged generation loop over `Qwen3ForCausalLM`'s paged path: the test
 oracle for the parity chain (tests/models/test_parity.py) and the sampler of
-scripts/multi_gpu_check.py, which runs where vLLM is not installed. The product's
+tests/trainer/multi_gpu_check.py, which runs where vLLM is not installed. The product's
 sampler is vLLM with the exact plugin (rlhf_exact/sampler/); oracle_sampler.py puts this
 loop behind the same interface (sampler.backend), so the real loop can run on it.
 

@@ -132,7 +132,7 @@ def _fsdp_worker(rank: int, world: int, port: int, model_dir: str, seqs: list, o
     finally:
         dist.destroy_process_group()
     # done, result on disk: leave without interpreter teardown, where torch's C++ side
-    # can crash a spawned gloo rank (seen twice in CI, in scripts/multi_gpu_check.py)
+    # can crash a spawned gloo rank (seen twice in CI, in tests/trainer/multi_gpu_check.py)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

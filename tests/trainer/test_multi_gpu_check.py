@@ -1,4 +1,4 @@
-"""scripts/multi_gpu_check.py (issue 6) end to end: the script runs in a subprocess and
+"""tests/trainer/multi_gpu_check.py end to end: the script runs in a subprocess and
 its table is checked row by row.
 
 Every subprocess runs with Ray, vLLM, Hydra, OmegaConf, W&B, datasets, math-verify,
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "multi_gpu_check.py"
+SCRIPT = ROOT / "tests" / "trainer" / "multi_gpu_check.py"
 BLOCKED = ("ray", "vllm", "hydra", "omegaconf", "wandb", "datasets", "math_verify", "transformers", "yaml")
 BLOCKER = f'''import importlib.abc, sys
 BLOCKED = {BLOCKED!r}

@@ -1,4 +1,4 @@
-"""Multi-GPU exact run (issue 6): FSDP2 trainer ranks, a sampler on its own device and
+"""Multi-GPU exact run: FSDP2 trainer ranks, a sampler on its own device and
 a bucketed weight sync between them, checked bit for bit, in one command.
 
 For each trainer world size W (spawned processes, plain torch.distributed; no Ray, no
@@ -30,15 +30,18 @@ channel, NVLS off) apply to the weight-sync communicator too: a broadcast's bits
 not depend on them, its speed does (one channel). With a single GPU (a smoke test,
 W=1 only) the sampler shares cuda:0 and the sync runs over gloo: NCCL refuses two
 ranks of one communicator on the same device. The table is printed last and written
-to --out ($OUT/multi_gpu.md when $OUT is set); exit code 1 if any check fails.
+to --out when given; exit code 1 if any check fails.
 
 On a machine with Ray, the same oracle drives the real groups instead
 of this harness: `python scripts/world_size_check.py OUT --device cuda --world-sizes 1,2
 sampler.backend=tests.models.oracle_sampler:OracleSampler` (the real loop, SamplerGroup,
 TrainerGroup and weight sync, from the repository root; no vLLM engine is started).
 
-    python scripts/multi_gpu_check.py                                  # N >= 2 GPUs, Qwen3-0.6B shape
-    python scripts/multi_gpu_check.py --device cpu --world-sizes 1,2   # gloo, tiny model (CI)
+    python tests/trainer/multi_gpu_check.py                                  # N >= 2 GPUs, Qwen3-0.6B shape
+    python tests/trainer/multi_gpu_check.py --device cpu --world-sizes 1,2   # gloo, tiny model (CI)
+
+It lives in tests/ because its sampler is the test oracle (tests/models/generate.py):
+nothing under scripts/ imports tests/.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ import tempfile
 import time
 import traceback
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Model shapes (make_tiny_model_dir overrides). "0.6b" is Qwen3-0.6B's layer stack with
 # random weights; its locally trained BPE tokenizer stops at a few hundred tokens (the
@@ -105,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeat-world-size", type=int, default=None, help="W of part 4 (default: the largest)")
     p.add_argument("--timeout-s", type=float, default=1500.0, help="per run; the run's processes are stopped")
     p.add_argument("--workdir", default=None, help="model and per-run files (default: a temp dir, removed)")
-    p.add_argument("--out", default=None, help="table file (default $OUT/multi_gpu.md if $OUT is set)")
+    p.add_argument("--out", default=None, help="also write the table to this file")
     a = p.parse_args(argv)
     if a.steps < 1 or a.bucket_mb <= 0 or a.temperature <= 0:
         p.error("--steps must be >= 1, --bucket-mb and --temperature positive")
@@ -619,7 +622,7 @@ def main(argv=None) -> int:
     if repeat_world not in worlds:
         sys.exit(f"multi_gpu_check: --repeat-world-size {repeat_world} is not one of {worlds}")
     shape = args.shape or ("0.6b" if device == "cuda" else "tiny")
-    out_path = args.out or (os.path.join(os.environ["OUT"], "multi_gpu.md") if os.environ.get("OUT") else None)
+    out_path = args.out
 
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="multi_gpu_check-")
     work = pathlib.Path(args.workdir or tmp.name)
