@@ -28,7 +28,8 @@ import time
 
 import torch
 
-from rlhf_exact.loop import NonFiniteLossError, _starting, init_ray
+from rlhf_exact.loop import NonFiniteLossError
+from rlhf_exact.runtime.console import starting
 from rlhf_exact.models.reward import REWARD_ARCHITECTURE
 from rlhf_exact.types import PreferencePair
 
@@ -98,21 +99,22 @@ class RewardModelLoop:
 
     def setup(self) -> None:
         from rlhf_exact.data import PromptStream
-        from rlhf_exact.loop import _load_tokenizer
+        from rlhf_exact.data.loader import load_tokenizer
+        from rlhf_exact.runtime.cluster import start_ray
         from rlhf_exact.runtime.metrics import MetricsLogger
         from rlhf_exact.trainer.group import TrainerGroup
 
         cfg = self.cfg
         self.model_path = prepare_reward_model(cfg, self.run_dir)
-        tokenizer = _load_tokenizer(self.model_path)
+        tokenizer = load_tokenizer(self.model_path)
         rows, heldout, self.skipped = load_pairs(cfg, tokenizer, self.model_path)
         self.stream = PromptStream(rows, seed=cfg.run.seed, batch_size=cfg.preference.pairs_per_step,
                                    shuffle=cfg.data.shuffle)
         self.heldout = [_pair(r) for r in heldout]
-        with _starting("Ray " + (f"(joining {cfg.cluster.ray_address})" if cfg.cluster.ray_address else
+        with starting("Ray " + (f"(joining {cfg.cluster.ray_address})" if cfg.cluster.ray_address else
                                  f"(private, on {cfg.cluster.ray_host})")):
-            init_ray(cfg)
-        with _starting(f"{cfg.trainer.world_size} trainer rank(s) (FSDP2 on {cfg.cluster.device}, reward model)"):
+            start_ray(cfg.cluster)
+        with starting(f"{cfg.trainer.world_size} trainer rank(s) (FSDP2 on {cfg.cluster.device}, reward model)"):
             self.trainer = TrainerGroup.from_config(cfg, self.model_path, architecture=REWARD_ARCHITECTURE)
         self.start_step = self._maybe_resume()
         self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.start_step)

@@ -54,7 +54,8 @@ def test_tiny_rm_learns_and_resumes(tmp_path):
     p, part_dir = train_rm(tmp_path, "part", "run.steps=40")
     assert p.returncode == 0, p.stderr[-3000:]
     assert len(metrics(part_dir)) == 40
-    p, same_dir = train_rm(tmp_path, "part", "run.resume=auto")
+    # a resume continues the run's own config.yaml (run.steps=40): the longer run is asked for
+    p, same_dir = train_rm(tmp_path, "part", "run.resume=auto", "run.steps=60")
     assert p.returncode == 0, p.stderr[-3000:]
     assert same_dir == part_dir and "resumed from" in p.stderr and "step_000040" in p.stderr
     resumed = metrics(part_dir)
