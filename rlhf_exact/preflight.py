@@ -10,6 +10,10 @@ directory created, no Ray, no engine): every name and file the config refers to.
 Raises ConfigError: one line that names the key and the file (and the line), which the
 entry point prints with exit status 2. What is checked, in this order:
 
+  cluster  what the actors ask Ray for (trainer ranks and samplers, CPUs each and GPU
+           shares: ClusterConfig.cpus_per_actor, gpus_per_actor) fits what a local Ray gets:
+           cluster.num_cpus or os.cpu_count(), cluster.num_gpus or torch.cuda.device_count();
+           Ray would leave an actor that does not fit pending forever.
   rewards  run.imports import; each reward.functions name resolves (a registered name or
            an import path 'pkg.module:fn') to a function that takes
            (completion_text, completion_ids, sample).
@@ -65,6 +69,7 @@ def preflight_reward_model(cfg: TrainConfig, run_dir: Path) -> Preflight:
             return report
     from rlhf_exact.models.reward import REWARD_ARCHITECTURE
 
+    check_resources(cfg, samplers=False)
     tokenizer, template = check_model(cfg, REWARD_ARCHITECTURE)
     check_preferences(cfg, tokenizer, template, report)
     return report
@@ -107,6 +112,7 @@ def preflight(cfg: TrainConfig, run_dir: Path) -> Preflight:
         check_resume(cfg, report)
         if report.finished:
             return report
+    check_resources(cfg)
     check_rewards(cfg)
     check_sampler_backend(cfg)
     check_env(cfg)
@@ -116,6 +122,63 @@ def preflight(cfg: TrainConfig, run_dir: Path) -> Preflight:
 
 
 # ---------------------------------------------------------------------------------------
+
+
+def gpus_to_place(shares: list[float]) -> int:
+    """GPUs that hold actors asking for these GPU shares (1.0, or 0.6 and 0.4 colocated),
+    as Ray places fractional GPUs: no actor split over two GPUs, shares of one GPU summing
+    to at most 1 (first fit, largest first; exact for these shares)."""
+    free: list[float] = []
+    for share in sorted(shares, reverse=True):
+        i = next((i for i, f in enumerate(free) if f >= share - 1e-9), None)
+        if i is None:
+            free.append(1.0 - share)
+        else:
+            free[i] -= share
+    return len(free)
+
+
+def resource_demand(cfg: TrainConfig, samplers: bool = True) -> dict[str, tuple[float, str]]:
+    """What the run's actors ask Ray for: resource ("CPU", "GPU") -> (amount, how it adds
+    up), the trainer ranks' and the samplers' (trainer/group.py, sampler/group.py)."""
+    c, w = cfg.cluster, cfg.trainer.world_size
+    n = cfg.sampler.num_samplers if samplers else 0
+
+    def terms(rank: float, sampler: float) -> str:
+        return f"{w} trainer rank(s) x {rank:g}" + (f" + {n} sampler(s) x {sampler:g}" if n else "")
+
+    out = {"CPU": ((w + n) * c.cpus_per_actor(), terms(c.cpus_per_actor(), c.cpus_per_actor()))}
+    if c.device == "cuda":
+        t, s = c.gpus_per_actor("trainer"), c.gpus_per_actor("sampler")
+        out["GPU"] = (float(gpus_to_place([t] * w + [s] * n)), terms(t, s) + (", colocated" if c.colocate else ""))
+    return out
+
+
+def check_resources(cfg: TrainConfig, samplers: bool = True) -> None:
+    """A local Ray can give the run's actors what they ask for: CPUs (cluster.num_cpus, or
+    os.cpu_count()) and on CUDA GPUs (cluster.num_gpus, or torch.cuda.device_count()).
+    Otherwise Ray leaves an actor pending forever. A cluster at cluster.ray_address is
+    not known here: the groups' placement deadlines cover it."""
+    c = cfg.cluster
+    if c.ray_address:
+        return
+    have = {"CPU": (c.num_cpus, "cluster.num_cpus") if c.num_cpus is not None else (os.cpu_count() or 1,
+                                                                                   "os.cpu_count()")}
+    if c.device == "cuda":
+        import torch
+
+        have["GPU"] = (c.num_gpus, "cluster.num_gpus") if c.num_gpus is not None else \
+            (torch.cuda.device_count(), "torch.cuda.device_count()")
+    for res, (need, what) in resource_demand(cfg, samplers).items():
+        got, source = have[res]
+        if need > got:
+            hint = ("fewer, or cluster.num_cpus to let Ray share the cores" if res == "CPU" else
+                    "fewer" if cfg.cluster.colocate else "fewer, or cluster.colocate=true (a rank and a sampler "
+                    "share a GPU)")
+            keys = f"trainer.world_size={cfg.trainer.world_size}" + (
+                f", sampler.num_samplers={cfg.sampler.num_samplers}" if samplers else "")
+            raise ConfigError(f"{keys}: the actors need {need:g} {res} ({what}), Ray gets {got:g} ({source}); "
+                              f"ask for {hint}")
 
 
 def check_rewards(cfg: TrainConfig) -> None:

@@ -334,3 +334,41 @@ def test_synthetic_vocab_beyond_the_model_is_one_line(tmp_path):
 def test_cuda_ipc_weight_sync_needs_colocated_cuda(tmp_path):
     line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny", "cluster.weight_sync=cuda_ipc")
     assert line.startswith("error: cluster.weight_sync") and "cluster.colocate=true" in line, line
+
+
+# ---------------------------------------------------------------------------- cluster resources
+
+
+def test_actors_beyond_the_cpus_are_one_line(tmp_path):
+    """trainer.world_size=4 on 2 CPUs once waited forever at "starting 4 trainer rank(s)"."""
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny", "trainer.world_size=4", "cluster.num_cpus=2")
+    assert line == ("error: trainer.world_size=4, sampler.num_samplers=1: the actors need 2.5 CPU (4 trainer rank(s) "
+                    "x 0.5 + 1 sampler(s) x 0.5), Ray gets 2 (cluster.num_cpus); ask for fewer, or cluster.num_cpus "
+                    "to let Ray share the cores")
+
+
+def test_actors_beyond_the_visible_gpus_are_one_line(tmp_path):
+    """cluster.num_gpus null on CUDA: the GPUs torch sees are what Ray gets."""
+    gpus = torch.cuda.device_count()
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny", "cluster=cuda", "cluster.num_cpus=64",
+                           f"trainer.world_size={gpus + 1}")
+    assert line == (f"error: trainer.world_size={gpus + 1}, sampler.num_samplers=1: the actors need {gpus + 1} GPU "
+                    f"({gpus + 1} trainer rank(s) x 0.6 + 1 sampler(s) x 0.4, colocated), Ray gets {gpus} "
+                    f"(torch.cuda.device_count()); ask for fewer")  # cluster=cuda colocates
+
+
+def test_gpus_to_place_fractional_shares():
+    from rlhf_exact.config.schema import COLOCATED_GPU_SHARE
+    from rlhf_exact.preflight import gpus_to_place, resource_demand
+
+    t, s = COLOCATED_GPU_SHARE["trainer"], COLOCATED_GPU_SHARE["sampler"]
+    assert gpus_to_place([1.0] * 3) == 3
+    assert gpus_to_place([t] * 2 + [s] * 2) == 2  # a rank and a sampler per GPU
+    assert gpus_to_place([t] * 1 + [s] * 3) == 2  # 0.6 + 0.4, then 0.4 + 0.4
+    assert gpus_to_place([t] * 3) == 3  # two ranks never share one
+    assert gpus_to_place([]) == 0
+    cfg = load_config(["recipe=grpo_qwen3_tiny", "cluster=cuda", "cluster.colocate=true", "trainer.world_size=2",
+                       "sampler.num_samplers=3"], check_files=False)
+    assert resource_demand(cfg) == {"CPU": (5.0, "2 trainer rank(s) x 1 + 3 sampler(s) x 1"),
+                                    "GPU": (3.0, "2 trainer rank(s) x 0.6 + 3 sampler(s) x 0.4, colocated")}
+    assert resource_demand(cfg, samplers=False)["GPU"] == (2.0, "2 trainer rank(s) x 0.6, colocated")
