@@ -20,15 +20,19 @@ entry point prints with exit status 2. What is checked, in this order:
   sampler  sampler.backend (unless "vllm") resolves like a reward import path to a class
            with every method of rlhf_exact.sampler.backend.SamplerBackend, signature by
            signature (backend.mismatches).
-  env      env.name (when set) resolves like a reward name to an Environment class whose
-           constructor takes env.kwargs.
   model    model.path (unless model.tiny.enabled): config.json is a Qwen3 config with model_type,
            tokenizer.json loads, every safetensors header is readable, covers its file
            (a truncated file fails) and has the tensors with the config's shapes
-           (models/hf_io.check_model_dir; no tensor data is read).
-  data     data.train_files (and eval.files) are read row by row (file:line of the first bad row; a missing
-           key says which data.*_key to set) and, when the model's tokenizer is at hand,
-           tokenized with its chat template against data.max_prompt_tokens: the same
+           (models/hf_io.check_model_dir), every tensor is finite (hf_io.check_finite:
+           a file damaged in place, same size, names its file and tensor instead of
+           failing later as a parity or loss error), and its max_position_embeddings
+           covers sampler.max_model_len (vLLM refuses more as its engines start).
+  env      env.name (when set) resolves like a reward name to an Environment class whose
+           constructor takes env.kwargs (names, then values: it is built once with them).
+  data     data.train_files (and eval.files, as the evaluator loads them) are read row by
+           row (file:line of the first bad row; a missing key says which data.*_key to set)
+           and, when the model's tokenizer is at hand, tokenized with its chat template
+           against data.max_prompt_tokens: the same
            code the loop runs (data/loader.py), so it cannot fail there later.
   resume   run.resume=auto or a run directory: a finished run (final_model/ written and
            metrics.jsonl at run.steps) is reported as finished; otherwise checkpoints are
@@ -115,8 +119,8 @@ def preflight(cfg: TrainConfig, run_dir: Path) -> Preflight:
     check_resources(cfg)
     check_rewards(cfg)
     check_sampler_backend(cfg)
-    check_env(cfg)
     tokenizer, template = check_model(cfg)
+    check_env(cfg, tokenizer)
     check_data(cfg, tokenizer, template, report)
     return report
 
@@ -216,9 +220,11 @@ def check_sampler_backend(cfg: TrainConfig) -> None:
         raise ConfigError(f"sampler.backend: {e}") from None
 
 
-def check_env(cfg: TrainConfig) -> None:
+def check_env(cfg: TrainConfig, tokenizer=None) -> None:
     """env.name resolves (after run.imports, which check_rewards imported) to an
-    Environment whose constructor takes env.kwargs."""
+    Environment whose constructor takes env.kwargs and accepts their values: it is built
+    once here, as the run builds it, with the run's tokenizer (`tokenizer`, or the tiny
+    model's)."""
     if not cfg.env.name:
         return
     from rlhf_exact.envs import get_env
@@ -231,6 +237,17 @@ def check_env(cfg: TrainConfig) -> None:
         inspect.signature(cls).bind(tokenizer=None, **cfg.env.kwargs)
     except TypeError as e:
         raise ConfigError(f"env.kwargs: environment {cfg.env.name!r} takes {inspect.signature(cls)}: {e}") from None
+    if tokenizer is None and cfg.model.tiny.enabled:
+        from rlhf_exact.models.tiny import train_tokenizer
+
+        tokenizer = train_tokenizer(cfg.model.tiny.vocab_size)
+    try:
+        cls(tokenizer=tokenizer, **cfg.env.kwargs)
+    except Exception as e:  # noqa: BLE001 - user code refusing its arguments may raise anything
+        named = [k for k in cfg.env.kwargs if k in str(e)]  # the key the message names, when it names one
+        where = ", ".join(f"env.kwargs.{k}={v!r}" for k, v in cfg.env.kwargs.items() if k in named or not named)
+        raise ConfigError(f"{where or 'env.kwargs'}: environment {cfg.env.name!r} refused it: "
+                          f"{type(e).__name__}: {e}") from None
 
 
 def check_model(cfg: TrainConfig, architecture: str = "Qwen3ForCausalLM"):
@@ -241,13 +258,21 @@ def check_model(cfg: TrainConfig, architecture: str = "Qwen3ForCausalLM"):
     from tokenizers import Tokenizer
 
     from rlhf_exact.data import read_chat_template
-    from rlhf_exact.models.hf_io import check_model_dir
+    from rlhf_exact.models.hf_io import check_finite, check_model_dir
 
     try:
-        check_model_dir(cfg.model.path, architecture)
+        config = check_model_dir(cfg.model.path, architecture)
+        check_finite(cfg.model.path, architecture)
         template = read_chat_template(cfg.model.path)
     except ValueError as e:
         raise ConfigError(f"model.path: {e}") from None
+    key, tokens = (("preference.max_tokens", cfg.preference.max_tokens) if architecture != "Qwen3ForCausalLM" else
+                   ("sampler.max_model_len", cfg.sampler.max_model_len))
+    if tokens > config.max_position_embeddings:  # vLLM refuses it as its engines start; the trainer would index
+        # past its rotary table
+        raise ConfigError(f"{key}={tokens}: the model has max_position_embeddings={config.max_position_embeddings} "
+                          f"({os.path.join(cfg.model.path, 'config.json')}), the longest sequence it takes; "
+                          f"set {key} <= {config.max_position_embeddings}")
     return Tokenizer.from_file(os.path.join(cfg.model.path, "tokenizer.json")), template
 
 
@@ -273,8 +298,13 @@ def check_data(cfg: TrainConfig, tokenizer, template, report: Preflight) -> None
     except ValueError as e:
         raise ConfigError(f"data.train_files: {e}") from None
     if cfg.eval.every_steps:
-        try:
-            load_prompts(cfg.eval.files, d.prompt_key, d.answer_key, d.on_malformed)
+        from rlhf_exact.eval import load_eval_rows
+
+        try:  # the rows the run's evaluator loads (tokenized against data.max_prompt_tokens), or read alone
+            if tokenizer is None:
+                load_prompts(cfg.eval.files, d.prompt_key, d.answer_key, d.on_malformed)
+            else:
+                load_eval_rows(cfg, tokenizer, template)
         except ValueError as e:
             raise ConfigError(f"eval.files: {e}") from None
     if skipped:

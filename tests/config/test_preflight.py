@@ -118,6 +118,13 @@ def test_environment_name_and_kwargs_checked_at_config_time(tmp_path):
         line.endswith("did you mean 'synthetic_calculator'?")
     line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny_tools", "env.kwargs.turnz=2")
     assert line.startswith("error: env.kwargs: environment 'synthetic_calculator' takes") and "turnz" in line
+    # values: the environment is built once, with the run's tokenizer, before anything starts
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny_tools", "env.kwargs.turns=0")
+    assert line == ("error: env.kwargs.turns=0: environment 'synthetic_calculator' refused it: ValueError: "
+                    "synthetic_calculator: turns must be an integer >= 1, got 0")
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny_tools", "env.kwargs.call_bonus=abc")
+    assert line == ("error: env.kwargs.turns=3, env.kwargs.call_bonus='abc': environment 'synthetic_calculator' "
+                    "refused it: ValueError: could not convert string to float: 'abc'")  # no key named: all
     line = one_line_exit_2(tmp_path, "reward.functions=[]")
     assert line.startswith("error: reward.functions must be a non-empty list") and "env.name" in line
 
@@ -213,6 +220,41 @@ def test_prompt_too_long_is_found_with_the_models_tokenizer(tmp_path, tiny_dir):
     data.write_text('{"question": "short", "answer": "1"}\n' + json.dumps({"question": "x " * 600, "answer": "2"}))
     line = one_line_exit_2(tmp_path, *gsm8k_args(tiny_dir, data))
     assert f"{data}:2: prompt has" in line and "> data.max_prompt_tokens=512" in line
+    # eval.files: tokenized as the evaluator loads them (they were only read, and failed at the start)
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"question": "short", "answer": "1"}\n')
+    line = one_line_exit_2(tmp_path, *gsm8k_args(tiny_dir, good), "eval.every_steps=1", f"eval.files=[{data}]")
+    assert line.startswith(f"error: eval.files: {data}:2: prompt has ") and \
+        line.endswith(" tokens > data.max_prompt_tokens=512"), line
+
+
+def test_sequences_beyond_the_models_positions(tmp_path):
+    """vLLM refused sampler.max_model_len=2048 for a model of 128 positions as its engines
+    started, a traceback 40 s in; the config's key and the model's config.json instead."""
+    from rlhf_exact.models.tiny import make_tiny_model_dir
+
+    model = make_tiny_model_dir(tmp_path / "m128", seed=0, num_hidden_layers=1, max_position_embeddings=128)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    line = one_line_exit_2(tmp_path, *gsm8k_args(model, data))
+    assert line == (f"error: sampler.max_model_len=2048: the model has max_position_embeddings=128 "
+                    f"({model}/config.json), the longest sequence it takes; set sampler.max_model_len <= 128")
+
+
+def test_a_damaged_weight_file_names_file_and_tensor(tmp_path, tiny_dir):
+    """Bytes overwritten in place (same size, the header intact) once ran until the first
+    parity check: "EXACT MODE VIOLATED ... KL nan", blaming the kernels."""
+    from tests.models.test_hf_io import overwrite_in_place
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    overwrite_in_place(model / "model.safetensors", "model.norm.weight", 5, float("nan"))
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    line = one_line_exit_2(tmp_path, *gsm8k_args(model, data))
+    assert line == (f"error: model.path: {model}/model.safetensors: tensor 'model.norm.weight' holds 1 non-finite "
+                    f"value(s) (NaN or inf, the first at index (5,)): the file is damaged; download or export the "
+                    f"model again")
 
 
 # ---------------------------------------------------------------------------- resume
