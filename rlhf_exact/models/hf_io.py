@@ -13,6 +13,9 @@ Loading validates everything before it touches the module: the architecture, eve
 tensor's presence, shape and dtype (from the safetensors headers, before any data is
 read), and that the tokenizer's vocabulary fits the embedding. Bad input raises
 ValueError naming the file and the tensor; a failed load leaves the module as it was.
+The loaded parameters are checked finite on their device; `check_finite` reads a
+directory's tensors for the same check without building a model (a file damaged in
+place keeps its size and header: only its numbers tell).
 
 Saving writes into a temporary sibling directory and renames it into place, so a
 reader sees the old directory or the new one, never a half-written one.
@@ -231,6 +234,28 @@ def read_state_dict(path: str | os.PathLike, config: Qwen3Config | None = None,
     return out
 
 
+def check_finite(path: str | os.PathLike, architecture: str = ARCHITECTURE) -> None:
+    """Every tensor of a model directory holds finite numbers: a file damaged in place (its
+    size unchanged, so its header still reads) can hold NaN or inf, which would surface
+    much later as a parity or loss failure that blames the kernels. Reads every tensor,
+    one at a time; ValueError naming the file and the tensor."""
+    root = pathlib.Path(path)
+    _, _, by_file, _ = _check_headers(root, None, architecture)
+    for f, names in by_file.items():
+        with _open_safetensors(f) as st:
+            for name in names:
+                _check_finite_tensor(f, name, st.get_tensor(name))
+
+
+def _check_finite_tensor(f: pathlib.Path, name: str, t: torch.Tensor) -> None:
+    finite = torch.isfinite(t)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()
+        where = tuple(int(i) for i in bad[0].tolist())
+        raise ValueError(f"{f}: tensor {name!r} holds {bad.shape[0]} non-finite value(s) (NaN or inf, the first "
+                         f"at index {where}): the file is damaged; download or export the model again")
+
+
 def check_tokenizer(path: str | os.PathLike, config: Qwen3Config) -> None:
     """ValueError if the directory's tokenizer has token ids beyond the embedding."""
     found = tokenizer_vocab_size(path)
@@ -255,7 +280,17 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, dev
     model.to_empty(device=device)  # rebuilds the fp32 rotary table on `device`
     model.tie_weights()
     load_state_dict_into(model, state)
+    _check_finite_params(model, path)
     return model, config
+
+
+def _check_finite_params(model: nn.Module, path: str | os.PathLike) -> None:
+    """The loaded parameters are finite, checked on their device (on a GPU at memory speed;
+    preflight's check_finite reads the files before a run starts)."""
+    for name, p in model.state_dict().items():
+        if not bool(torch.isfinite(p).all()):
+            files, _ = _weight_files(pathlib.Path(path))
+            _check_finite_tensor(files.get(name, pathlib.Path(path)), name, p.cpu())
 
 
 @torch.no_grad()

@@ -25,6 +25,24 @@ class DeadlineExceeded(RuntimeError):
     actor (or rank) and the deadline."""
 
 
+class PlacementTimeout(RuntimeError):
+    """Ray could not place a group's actors within the deadline: the cluster lacks (or
+    others hold) the resources they ask for; the message names the resource."""
+
+
+def placement_message(what: str, bundle: Mapping[str, float], count: int, seconds: float,
+                      total: Mapping[str, float], free: Mapping[str, float], keys: str) -> str:
+    """The one line of a PlacementTimeout: `count` actors (`what`) asking for `bundle`
+    each were not placed within `seconds`; `total` and `free` are the cluster's resources
+    (ray.cluster_resources(), ray.available_resources()); `keys` the config keys that
+    set the demand. Names the first resource the actors need more of than the cluster
+    has free."""
+    short = next((r for r, each in bundle.items() if each * count > free.get(r, 0.0)), next(iter(bundle)))
+    return (f"Ray could not place {what} within {seconds:g} s: they need {short} {count} x {bundle[short]:g} = "
+            f"{count * bundle[short]:g}, the cluster has {total.get(short, 0.0):g} {short} "
+            f"({free.get(short, 0.0):g} free); {keys}")
+
+
 def deadline(floor_s: float, work: float, rate_per_s: float) -> float:
     """Seconds allowed for `work` units (tokens, bytes) at `rate_per_s` units per second
     on top of `floor_s`: floor_s + work / rate_per_s."""

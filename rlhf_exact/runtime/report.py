@@ -11,9 +11,9 @@ time/train, time/sync (stacked), without the first step after each start (engine
 compilation: one such step would flatten the rest; its time is given in the title); and
 small multiples of every metric, each with its axes labelled. Every panel marks where
 the run was resumed (a dashed line: the metrics logger restarts its clock, "elapsed", on
-each start). report.html embeds the PNGs as base64 and lists each metric's last value.
-Metrics that were never logged are left out of their panel. matplotlib runs with the Agg
-backend (no display needed).
+each start, so a new process is where time - elapsed moves on). report.html embeds the
+PNGs as base64 and lists each metric's last value. Metrics that were never logged
+are left out of their panel. matplotlib runs with the Agg backend (no display needed).
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ REWARD_STD = "reward/std"
 PARITY = ("parity/kl", "parity/logprob_abs_diff_max")
 STEP_TIME = ("time/sample", "time/reward", "time/recompute", "time/train", "time/sync")
 _NOT_METRICS = {"step", "time", "elapsed"}
+CLOCK_SLACK_S = 1.0  # time - elapsed of one process's records differ by rounding only (both are floats)
+PARITY_LINEAR_SPAN = 100.0  # parity values within this ratio (largest / smallest positive) get a linear axis
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -47,14 +49,29 @@ def _metric_keys(records: list[dict]) -> list[str]:
     return sorted(keys)
 
 
+def _clock_start(r: dict) -> float | None:
+    """When the process that logged record r started its metrics clock: time - elapsed
+    (the same for every record of one process)."""
+    t, e = r.get("time"), r.get("elapsed")
+    return t - e if isinstance(t, (int, float)) and isinstance(e, (int, float)) else None
+
+
 def session_starts(records: list[dict]) -> list[int]:
     """Steps at which a (re)started process logged its first record: the first record and
-    every record whose "elapsed" is below its predecessor's."""
+    every record whose clock started later than its predecessor's (time - elapsed), or,
+    without "time", whose "elapsed" is below its predecessor's. Comparing "elapsed" alone
+    misses the resume of a short run: the new process's first step, start-up included,
+    can take longer than the whole of the run before it."""
     starts = []
     for i, r in enumerate(records):
-        prev = records[i - 1].get("elapsed") if i else None
-        if i == 0 or (isinstance(prev, (int, float)) and isinstance(r.get("elapsed"), (int, float))
-                      and r["elapsed"] < prev):
+        prev = records[i - 1] if i else {}
+        c0, c1 = _clock_start(prev), _clock_start(r)
+        if c0 is not None and c1 is not None:
+            new = c1 - c0 > CLOCK_SLACK_S
+        else:
+            e0, e1 = prev.get("elapsed"), r.get("elapsed")
+            new = isinstance(e0, (int, float)) and isinstance(e1, (int, float)) and e1 < e0
+        if i == 0 or new:
             starts.append(r["step"])
     return starts
 
@@ -65,10 +82,10 @@ def _mark_resumes(ax, records) -> None:
 
 
 def _unit(key: str) -> str:
+    if key.endswith("_per_s"):  # before "_s": perf/train_tokens_per_s is a rate, not seconds
+        return key.rsplit("/", 1)[-1].removesuffix("_per_s").replace("_", " ") + " / s"
     if key.startswith("time/") or key.endswith("_s"):
         return "seconds"
-    if key.endswith("_per_s"):
-        return "tokens / s"
     return key.rsplit("/", 1)[-1]
 
 
@@ -107,14 +124,26 @@ def _plot_parity(plt, records):
             if finite and max(abs(v) for v in finite) == 0 and len(finite) == len(vals):
                 ax.text(0.5, 0.85, f"exactly 0 at all {len(vals)} steps", ha="center", transform=ax.transAxes,
                         color="tab:green", fontsize=11)
-            else:  # small positive numbers spanning decades
-                ax.set_yscale("symlog", linthresh=1e-8)
+            else:
+                _parity_scale(ax, finite)
             _mark_resumes(ax, records)
         ax.set(title=key, xlabel="step", ylabel=_unit(key))
         ax.grid(alpha=0.3)
     fig.suptitle("Sampler vs trainer logprobs")
     fig.tight_layout()
     return fig
+
+
+def _parity_scale(ax, values: list[float]) -> None:
+    """Small positive numbers that may span decades: symlog when they do (its ticks are at
+    decades, so it needs several in range; linthresh the smallest positive value), linear
+    when they lie within PARITY_LINEAR_SPAN of each other, where symlog can show no tick,
+    and so no number, at all (a default-kernel run's logprob differences: 0.016 to 0.06)."""
+    positive = [abs(v) for v in values if v != 0]
+    if positive and max(positive) / min(positive) > PARITY_LINEAR_SPAN:
+        ax.set_yscale("symlog", linthresh=10 ** math.floor(math.log10(min(positive))))
+    else:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
 
 
 def _plot_step_time(plt, records):

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rlhf_exact.runtime.deadline import MIB, deadline, tensor_bytes
+from rlhf_exact.runtime.deadline import MIB, PlacementTimeout, deadline, placement_message, tensor_bytes
 from rlhf_exact.types import SharedWeights
 
 from .actor import SamplerActor, StaleWeights
@@ -59,7 +59,8 @@ class SamplerGroup:
         env = {} if spec.engine.exact else {"VLLM_PLUGINS": "none"}  # kernels=default: vLLM's own model, kernels
         env |= {"OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
         opts["runtime_env"] = {"env_vars": env}
-        cls = ray.remote(num_cpus=0.5 if spec.device == "cpu" else 1, **opts)(self.actor_class)
+        self._check_placement()
+        cls = ray.remote(num_cpus=spec.cpus_per_actor, **opts)(self.actor_class)
         self.actors = [cls.remote(spec.model_path, spec.backend, **spec.engine.kwargs())
                        for _ in range(spec.num_samplers)]
         ray.get([a.ready.remote() for a in self.actors])  # surfaces an engine start error here
@@ -83,10 +84,33 @@ class SamplerGroup:
         params = RequestParams(max_tokens=sp.max_tokens, top_k=sp.top_k, top_p=sp.top_p,
                                stop_token_ids=tuple(sp.stop_token_ids))
         return cls(SamplerSpec(model_path=str(model_path), num_samplers=s.num_samplers, backend=s.backend,
-                               device=c.device, gpus_per_actor=c.gpus_per_actor("sampler"), engine=engine,
+                               device=c.device, gpus_per_actor=c.gpus_per_actor("sampler"),
+                               cpus_per_actor=c.cpus_per_actor(), engine=engine,
                                params=params, bucket_bytes=c.weight_sync_bucket_mb << 20, deadline_s=s.deadline_s,
                                deadline_tokens_per_s=s.deadline_tokens_per_s, deadline_mb_per_s=s.deadline_mb_per_s,
                                max_restarts=s.max_restarts))
+
+    def _check_placement(self) -> None:
+        """Reserve what the actors will ask for, at most deadline_s, then let it go: a
+        cluster that cannot give them their CPUs or GPUs raises PlacementTimeout naming the
+        resource, instead of leaving the actors pending forever (their ready() also waits
+        for the engines' start, which has no bound of its own)."""
+        import ray
+        from ray.exceptions import GetTimeoutError
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        s = self.spec
+        bundle = {"CPU": s.cpus_per_actor} | ({"GPU": s.gpus_per_actor} if s.device == "cuda" else {})
+        probe = placement_group([bundle] * s.num_samplers)
+        try:
+            ray.get(probe.ready(), timeout=s.deadline_s)
+        except GetTimeoutError:
+            raise PlacementTimeout(placement_message(
+                f"{s.num_samplers} sampler(s)", bundle, s.num_samplers, s.deadline_s, ray.cluster_resources(),
+                ray.available_resources(), "sampler.num_samplers, cluster.num_cpus/num_gpus, sampler.deadline_s"),
+            ) from None
+        finally:
+            remove_placement_group(probe)
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, seeds: Sequence[int],
                params: RequestParams | Sequence[RequestParams] | None = None) -> list[SampleResult]:

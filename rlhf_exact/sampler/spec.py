@@ -54,6 +54,7 @@ class SamplerSpec:
     backend: str = "vllm"  # "vllm" or an import path 'package.module:Class' (backend.py)
     device: str = "cpu"  # "cpu" | "cuda"
     gpus_per_actor: float = 1.0  # CUDA: the GPU share each actor reserves (colocated: what the trainer leaves)
+    cpus_per_actor: float = 0.5  # the CPUs each actor reserves in Ray
     engine: EngineSpec = EngineSpec()
     params: RequestParams = RequestParams()  # the default per-request sampling parameters
     bucket_bytes: int = 64 << 20  # weight updates through the host go in buckets of this size

@@ -20,7 +20,9 @@ or plus the bytes it moves at deadline_mb_per_s (start, full_weights, state,
 load_state: the fp32 model and Adam's two moments at most). A rank that fails, dies or
 misses the deadline leaves the others stuck in a collective: the group kills every rank
 and raises (DeadlineExceeded for a deadline, naming the call, the ranks and the
-seconds); the loop restarts the group from the newest checkpoint (loop.py).
+seconds); the loop restarts the group from the newest checkpoint (loop.py). Placing the
+ranks has a deadline too, deadline_s: a cluster that cannot give them their CPUs or GPUs
+raises PlacementTimeout naming the resource, instead of waiting forever.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from rlhf_exact.runtime.deadline import MIB, DeadlineExceeded, deadline, tensor_bytes
+from rlhf_exact.runtime.deadline import (MIB, DeadlineExceeded, PlacementTimeout, deadline, placement_message,
+                                         tensor_bytes)
 from rlhf_exact.types import LossNorm, MinibatchResult, PairResult, PreferencePair, SharedWeights, TrainSeq
 
 from . import plan as planner
@@ -60,7 +63,7 @@ class TrainerGroup:
         self.state_bytes = 3 * 4 * params
         bundle = {"CPU": cpus_per_rank} | ({"GPU": gpus_per_rank} if device == "cuda" else {})
         self.pg = placement_group([bundle] * world_size, strategy="PACK")
-        ray.get(self.pg.ready())
+        self._placed(bundle)
         cls = ray.remote(self.worker_class)
         self.actors = [
             cls.options(num_cpus=cpus_per_rank, num_gpus=gpus_per_rank if device == "cuda" else 0,
@@ -89,7 +92,7 @@ class TrainerGroup:
             activation_checkpointing=cfg.model.activation_checkpointing, architecture=architecture)
         t = cfg.trainer
         return cls(spec, t.world_size, t.micro_batch_tokens, device=c.device,
-                   cpus_per_rank=0.5 if c.device == "cpu" else 1,
+                   cpus_per_rank=c.cpus_per_actor(),
                    gpus_per_rank=c.gpus_per_actor("trainer"),
                    deadline_s=t.deadline_s, deadline_tokens_per_s=t.deadline_tokens_per_s,
                    deadline_mb_per_s=t.deadline_mb_per_s)
@@ -203,6 +206,23 @@ class TrainerGroup:
                 self._kill()
                 raise
         return ray.get(refs)
+
+    def _placed(self, bundle: dict[str, float]) -> None:
+        """Wait for the ranks' placement group, at most deadline_s: a cluster without the
+        resources leaves it pending forever (preflight checks a local Ray's; this catches a
+        shared cluster's)."""
+        import ray
+        from ray.exceptions import GetTimeoutError
+        from ray.util.placement_group import remove_placement_group
+
+        try:
+            ray.get(self.pg.ready(), timeout=self.deadline_s)
+        except GetTimeoutError:
+            remove_placement_group(self.pg)
+            raise PlacementTimeout(placement_message(
+                f"{self.world_size} trainer rank(s)", bundle, self.world_size, self.deadline_s,
+                ray.cluster_resources(), ray.available_resources(),
+                "trainer.world_size, cluster.num_cpus/num_gpus, trainer.deadline_s")) from None
 
     def _kill(self) -> None:
         import ray

@@ -118,6 +118,13 @@ def test_environment_name_and_kwargs_checked_at_config_time(tmp_path):
         line.endswith("did you mean 'synthetic_calculator'?")
     line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny_tools", "env.kwargs.turnz=2")
     assert line.startswith("error: env.kwargs: environment 'synthetic_calculator' takes") and "turnz" in line
+    # values: the environment is built once, with the run's tokenizer, before anything starts
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny_tools", "env.kwargs.turns=0")
+    assert line == ("error: env.kwargs.turns=0: environment 'synthetic_calculator' refused it: ValueError: "
+                    "synthetic_calculator: turns must be an integer >= 1, got 0")
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny_tools", "env.kwargs.call_bonus=abc")
+    assert line == ("error: env.kwargs.turns=3, env.kwargs.call_bonus='abc': environment 'synthetic_calculator' "
+                    "refused it: ValueError: could not convert string to float: 'abc'")  # no key named: all
     line = one_line_exit_2(tmp_path, "reward.functions=[]")
     assert line.startswith("error: reward.functions must be a non-empty list") and "env.name" in line
 
@@ -213,6 +220,41 @@ def test_prompt_too_long_is_found_with_the_models_tokenizer(tmp_path, tiny_dir):
     data.write_text('{"question": "short", "answer": "1"}\n' + json.dumps({"question": "x " * 600, "answer": "2"}))
     line = one_line_exit_2(tmp_path, *gsm8k_args(tiny_dir, data))
     assert f"{data}:2: prompt has" in line and "> data.max_prompt_tokens=512" in line
+    # eval.files: tokenized as the evaluator loads them (they were only read, and failed at the start)
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"question": "short", "answer": "1"}\n')
+    line = one_line_exit_2(tmp_path, *gsm8k_args(tiny_dir, good), "eval.every_steps=1", f"eval.files=[{data}]")
+    assert line.startswith(f"error: eval.files: {data}:2: prompt has ") and \
+        line.endswith(" tokens > data.max_prompt_tokens=512"), line
+
+
+def test_sequences_beyond_the_models_positions(tmp_path):
+    """vLLM refused sampler.max_model_len=2048 for a model of 128 positions as its engines
+    started, a traceback 40 s in; the config's key and the model's config.json instead."""
+    from rlhf_exact.models.tiny import make_tiny_model_dir
+
+    model = make_tiny_model_dir(tmp_path / "m128", seed=0, num_hidden_layers=1, max_position_embeddings=128)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    line = one_line_exit_2(tmp_path, *gsm8k_args(model, data))
+    assert line == (f"error: sampler.max_model_len=2048: the model has max_position_embeddings=128 "
+                    f"({model}/config.json), the longest sequence it takes; set sampler.max_model_len <= 128")
+
+
+def test_a_damaged_weight_file_names_file_and_tensor(tmp_path, tiny_dir):
+    """Bytes overwritten in place (same size, the header intact) once ran until the first
+    parity check: "EXACT MODE VIOLATED ... KL nan", blaming the kernels."""
+    from tests.models.test_hf_io import overwrite_in_place
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    overwrite_in_place(model / "model.safetensors", "model.norm.weight", 5, float("nan"))
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    line = one_line_exit_2(tmp_path, *gsm8k_args(model, data))
+    assert line == (f"error: model.path: {model}/model.safetensors: tensor 'model.norm.weight' holds 1 non-finite "
+                    f"value(s) (NaN or inf, the first at index (5,)): the file is damaged; download or export the "
+                    f"model again")
 
 
 # ---------------------------------------------------------------------------- resume
@@ -334,3 +376,41 @@ def test_synthetic_vocab_beyond_the_model_is_one_line(tmp_path):
 def test_cuda_ipc_weight_sync_needs_colocated_cuda(tmp_path):
     line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny", "cluster.weight_sync=cuda_ipc")
     assert line.startswith("error: cluster.weight_sync") and "cluster.colocate=true" in line, line
+
+
+# ---------------------------------------------------------------------------- cluster resources
+
+
+def test_actors_beyond_the_cpus_are_one_line(tmp_path):
+    """trainer.world_size=4 on 2 CPUs once waited forever at "starting 4 trainer rank(s)"."""
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny", "trainer.world_size=4", "cluster.num_cpus=2")
+    assert line == ("error: trainer.world_size=4, sampler.num_samplers=1: the actors need 2.5 CPU (4 trainer rank(s) "
+                    "x 0.5 + 1 sampler(s) x 0.5), Ray gets 2 (cluster.num_cpus); ask for fewer, or cluster.num_cpus "
+                    "to let Ray share the cores")
+
+
+def test_actors_beyond_the_visible_gpus_are_one_line(tmp_path):
+    """cluster.num_gpus null on CUDA: the GPUs torch sees are what Ray gets."""
+    gpus = torch.cuda.device_count()
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny", "cluster=cuda", "cluster.num_cpus=64",
+                           f"trainer.world_size={gpus + 1}")
+    assert line == (f"error: trainer.world_size={gpus + 1}, sampler.num_samplers=1: the actors need {gpus + 1} GPU "
+                    f"({gpus + 1} trainer rank(s) x 0.6 + 1 sampler(s) x 0.4, colocated), Ray gets {gpus} "
+                    f"(torch.cuda.device_count()); ask for fewer")  # cluster=cuda colocates
+
+
+def test_gpus_to_place_fractional_shares():
+    from rlhf_exact.config.schema import COLOCATED_GPU_SHARE
+    from rlhf_exact.preflight import gpus_to_place, resource_demand
+
+    t, s = COLOCATED_GPU_SHARE["trainer"], COLOCATED_GPU_SHARE["sampler"]
+    assert gpus_to_place([1.0] * 3) == 3
+    assert gpus_to_place([t] * 2 + [s] * 2) == 2  # a rank and a sampler per GPU
+    assert gpus_to_place([t] * 1 + [s] * 3) == 2  # 0.6 + 0.4, then 0.4 + 0.4
+    assert gpus_to_place([t] * 3) == 3  # two ranks never share one
+    assert gpus_to_place([]) == 0
+    cfg = load_config(["recipe=grpo_qwen3_tiny", "cluster=cuda", "cluster.colocate=true", "trainer.world_size=2",
+                       "sampler.num_samplers=3"], check_files=False)
+    assert resource_demand(cfg) == {"CPU": (5.0, "2 trainer rank(s) x 1 + 3 sampler(s) x 1"),
+                                    "GPU": (3.0, "2 trainer rank(s) x 0.6 + 3 sampler(s) x 0.4, colocated")}
+    assert resource_demand(cfg, samplers=False)["GPU"] == (2.0, "2 trainer rank(s) x 0.6, colocated")

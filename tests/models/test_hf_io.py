@@ -248,3 +248,38 @@ def test_model_imports_no_ray_vllm_wandb():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def overwrite_in_place(f, name: str, index: int, value: float) -> None:
+    """Damage safetensors file f in place (its size and header unchanged): element `index`
+    of tensor `name` becomes `value`, written in the tensor's dtype."""
+    raw = bytearray(f.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8:8 + n])[name]
+    dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[meta["dtype"]]
+    item = torch.tensor([value], dtype=dtype).view(torch.uint8).numpy().tobytes()
+    at = 8 + n + meta["data_offsets"][0] + index * len(item)
+    raw[at:at + len(item)] = item
+    f.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_weight_names_its_file_and_tensor(tiny_dir, tmp_path, value):
+    """Bytes overwritten in place: the header still reads, the numbers do not. Loading
+    (and check_finite, preflight's check) names the file and the tensor, not the kernels."""
+    src = _copy(tiny_dir, tmp_path)
+    f = src / "model.safetensors"
+    size = f.stat().st_size
+    name = "model.layers.1.mlp.down_proj.weight"
+    cols = read_state_dict(src)[name].shape[1]
+    overwrite_in_place(f, name, 3 * cols + 7, value)
+    assert f.stat().st_size == size
+    expect = (f"{f}: tensor '{name}' holds 1 non-finite value(s) (NaN or inf, the first at index (3, 7)): the file "
+              f"is damaged; download or export the model again")
+    with pytest.raises(ValueError) as e:
+        ckpt.check_finite(src)
+    assert str(e.value) == expect
+    with pytest.raises(ValueError) as e:
+        load_model(src)
+    assert str(e.value) == expect
+    ckpt.check_finite(tiny_dir)  # the intact directory passes

@@ -86,3 +86,60 @@ def test_step_time_resumes_and_labels(tmp_path):
     assert [a.get_ylabel() for a in figs["all_metrics"].axes if a.get_title() == "time/train"] == ["seconds"]
     for f in figs.values():
         plt.close(f)
+
+
+def _tick_labels(fig, ax) -> list[str]:
+    """The y tick labels drawn inside the axis' range."""
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    return [t.get_text() for t in ax.get_yticklabels() if lo <= t.get_position()[1] <= hi and t.get_text()]
+
+
+@pytest.mark.parametrize("span", ["one decade", "six decades", "with zeros"])
+def test_parity_axis_has_numbers(span):
+    """A default-kernel run's parity values (bf16 logprob differences of 0.016 to 0.06, KL
+    near 2e-4) once drew a symlog axis without one tick in range: no numbers at all."""
+    import matplotlib.pyplot as plt
+
+    from rlhf_exact.runtime.report import figures
+
+    def values(s):
+        if span == "one decade":
+            return 2e-4 * (1 + 0.3 * math.sin(s)), 0.0156 * (1 + s % 3)
+        if span == "six decades":
+            return 10.0 ** -(s % 7), 0.5 * 10.0 ** -(s % 7)
+        return (0.0 if s % 2 else 1e-4), (0.0 if s % 3 else 0.03)
+
+    records = [{"step": s, "parity/kl": values(s)[0], "parity/logprob_abs_diff_max": values(s)[1]}
+               for s in range(1, 11)]
+    fig = figures(records)["parity"]
+    for ax in fig.axes:
+        assert len(_tick_labels(fig, ax)) >= 2, (ax.get_title(), ax.get_yscale())
+    assert [ax.get_yscale() for ax in fig.axes] == (["symlog"] * 2 if span == "six decades" else ["linear"] * 2)
+    plt.close("all")
+
+
+def test_resume_of_a_short_run_and_rate_units(tmp_path):
+    """A 2-step run resumed from step 2: the new process's first step (start-up included,
+    45 s) is longer than the old process's whole run (its last elapsed 40 s), so elapsed
+    never went down; the clock's start (time - elapsed) marks the resume. tokens/s panels
+    are labelled as rates, not seconds."""
+    import matplotlib.pyplot as plt
+
+    from rlhf_exact.runtime.report import figures, session_starts
+
+    t0, t1 = 1.7e9, 1.7e9 + 100.0
+    records = [{"step": 1, "time": t0 + 30, "elapsed": 30.0, "time/train": 30.0, "perf/train_tokens_per_s": 9.0},
+               {"step": 2, "time": t0 + 40, "elapsed": 40.0, "time/train": 10.0, "perf/train_tokens_per_s": 9.5},
+               {"step": 3, "time": t1 + 45, "elapsed": 45.0, "time/train": 45.0, "perf/train_tokens_per_s": 9.1},
+               {"step": 4, "time": t1 + 55, "elapsed": 55.0, "time/train": 10.0, "perf/train_tokens_per_s": 9.2}]
+    assert session_starts(records) == [1, 3]
+    assert session_starts([{k: v for k, v in r.items() if k != "time"} for r in records]) == [1]  # elapsed alone
+    figs = figures(records)
+    resumes = [ln for ln in figs["step_time"].axes[0].get_lines() if ln.get_linestyle() == "--"]
+    assert [ln.get_xdata()[0] for ln in resumes] == [2.5]
+    assert figs["step_time"].axes[0].get_title() == "Step time (first step after each start left out: warm-up, " \
+                                                    "30.0, 45.0 s)"
+    units = {a.get_title(): a.get_ylabel() for a in figs["all_metrics"].axes if a.get_title()}
+    assert units == {"perf/train_tokens_per_s": "train tokens / s", "time/train": "seconds"}
+    plt.close("all")

@@ -70,3 +70,30 @@ def test_a_hung_rank_misses_its_deadline(tmp_path):
         run.restart_trainer(e.value)
     assert str(stop.value) == ("trainer rank(s) [1]: end_step gave no result within its deadline of 3.0 s; "
                                "trainer.max_restarts=0 restarts used up, the run stops")
+
+
+def test_actors_that_do_not_fit_miss_their_placement_deadline(tmp_path):
+    """5 ranks (or samplers) of half a CPU on a Ray of 2 CPUs stay pending forever; the
+    groups give up at their deadline_s with one line naming the resource, before any
+    process starts (the samplers: before an engine starts)."""
+    import re
+
+    from rlhf_exact.runtime.deadline import PlacementTimeout
+    from rlhf_exact.sampler.group import SamplerGroup
+    from rlhf_exact.sampler.spec import SamplerSpec
+
+    model = make_tiny_model_dir(tmp_path / "tiny", seed=1, std=0.05, num_hidden_layers=2)
+    tail = r", the cluster has 2 CPU \([0-9.]+ free\); "
+    t = time.perf_counter()
+    with pytest.raises(PlacementTimeout) as e:
+        TrainerGroup(TrainerSpec(model_path=str(model), exact=True, temperature=1.0, lr=1e-2), 5, 64,
+                     cpus_per_rank=0.5, deadline_s=2.0)
+    assert re.fullmatch(r"Ray could not place 5 trainer rank\(s\) within 2 s: they need CPU 5 x 0.5 = 2.5"
+                        + tail + r"trainer.world_size, cluster.num_cpus/num_gpus, trainer.deadline_s", str(e.value))
+    with pytest.raises(PlacementTimeout) as e:
+        SamplerGroup(SamplerSpec(model_path=str(model), num_samplers=5, cpus_per_actor=0.5, deadline_s=2.0))
+    assert re.fullmatch(r"Ray could not place 5 sampler\(s\) within 2 s: they need CPU 5 x 0.5 = 2.5"
+                        + tail + r"sampler.num_samplers, cluster.num_cpus/num_gpus, sampler.deadline_s", str(e.value))
+    assert time.perf_counter() - t < 30
+    assert ray.util.placement_group_table() and all(  # nothing left reserved
+        pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
