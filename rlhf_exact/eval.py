@@ -19,6 +19,8 @@ and no reward functions, when the environment's reward does.
   eval/pass@K                fraction of prompts with a passing completion among the K samples
   eval/pass@1                fraction of sampled completions that pass (pass@1 from K samples)
   eval/reward_mean           mean total reward of the sampled completions
+  eval/first_reward_mean     mean of the first reward function alone (unweighted) over them: with a
+                             reward model, the rule that its preferences came from
   eval/greedy_reward_mean    mean total reward of the greedy completions
   eval/response_length_mean  mean tokens of the sampled completions
   time/eval                  seconds
@@ -77,19 +79,21 @@ class Evaluator:
         """Evaluate after `step` steps (1-based)?"""
         return step % self.cfg.eval.every_steps == 0 or step == self.cfg.run.steps
 
-    def _score(self, episodes) -> tuple[list[float], list[bool]]:
-        """Per episode: its total reward (0 when it failed) and whether it passes."""
+    def _score(self, episodes) -> tuple[list[float], list[bool], list[float]]:
+        """Per episode: its total reward (0 when it failed), whether it passes, and the first
+        reward function's value alone (unweighted; the environment's reward without one)."""
         ok = [e.finish_reason not in FAILED for e in episodes]
         total, errors = self.collector.rewards(self.rows, episodes, on_error="skip")
         total = [v if good and err is None else 0.0 for v, err, good in zip(total, errors, ok)]
         functions = self.collector.reward_spec.functions
         if functions:
             first, errors = self.collector.rewards(self.rows, episodes, [(functions[0][0], 1.0)], on_error="skip",
-                                                  environment=False)
+                                                  environment=False, model=False)
         else:  # an environment's reward alone (the schema allows no reward function only with one)
             first = [e.reward for e in episodes]
         t = self.cfg.eval.pass_threshold
-        return total, [good and err is None and v >= t for v, err, good in zip(first, errors, ok)]
+        passed = [good and err is None and v >= t for v, err, good in zip(first, errors, ok)]
+        return total, passed, [v if good and err is None else 0.0 for v, err, good in zip(first, errors, ok)]
 
     def evaluate(self, samplers, step: int) -> dict[str, float]:
         from rlhf_exact.algo.rollout import request_seed
@@ -101,10 +105,11 @@ class Evaluator:
         (greedy, _), (sampled, _) = [self.collector.collect(samplers, self.rows, seeds, count, params,
                                                             where=f"eval after step {step}", keep_failed=True)
                                      for count, params in ((1, greedy_params), (k, None))]
-        g_reward, g_pass = self._score(greedy)
-        s_reward, s_pass = self._score(sampled)
+        g_reward, g_pass, _ = self._score(greedy)
+        s_reward, s_pass, s_first = self._score(sampled)
         out = pass_metrics(torch.tensor(s_pass).view(n, k), torch.tensor(g_pass))
         return out | {"eval/reward_mean": sum(s_reward) / len(s_reward),
+                      "eval/first_reward_mean": sum(s_first) / len(s_first),
                       "eval/greedy_reward_mean": sum(g_reward) / len(g_reward),
                       "eval/response_length_mean": sum(e.completion.numel() for e in sampled) / len(sampled),
                       "time/eval": time.perf_counter() - t0}

@@ -195,7 +195,7 @@ class Loop:
         """Rewards (envs/collect.py), group advantages, the equal-reward filter."""
         from rlhf_exact.algo.rollout import score
 
-        a = self.cfg.algorithm
+        a, episodes = self.cfg.algorithm, self.collector.score_model(episodes)  # reward model: once per step
         rewards, errors = self.collector.rewards(rows, episodes)
         return score(episodes, rewards, errors, a.group_size, a.normalize_std, a.filter_equal_reward_groups)
 

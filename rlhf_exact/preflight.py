@@ -120,6 +120,7 @@ def preflight(cfg: TrainConfig, run_dir: Path) -> Preflight:
     check_rewards(cfg)
     check_sampler_backend(cfg)
     tokenizer, template = check_model(cfg)
+    check_reward_model(cfg, tokenizer)
     check_env(cfg, tokenizer)
     check_data(cfg, tokenizer, template, report)
     return report
@@ -274,6 +275,38 @@ def check_model(cfg: TrainConfig, architecture: str = "Qwen3ForCausalLM"):
                           f"({os.path.join(cfg.model.path, 'config.json')}), the longest sequence it takes; "
                           f"set {key} <= {config.max_position_embeddings}")
     return Tokenizer.from_file(os.path.join(cfg.model.path, "tokenizer.json")), template
+
+
+def check_reward_model(cfg: TrainConfig, tokenizer) -> None:
+    """reward.model.path (when set): a Qwen3ForSequenceClassification directory (num_labels=1)
+    whose files are whole and finite, whose tokenizer is the policy's (a token id must mean
+    the same text to both), and whose positions cover the longest sequence it will score."""
+    path = cfg.reward.model.path
+    if not path:
+        return
+    from tokenizers import Tokenizer
+
+    from rlhf_exact.models.hf_io import check_finite, check_model_dir
+    from rlhf_exact.models.reward import REWARD_ARCHITECTURE
+
+    try:
+        config = check_model_dir(path, REWARD_ARCHITECTURE)
+        check_finite(path, REWARD_ARCHITECTURE)
+    except ValueError as e:
+        raise ConfigError(f"reward.model.path: {e}") from None
+    if tokenizer is None:  # the tiny model: its tokenizer is trained, deterministically, at the start
+        from rlhf_exact.models.tiny import train_tokenizer
+
+        tokenizer = train_tokenizer(cfg.model.tiny.vocab_size)
+    if Tokenizer.from_file(os.path.join(path, "tokenizer.json")).get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"reward.model.path: {os.path.join(path, 'tokenizer.json')} is not the policy's tokenizer "
+                          f"(the reward model would read other text than the policy wrote); train the reward model "
+                          f"on the policy's tokenizer")
+    if cfg.sampler.max_model_len > config.max_position_embeddings:
+        raise ConfigError(f"sampler.max_model_len={cfg.sampler.max_model_len}: the reward model has "
+                          f"max_position_embeddings={config.max_position_embeddings} "
+                          f"({os.path.join(path, 'config.json')}); set sampler.max_model_len <= "
+                          f"{config.max_position_embeddings}")
 
 
 def check_data(cfg: TrainConfig, tokenizer, template, report: Preflight) -> None:

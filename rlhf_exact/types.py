@@ -33,6 +33,8 @@ class Episode:
     # "max_turns" or "max_tokens" (envs/episode.py; failed episodes are not trained on)
     reward: float = 0.0  # total weighted reward (NaN for a completion whose reward failed, on_error=skip)
     reward_error: str | None = None  # why a reward function failed on it (on_error=skip), else None
+    model_score: float | None = None  # the reward model's score of prompt + completion (unweighted; in
+    # `reward` with reward.model.weight), computed once per step; None: no reward model
     advantage: float = 0.0  # group-relative advantage (every token of the completion gets it)
     kept: bool = True  # False: not trained on (its reward failed, or its group was dropped by the
     # equal-reward filter)

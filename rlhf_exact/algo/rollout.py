@@ -109,7 +109,15 @@ def rollout_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
             "reward/errors": float(sum(e.reward_error is not None for e in episodes)),
             "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
             "response_length/min": float(lengths.min()),
-            "train/groups_kept": float(kept), "train/groups": float(len(groups))}
+            "train/groups_kept": float(kept), "train/groups": float(len(groups))} | _model_metrics(episodes)
+
+
+def _model_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    """reward/model_mean and reward/model_std: the reward model's scores (unweighted) of
+    the step's episodes, when it scored them."""
+    s = torch.tensor([e.model_score for e in episodes if e.model_score is not None], dtype=torch.float32)
+    return {"reward/model_mean": float(s.mean()), "reward/model_std": float(s.std(unbiased=False))} if s.numel() \
+        else {}
 
 
 def update_metrics(updates: Sequence[MinibatchResult], lr: float, kl: bool = False,

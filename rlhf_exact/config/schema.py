@@ -320,8 +320,20 @@ def _default_rewards() -> list[RewardFunctionConfig]:
 
 
 @dataclass
+class RewardModelConfig:
+    """A learned reward model scoring prompt + completion, added to the reward functions
+    (rlhf_exact/rewards/model.py; docs/training.md "Reward models"). Off while `path` is empty."""
+
+    path: str = ""  # a Qwen3ForSequenceClassification directory (num_labels=1), e.g. train_rm's
+    # <run dir>/final_model; its tokenizer must be the policy's; "": no reward model
+    weight: float = 1.0  # multiplier of its score in the total reward; any finite number
+    batch_tokens: int = 4096  # most tokens per scoring forward (a longer sequence is scored alone); >= 1.
+    # Scores do not depend on it (exact kernels): it bounds memory only
+
+
+@dataclass
 class RewardConfig:
-    """Reward functions and what to do when one fails."""
+    """Reward functions, the reward model, and what to do when one fails."""
 
     functions: list[RewardFunctionConfig] = field(default_factory=_default_rewards)  # weighted terms; >= 1,
     # names unique (with env.name: added to the environment's reward, on the text of the model's turns;
@@ -330,6 +342,7 @@ class RewardConfig:
     # sample, "stop": raise
     timeout_s: float = 60.0  # seconds an async reward function may take per sample; past it the sample's
     # reward is an error (on_error); > 0
+    model: RewardModelConfig = field(default_factory=RewardModelConfig)  # a learned reward model (off: path "")
 
     def validate(self, p: str = "reward") -> None:
         seen = set()
@@ -342,6 +355,8 @@ class RewardConfig:
             _num(f"{p}.functions[{i}].weight", f.weight)
         _choice(f"{p}.on_error", self.on_error, ("skip", "stop"))
         _num(f"{p}.timeout_s", self.timeout_s, 0, lo_open=True)
+        _num(f"{p}.model.weight", self.model.weight)
+        _int(f"{p}.model.batch_tokens", self.model.batch_tokens, 1)
 
 
 @dataclass
@@ -662,9 +677,9 @@ class TrainConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate(f.name)
-        if not self.reward.functions and not self.env.name:
+        if not self.reward.functions and not self.env.name and not self.reward.model.path:
             _fail("reward.functions", self.reward.functions, "a non-empty list of {name, weight} (it may be "
-                  "empty only with env.name, whose environment gives the reward)")
+                  "empty only with env.name or reward.model.path, which give the reward)")
         if self.algorithm.tis and self.kernels != "default":
             _fail("algorithm.tis", True, "false with kernels=exact (sampler and trainer logprobs are equal, "
                   "the importance weight is exactly 1); TIS is for kernels=default")

@@ -14,8 +14,11 @@ completion single-turn sampling draws (tests/envs/test_collect.py shows it on th
 engine). Either way the result is the same record, `types.Episode`, built here only.
 
 Rewards: the reward functions (reward.functions, weighted) on the model's tokens of the
-episode, plus the environment's reward when there is one; a reward that fails is an
-error per episode (reward.on_error=skip) or raises (stop).
+episode, plus the environment's reward when there is one, plus the reward model's score
+of prompt + completion (reward.model, weighted; rewards/model.py) when there is one; a
+reward function that fails is an error per episode (reward.on_error=skip) or raises (stop).
+`score_model` stores the reward model's scores in the episodes (Episode.model_score), so a
+step scores each sequence once.
 
 `samplers` is anything with `sample(prompts, n, seeds, params)` and a default `params`
 (sampler/group.py's SamplerGroup), so this module does not import the sampler.
@@ -29,6 +32,7 @@ from typing import Any
 
 import torch
 
+from rlhf_exact.rewards.model import RewardModelScorer
 from rlhf_exact.types import Episode
 
 from .episode import Limits, Trajectory, episode_metrics, run_episodes
@@ -44,18 +48,20 @@ class RewardSpec:
     functions: tuple[tuple[str, float], ...] = ()  # (name or import path, weight)
     on_error: str = "stop"  # "stop": raise; "skip": a failed reward drops the episode
     timeout_s: float = 60.0  # per sample, for an async reward
+    model_weight: float = 1.0  # the reward model's weight (reward.model.weight)
 
 
 class Collector:
     """Rollout and rewards of episodes (module docstring)."""
 
     def __init__(self, tokenizer, rewards: RewardSpec, max_tokens: int, runner: EnvRunner | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, scorer: RewardModelScorer | None = None):
         """max_tokens: tokens per completion (per model turn); runner, limits: the environment
-        and what ends its episodes (None: single-turn)."""
+        and what ends its episodes (None: single-turn); scorer: the reward model (None: none)."""
         if (runner is None) != (limits is None):
             raise ValueError("Collector: an environment runner needs its limits and limits need a runner")
         self.tokenizer, self.reward_spec, self.runner, self.limits = tokenizer, rewards, runner, limits
+        self.scorer = scorer
         # Dr. GRPO's constant L (loss_aggregation seq_mean_token_sum): the most tokens a sequence trains on
         self.max_loss_tokens = max_tokens if limits is None else \
             min(limits.max_turns * max_tokens, limits.max_episode_tokens)
@@ -65,16 +71,18 @@ class Collector:
         """The run's collector: reward.*, and env.* when env.name is set (its worker
         processes start here)."""
         r, e, sp = cfg.reward, cfg.env, cfg.sampling
-        spec = RewardSpec(tuple((f.name, f.weight) for f in r.functions), r.on_error, r.timeout_s)
+        spec = RewardSpec(tuple((f.name, f.weight) for f in r.functions), r.on_error, r.timeout_s, r.model.weight)
+        scorer = r.model.path and RewardModelScorer.load(r.model.path, getattr(torch, cfg.model.dtype),
+                                                         r.model.batch_tokens, cfg.kernels) or None
         if not e.name:
-            return cls(tokenizer, spec, sp.max_tokens)
+            return cls(tokenizer, spec, sp.max_tokens, scorer=scorer)
         from rlhf_exact.models.hf_io import read_config
 
         runner = EnvRunner(e.name, e.kwargs, tokenizer, vocab_size=read_config(model_path).vocab_size,
                            num_workers=e.num_workers, timeout_s=e.timeout_s, imports=cfg.run.imports)
         limits = Limits(max_turns=e.max_turns, max_turn_tokens=sp.max_tokens,
                         max_episode_tokens=e.max_episode_tokens or cfg.sampler.max_model_len - 1)
-        return cls(tokenizer, spec, sp.max_tokens, runner, limits)
+        return cls(tokenizer, spec, sp.max_tokens, runner, limits, scorer)
 
     def collect(self, samplers, rows: Sequence[Mapping[str, Any]], seeds: Sequence[int], n: int, params=None, *,
                 where: str = "", keep_failed: bool = False) -> tuple[list[Episode], dict[str, float]]:
@@ -110,13 +118,26 @@ class Collector:
                         finish_reason=c.finish_reason)
                 for i, r in enumerate(results) for c in r.completions]
 
+    def score_model(self, episodes: Sequence[Episode]) -> list[Episode]:
+        """The episodes with the reward model's score (model_score) of prompt + completion,
+        where a reward model is configured and they have none yet."""
+        todo = [i for i, e in enumerate(episodes) if e.model_score is None]
+        if self.scorer is None or not todo:
+            return list(episodes)
+        scores = self.scorer.score([torch.cat([episodes[i].prompt, episodes[i].completion]).tolist() for i in todo])
+        out = list(episodes)
+        for i, s in zip(todo, scores.tolist()):
+            out[i] = dataclasses.replace(out[i], model_score=s)
+        return out
+
     def rewards(self, rows: Sequence[Mapping[str, Any]], episodes: Sequence[Episode],
                 functions: Sequence[tuple[str, float]] | None = None, on_error: str | None = None,
-                environment: bool = True) -> tuple[list[float], list[str | None]]:
+                environment: bool = True, model: bool = True) -> tuple[list[float], list[str | None]]:
         """Per episode (of row rows[e.group]): the weighted reward functions (default: the
         spec's) on the model's tokens, plus the environment's reward (environment=False:
-        without it); and the reward's error (None when it worked; on_error=skip, its
-        reward is NaN, or 0 with an environment)."""
+        without it), plus the weighted reward model's score (model=False: without it; the
+        episodes' model_score, scored here if they have none); and the reward's error (None
+        when it worked; on_error=skip, its reward is NaN, or 0 with an environment)."""
         from rlhf_exact.rewards import compute_rewards
 
         s = self.reward_spec
@@ -129,6 +150,10 @@ class Collector:
                                               timeout_s=s.timeout_s)
         if self.runner is not None and environment:  # a failed reward: dropped from its group by score()
             rewards = [0.0 if err else e.reward + r for e, r, err in zip(episodes, rewards, errors)]
+        if self.scorer is not None and model:
+            w = s.model_weight
+            rewards = [r + w * e.model_score if err is None else r
+                       for e, r, err in zip(self.score_model(episodes), rewards, errors)]
         return rewards, errors
 
     def close(self) -> None:

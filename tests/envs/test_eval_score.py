@@ -36,7 +36,7 @@ def test_environment_reward_alone():
     assert cfg.reward.functions == []
     ev = evaluator(cfg)
     try:
-        total, passed = ev._score([episode(1.0), episode(0.25), episode(1.0, "env_error")])
+        total, passed, _ = ev._score([episode(1.0), episode(0.25), episode(1.0, "env_error")])
     finally:
         ev.collector.close()
     assert total == [1.0, 0.25, 0.0] and passed == [True, False, False]
@@ -51,7 +51,7 @@ def test_first_function_alone_decides_a_pass():
     ev = evaluator(cfg, [("tests.envs.test_eval_score:zero", 1.0)])
     ev.collector.tokenizer = Decode()
     try:
-        total, passed = ev._score([episode(1.0)])
+        total, passed, _ = ev._score([episode(1.0)])
     finally:
         ev.collector.close()
     assert total == [1.0] and passed == [False]  # the environment's 1.0 counts in the total, not in the pass
