@@ -89,7 +89,8 @@ def test_collector_adds_weighted_scores_once(rm_dir):
     rewards, errors = collector.rewards(rows, scored)
     assert calls == [] and errors == [None] * 4
     ids = [e.completion.tolist() for e in episodes]
-    rule, _ = compute_rewards((("synthetic", 1.0),), [tok.decode(t) for t in ids], ids, [rows[e.group] for e in episodes])
+    rule, _ = compute_rewards((("synthetic", 1.0),), [tok.decode(t) for t in ids], ids,
+                              [rows[e.group] for e in episodes])
     assert rewards == [r + 0.5 * s for r, s in zip(rule, alone)]
     without, _ = collector.rewards(rows, scored, model=False)
     assert without == rule
