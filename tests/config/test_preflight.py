@@ -414,3 +414,22 @@ def test_gpus_to_place_fractional_shares():
     assert resource_demand(cfg) == {"CPU": (5.0, "2 trainer rank(s) x 1 + 3 sampler(s) x 1"),
                                     "GPU": (3.0, "2 trainer rank(s) x 0.6 + 3 sampler(s) x 0.4, colocated")}
     assert resource_demand(cfg, samplers=False)["GPU"] == (2.0, "2 trainer rank(s) x 0.6, colocated")
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_rm(tmp_path_factory):
+    """A reward model whose tokenizer is not the tiny policy's (700 tokens, not 512)."""
+    from rlhf_exact.models.tiny import make_tiny_reward_model_dir
+
+    return make_tiny_reward_model_dir(tmp_path_factory.mktemp("rm") / "rm-700", vocab_size=700, num_hidden_layers=1)
+
+
+@pytest.mark.parametrize("which,expect", [
+    ("missing", "config.json: not found"),
+    ("policy", "config.json"),
+    ("other_tokenizer", "is not the policy's tokenizer"),
+])
+def test_unusable_reward_model(tmp_path, tiny_dir, other_tokenizer_rm, which, expect):
+    path = {"missing": tmp_path / "nope", "policy": tiny_dir, "other_tokenizer": other_tokenizer_rm}[which]
+    line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny_rm", f"reward.model.path={path}")
+    assert line.startswith("error: reward.model.path: ") and expect in line, line
