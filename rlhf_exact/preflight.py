@@ -289,6 +289,9 @@ def check_reward_model(cfg: TrainConfig, tokenizer) -> None:
     from rlhf_exact.models.hf_io import check_finite, check_model_dir
     from rlhf_exact.models.reward import REWARD_ARCHITECTURE
 
+    if not os.path.isdir(path):
+        raise ConfigError(f"reward.model.path: {path} is not a directory; point it at a reward model, such as the "
+                          f"final_model of a `python -m rlhf_exact.train_rm` run")
     try:
         config = check_model_dir(path, REWARD_ARCHITECTURE)
         check_finite(path, REWARD_ARCHITECTURE)

@@ -11,9 +11,9 @@ from rlhf_exact.imports import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "schema": ("TrainConfig", "RunConfig", "ModelConfig", "TinyModelConfig", "DataConfig", "SyntheticDataConfig",
-               "RewardConfig", "RewardFunctionConfig", "EnvConfig", "AlgorithmConfig", "SamplingConfig",
-               "SamplerConfig", "TrainerConfig", "ClusterConfig", "LoggingConfig", "EvalConfig", "PreferenceConfig",
-               "SyntheticPreferenceConfig", "ConfigError"),
+               "RewardConfig", "RewardFunctionConfig", "RewardModelConfig", "EnvConfig", "AlgorithmConfig",
+               "SamplingConfig", "SamplerConfig", "TrainerConfig", "ClusterConfig", "LoggingConfig", "EvalConfig",
+               "PreferenceConfig", "SyntheticPreferenceConfig", "ConfigError"),
     "compose": ("load_config", "save_config", "config_to_dict", "config_to_yaml", "available_recipes",
                 "config_groups", "repo_root"),
 })

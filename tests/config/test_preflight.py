@@ -425,7 +425,7 @@ def other_tokenizer_rm(tmp_path_factory):
 
 
 @pytest.mark.parametrize("which,expect", [
-    ("missing", "config.json: not found"),
+    ("missing", "is not a directory"),
     ("policy", "config.json"),
     ("other_tokenizer", "is not the policy's tokenizer"),
 ])

@@ -7,6 +7,10 @@ exported Hugging Face reward model.
         Qwen3ForSequenceClassification with num_labels=1. A run stopped after step 40 (its
         checkpoint; the command ends there) and continued with run.resume=auto to step
         60 gives the same metrics at every step and bitwise the same final weights.
+  test_grpo_against_the_tiny_rm     recipe=grpo_qwen3_tiny_rm for 12 steps against the
+        reward model that run exported: parity exact at every step, the reward model's
+        score rising, and the held-out synthetic rule reward (weight 0, never optimized)
+        rising with it.
   test_bad_pairs_file_is_one_line   a malformed line of preference.train_files: exit 2,
         one line naming file:line and the field, no run directory.
 
@@ -35,10 +39,17 @@ def train_rm(tmp_path, name, *overrides, timeout=900):
     return p, tmp_path / name
 
 
-@pytest.mark.slow
-def test_tiny_rm_learns_and_resumes(tmp_path):
-    p, whole_dir = train_rm(tmp_path, "whole")
+@pytest.fixture(scope="module")
+def whole_rm(tmp_path_factory):
+    """The uninterrupted recipe=rm_qwen3_tiny run (60 steps): (process, run directory)."""
+    p, whole_dir = train_rm(tmp_path_factory.mktemp("rm"), "whole")
     assert p.returncode == 0, p.stderr[-3000:]
+    return p, whole_dir
+
+
+@pytest.mark.slow
+def test_tiny_rm_learns_and_resumes(tmp_path, whole_rm):
+    p, whole_dir = whole_rm
     rows = metrics(whole_dir)
     assert [m["step"] for m in rows] == list(range(1, 61))
     assert 0.35 <= rows[0]["heldout/initial/accuracy"] <= 0.65, rows[0]
@@ -61,6 +72,25 @@ def test_tiny_rm_learns_and_resumes(tmp_path):
     resumed = metrics(part_dir)
     assert [m["step"] for m in resumed] == list(range(1, 61))
     assert_same_run(rows, final_weights(whole_dir), part_dir)
+
+
+@pytest.mark.slow
+def test_grpo_against_the_tiny_rm(tmp_path, whole_rm):
+    """recipe=grpo_qwen3_tiny_rm, 12 steps, against the reward model of the run above."""
+    rm = whole_rm[1] / "final_model"
+    p = subprocess.run([sys.executable, "-m", "rlhf_exact.train", "recipe=grpo_qwen3_tiny_rm", "run.steps=12",
+                        f"reward.model.path={rm}", "eval.every_steps=6", f"run.output_dir={tmp_path}", "run.name=grpo",
+                        "logging.wandb_mode=disabled", "logging.progress_bars=false"],
+                       capture_output=True, text=True, cwd=repo_root(), env=dict(os.environ), timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = metrics(tmp_path / "grpo")
+    assert [m["step"] for m in rows] == list(range(1, 13))
+    assert all(m["parity/kl"] == 0.0 and m["parity/tokens_bitwise_equal_frac"] == 1.0 for m in rows)
+    assert all(m["reward/mean"] == m["reward/model_mean"] for m in rows)  # the rule has weight 0
+    first, last = [sum(m["reward/model_mean"] for m in part) / 3 for part in (rows[:3], rows[-3:])]
+    assert last > first + 3.0, (first, last)  # the reward model's score rises
+    ev = [m["eval/first_reward_mean"] for m in rows if "eval/first_reward_mean" in m]
+    assert len(ev) == 2 and ev[1] > ev[0] + 0.1, ev  # and the rule its preferences came from
 
 
 def test_bad_pairs_file_is_one_line(tmp_path):
