@@ -181,6 +181,8 @@ def test_type_error_names_key():
     ("algorithm.tis=true", "algorithm.tis"),
     ("trainer.compute_dtype=float32", "model.dtype"),
     ("reward.functions=[]", "reward.functions"),
+    ("reward.model.batch_tokens=0", "reward.model.batch_tokens"),
+    ("reward.model.weight=nan", "reward.model.weight"),
     ("cluster.device=tpu", "cluster.device"),
     ("sampler.deadline_mb_per_s=0", "sampler.deadline_mb_per_s"),
     ("trainer.deadline_s=0", "trainer.deadline_s"),
