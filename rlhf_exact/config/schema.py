@@ -325,7 +325,8 @@ class RewardModelConfig:
     (rlhf_exact/rewards/model.py; docs/training.md "Reward models"). Off while `path` is empty."""
 
     path: str = ""  # a Qwen3ForSequenceClassification directory (num_labels=1), e.g. train_rm's
-    # <run dir>/final_model; its tokenizer must be the policy's; "": no reward model
+    # <run dir>/final_model; its tokenizer must be the policy's; loaded in model.dtype on the driver's CPU;
+    # "": no reward model
     weight: float = 1.0  # multiplier of its score in the total reward; any finite number
     batch_tokens: int = 4096  # most tokens per scoring forward (a longer sequence is scored alone); >= 1.
     # Scores do not depend on it (exact kernels): it bounds memory only
