@@ -136,13 +136,15 @@ class ConsoleStream(io.TextIOBase):
             return len(s)
         *lines, self._buf = (self._buf + s).split("\n")
         for line in lines:
-            self.log_file.write(_ANSI.sub("", line).split("\r")[-1] + "\n")
+            if not self.log_file.closed:  # a logging handler made during a run of this process that ended
+                self.log_file.write(_ANSI.sub("", line).split("\r")[-1] + "\n")
             if self.keep(line):
                 self.console.write(line + "\n")
         return len(s)
 
     def flush(self) -> None:
-        self.log_file.flush()
+        if not self.log_file.closed:
+            self.log_file.flush()
         self.console.flush()
 
 

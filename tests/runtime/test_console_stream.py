@@ -35,3 +35,14 @@ def test_console_stream_logs_every_line_and_shows_the_kept_ones():
     s.write("\rsteps:  50%")  # a progress bar's redraw: the console only
     assert console.getvalue() == "step 1/2: ok\npartial\n\rsteps:  50%"
     assert log.getvalue() == "step 1/2: ok\n(SamplerActor pid=16222) Disabling Triton.\npartial\n"
+
+
+def test_console_stream_outlives_its_log_file():
+    """A logging handler made during a run keeps the stream; a later run in the same
+    process (tests) writes through it after the file is closed: to the console only."""
+    console, log = io.StringIO(), io.StringIO()
+    s = ConsoleStream(console, log, shown)
+    log.close()
+    s.write("step 1/1: ok\n")
+    s.flush()
+    assert console.getvalue() == "step 1/1: ok\n"
