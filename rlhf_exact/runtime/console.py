@@ -94,6 +94,7 @@ def summarize(result: dict, keys: Sequence[str] = ("reward/mean", "parity/kl")) 
 LOG_FILE = "console.log"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ACTOR = re.compile(r"^\((?:[\w.:-]+ )?pid=[^)]*\) ?")  # Ray's prefix of a line an actor printed
+_STAMPS = re.compile(r"\((?:[\w.:-]+ )?pid=[^)]*\) ?|\d\d-\d\d \d\d:\d\d:\d\d ")  # who and when, not what
 _LEVEL = re.compile(r"\b(WARNING|WARN|ERROR|CRITICAL|FATAL)\b")
 _QUIET_DRIVER = (re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+\s+(DEBUG|INFO)\s+(?!rlhf_exact\b)"),  # Ray, root logger
                  re.compile(r"^(DEBUG|INFO) \d\d-\d\d "),  # vLLM's own format
@@ -110,6 +111,26 @@ def shown(line: str) -> bool:
     if actor:
         return bool(_LEVEL.search(text[actor.end():actor.end() + 80]))
     return not any(p.match(text) for p in _QUIET_DRIVER)
+
+
+def once(keep=shown):
+    """`keep` that also shows an actor's warning only the first time: vLLM repeats each
+    of its start-up warnings in every process it starts (engine core, workers), under
+    other prefixes and times. What it hides is still in console.log."""
+    seen = set()
+
+    def keep_once(line: str) -> bool:
+        if not keep(line):
+            return False
+        text = _ANSI.sub("", line)
+        if not _ACTOR.match(text):
+            return True
+        key = _STAMPS.sub("", text)
+        new = key not in seen
+        seen.add(key)
+        return new
+
+    return keep_once
 
 
 class ConsoleStream(io.TextIOBase):
@@ -155,7 +176,7 @@ def routed(mode: str, run_dir: pathlib.Path):
     run_dir/console.log (appended to: a resumed run adds to it). W&B is told to be quiet."""
     if mode == "quiet":
         os.environ.setdefault("WANDB_SILENT", "true")
-    keep = shown if mode == "quiet" else (lambda line: True)
+    keep = once(shown) if mode == "quiet" else (lambda line: True)
     saved = sys.stdout, sys.stderr
     with open(run_dir / LOG_FILE, "a", buffering=1) as f:
         sys.stdout, sys.stderr = ConsoleStream(saved[0], f, keep), ConsoleStream(saved[1], f, keep)

@@ -2,7 +2,7 @@
 keeps every line in console.log either way. Lines as a tiny CPU run prints them."""
 import io
 
-from rlhf_exact.runtime.console import ConsoleStream, shown
+from rlhf_exact.runtime.console import ConsoleStream, once, shown
 
 ACTOR = "\x1b[36m(SamplerActor pid=16222)\x1b[0m "
 
@@ -46,3 +46,12 @@ def test_console_stream_outlives_its_log_file():
     s.write("step 1/1: ok\n")
     s.flush()
     assert console.getvalue() == "step 1/1: ok\n"
+
+
+def test_an_actor_warning_repeated_by_each_vllm_process_is_shown_once():
+    keep = once()
+    lines = [ACTOR + "(VllmWorker-0 pid=16392) WARNING 12-04 00:46:10 [vllm.py:725] Model Runner V2 requires Triton",
+             ACTOR + "(EngineCore pid=16308) WARNING 12-04 00:46:11 [vllm.py:725] Model Runner V2 requires Triton",
+             ACTOR + "(EngineCore pid=16308) WARNING 12-04 00:46:12 [cpu.py:224] Triton is not installed.",
+             "step 1/2: ok", "step 1/2: ok"]
+    assert [keep(line) for line in lines] == [True, False, True, True, True]
