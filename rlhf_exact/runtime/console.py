@@ -135,8 +135,8 @@ def once(keep=shown):
 
 class ConsoleStream(io.TextIOBase):
     """sys.stdout or sys.stderr of a run: every line goes to the run's console.log, and
-    the lines `keep` accepts to the console as well. A progress bar's carriage-return
-    redraw goes to the console only."""
+    the lines `keep` accepts to the console as well. A progress bar's redraw (a write
+    that starts with a carriage return) goes to the console only."""
 
     def __init__(self, console, log_file, keep):
         super().__init__()
@@ -152,7 +152,7 @@ class ConsoleStream(io.TextIOBase):
         return self.console.fileno()
 
     def write(self, s: str) -> int:
-        if not self._buf and "\r" in s and "\n" not in s:
+        if not self._buf and s.startswith("\r") and "\n" not in s:
             self.console.write(s)
             return len(s)
         *lines, self._buf = (self._buf + s).split("\n")

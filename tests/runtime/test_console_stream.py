@@ -33,8 +33,11 @@ def test_console_stream_logs_every_line_and_shows_the_kept_ones():
     s.write("step 1/2: ok\n" + ACTOR + "Disabling Triton.\npart")
     s.write("ial\n")
     s.write("\rsteps:  50%")  # a progress bar's redraw: the console only
+    s.write(ACTOR + "\rLoading safetensors checkpoint shards: 100%")  # print: the text, then "\n"
+    s.write("\n")
     assert console.getvalue() == "step 1/2: ok\npartial\n\rsteps:  50%"
-    assert log.getvalue() == "step 1/2: ok\n(SamplerActor pid=16222) Disabling Triton.\npartial\n"
+    assert log.getvalue() == ("step 1/2: ok\n(SamplerActor pid=16222) Disabling Triton.\npartial\n"
+                              "Loading safetensors checkpoint shards: 100%\n")
 
 
 def test_console_stream_outlives_its_log_file():
