@@ -166,16 +166,32 @@ def main(argv: list[str] | None = None, reward_model: bool = False) -> int:
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
 
     from rlhf_exact import loop
-    from rlhf_exact.runtime.console import summarize
-    from rlhf_exact.rewards import RewardError
-    from rlhf_exact.runtime.deadline import PlacementTimeout
+    from rlhf_exact.runtime.console import routed, summarize
 
     runner = loop
     if reward_model:
         from rlhf_exact import rm_loop as runner
+    with routed(cfg.run.console, run_dir) as console_log:
+        print(f"full log: {console_log}" + (" (run.console=full shows it here too)"
+                                            if cfg.run.console == "quiet" else ""), file=sys.stderr)
+        status = _run(runner, cfg, run_dir, report)
+        if isinstance(status, int):
+            return status
+        print(runner.summarize(status) if reward_model else summarize(status))
+        print(f"metrics: {run_dir / 'metrics.jsonl'}  plots: python -m rlhf_exact.plot {run_dir}")
+    return 0
+
+
+def _run(runner, cfg, run_dir, report):
+    """The run's result, or the exit status of a run that failed (one line, or a reward's
+    traceback and one line)."""
+    from rlhf_exact import loop
+    from rlhf_exact.rewards import RewardError
+    from rlhf_exact.runtime.deadline import PlacementTimeout
+
     previous = signal.signal(signal.SIGTERM, lambda *_: _terminated(cfg, run_dir))
     try:
-        result = runner.run(cfg, run_dir, report.verified)
+        return runner.run(cfg, run_dir, report.verified)
     except (loop.ParityError, loop.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -193,9 +209,6 @@ def main(argv: list[str] | None = None, reward_model: bool = False) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(runner.summarize(result) if reward_model else summarize(result))
-    print(f"metrics: {run_dir / 'metrics.jsonl'}  plots: python -m rlhf_exact.plot {run_dir}")
-    return 0
 
 
 def _prepare(config_args: list[str], print_config: bool, reward_model: bool = False):

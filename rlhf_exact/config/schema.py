@@ -105,6 +105,9 @@ class RunConfig:
     # is a bug; "warn": log it and go on, "stop": raise after logging the step's metrics
     imports: list[str] = field(default_factory=list)  # Python modules imported before the run starts (e.g.
     # [my_pkg.rewards]: its @register_reward functions become reward names); checked at config time
+    console: str = "quiet"  # "quiet": the console shows the run's own lines (start-up, steps, summary) and
+    # warnings, errors and tracebacks of any source; "full": also every INFO line of vLLM, Ray and the actors.
+    # Both write everything to <run_dir>/console.log
 
     def validate(self, p: str = "run") -> None:
         if self.name is not None and (not self.name or os.sep in self.name or self.name in (".", "..")):
@@ -118,6 +121,7 @@ class RunConfig:
         _int(f"{p}.save_every", self.save_every, 0)
         _int(f"{p}.keep_last", self.keep_last, 1)
         _choice(f"{p}.on_parity_mismatch", self.on_parity_mismatch, ("warn", "stop"))
+        _choice(f"{p}.console", self.console, ("quiet", "full"))
         for i, m in enumerate(self.imports):
             if not m or not all(part.isidentifier() for part in m.split(".")):
                 _fail(f"{p}.imports[{i}]", m, "a dotted module name (my_pkg.rewards)")

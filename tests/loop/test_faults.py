@@ -20,8 +20,9 @@ tiny recipe in a process group of its own, as a terminal runs it.
         the samplers get wrong weights in the sync after step 1 (tests/loop/corrupt_sync.py)
         and run step 2 on them. on_parity_mismatch=warn: "EXACT MODE VIOLATED at step 2"
         and the console line "step 2/3 ... parity VIOLATED" name the same step, the only
-        one whose metrics differ. stop: exit 3 after the console line of step 1, the
-        error "EXACT MODE VIOLATED at step 2" printed once, no traceback.
+        one whose metrics differ; the console (run.console=quiet) holds at most 60 lines
+        and no INFO line of an actor: those are in the run's console.log. stop: exit 3
+        after the console line of step 1, the error "EXACT MODE VIOLATED at step 2" printed once, no traceback.
 
     python -m pytest tests/loop/test_faults.py -q
 """
@@ -50,13 +51,14 @@ pytestmark = pytest.mark.slow
 STEPS = 12
 
 
-def launch(tmp_path, name, *args, steps=STEPS):
+def launch(tmp_path, name, *args, steps=STEPS, stdout=False):
+    """stdout: the run's stdout into NAME.err too (the whole console), else dropped."""
     log = open(tmp_path / f"{name}.err", "w")
     return subprocess.Popen(
         [sys.executable, "-m", "rlhf_exact.train", f"run.output_dir={tmp_path}", f"run.name={name}",
          f"run.steps={steps}", "run.save_every=1", "run.keep_last=20", "logging.wandb_mode=disabled",
          "logging.progress_bars=false", *args],
-        cwd=repo_root(), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        cwd=repo_root(), stdout=log if stdout else subprocess.DEVNULL, stderr=log, start_new_session=True)
 
 
 def wait_for_step(run_dir, proc, step, timeout=600):
@@ -166,9 +168,16 @@ def violated_steps(err):
 
 def test_parity_violation_names_its_step(tmp_path):
     fault = ("run.imports=[tests.loop.corrupt_sync]", "eval.every_steps=0", "run.save_every=0")
-    warn = launch(tmp_path, "warn", *fault, "run.on_parity_mismatch=warn", steps=3)
+    warn = launch(tmp_path, "warn", *fault, "run.on_parity_mismatch=warn", steps=3, stdout=True)
     assert finish(warn) == 0, (tmp_path / "warn.err").read_text()[-3000:]
     err = (tmp_path / "warn.err").read_text()
+    # run.console=quiet: the run's lines and warnings on the console, the rest in console.log
+    full = (tmp_path / "warn" / "console.log").read_text()
+    print(f"console {len(err.splitlines())} lines, console.log {len(full.splitlines())} lines")
+    assert len(err.splitlines()) <= 60 and f"full log: {tmp_path / 'warn' / 'console.log'}" in err, err
+    assert err.splitlines()[-2].startswith("reward/mean: first"), err  # the summary, then the metrics line
+    assert "(SamplerActor pid=" in full and " INFO " in full, full[-3000:]  # vLLM's INFO, not on the console
+    assert not [line for line in err.splitlines() if "pid=" in line and " INFO " in line], err
     said, lines = violated_steps(err)
     assert lines == [2] and said and set(said) == {2}, err[-3000:]  # the logprobs, then the ratio
     rows = metrics(tmp_path / "warn")
