@@ -161,13 +161,10 @@ class RewardModelLoop:
         return m
 
     def checkpoint(self, step: int) -> pathlib.Path:
-        from rlhf_exact.runtime.checkpoint import capture_rng_state, save_run_checkpoint
+        """Run checkpoint after `step` steps (atomic; rank 0 writes)."""
+        from rlhf_exact.runtime.checkpoint import save_step_checkpoint
 
-        tensors, trainer_meta = self.trainer.state()
-        rng_tensors, rng_meta = capture_rng_state()
-        meta = {"step": step, "trainer": trainer_meta, "data": self.stream.state_dict(), "rng": rng_meta}
-        return save_run_checkpoint(self.run_dir, step, tensors | {"rng": rng_tensors}, meta,
-                                   keep_last=self.cfg.run.keep_last)
+        return save_step_checkpoint(self.run_dir, step, self.trainer, self.stream, self.cfg.run.keep_last)
 
     def export(self) -> pathlib.Path:
         """The final reward model as a Hugging Face Qwen3ForSequenceClassification directory."""

@@ -127,16 +127,8 @@ def make_tiny_model_dir(path: str | os.PathLike, *, seed: int = 0, dtype: torch.
     model = Qwen3ForCausalLM(config, dtype=torch.float32)
     model.init_weights(seed=seed, std=std, norm_noise=norm_noise)
 
-    staging = pathlib.Path(path).with_name(pathlib.Path(path).name + ".tokenizer-staging")
-    staging.mkdir(parents=True, exist_ok=True)
-    try:
-        write_tokenizer(tok, staging)
-        gen = {"eos_token_id": [eos, tok.token_to_id(EOS)], "pad_token_id": pad}
-        return save_model(model, path, dtype=dtype, tokenizer_from=staging, generation_config=gen)
-    finally:
-        for f in staging.iterdir():
-            f.unlink()
-        staging.rmdir()
+    gen = {"eos_token_id": [eos, tok.token_to_id(EOS)], "pad_token_id": pad}
+    return _save_with_tokenizer(model, path, tok, dtype=dtype, generation_config=gen)
 
 
 def make_tiny_reward_model_dir(path: str | os.PathLike, *, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
@@ -152,11 +144,17 @@ def make_tiny_reward_model_dir(path: str | os.PathLike, *, seed: int = 0, dtype:
     model = Qwen3RewardModel(config, dtype=torch.float32)
     model.init_weights(seed=seed, std=std, norm_noise=norm_noise)
 
+    return _save_with_tokenizer(model, path, tok, dtype=dtype)
+
+
+def _save_with_tokenizer(model, path: str | os.PathLike, tok, **save_kwargs) -> pathlib.Path:
+    """save_model(model, path) with the trained tokenizer's files, written to a staging
+    folder beside `path` first (save_model copies a tokenizer from a directory)."""
     staging = pathlib.Path(path).with_name(pathlib.Path(path).name + ".tokenizer-staging")
     staging.mkdir(parents=True, exist_ok=True)
     try:
         write_tokenizer(tok, staging)
-        return save_model(model, path, dtype=dtype, tokenizer_from=staging)
+        return save_model(model, path, tokenizer_from=staging, **save_kwargs)
     finally:
         for f in staging.iterdir():
             f.unlink()

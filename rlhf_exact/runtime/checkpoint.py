@@ -356,3 +356,12 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
         kind, keys, pos, has_gauss, cached = meta["numpy"]
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_step_checkpoint(run_dir: str | os.PathLike, step: int, trainer, stream, keep_last: int) -> Path:
+    """The run checkpoint after `step` steps of a loop: the trainer group's state (model,
+    optimizer), the driver's RNG and the data stream's position (atomic; rank 0 writes)."""
+    tensors, trainer_meta = trainer.state()  # {"model", "optimizer"}
+    rng_tensors, rng_meta = capture_rng_state()
+    meta = {"step": step, "trainer": trainer_meta, "data": stream.state_dict(), "rng": rng_meta}
+    return save_run_checkpoint(run_dir, step, tensors | {"rng": rng_tensors}, meta, keep_last=keep_last)
