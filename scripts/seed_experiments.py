@@ -159,12 +159,20 @@ def experiment1(sampler, calls: list[list[tuple]]) -> dict:
             "largest_share": max(counts.values()) / copies, "seconds": seconds}
 
 
+def workload2(rng: random.Random, n: int, vocab: int) -> tuple[list, list]:
+    """Experiment 2's one call: n prompts of 20-60 tokens, 90-110 greedy new tokens each."""
+    from rlhf_exact.sampler.engine import RequestParams
+
+    prompts = [[rng.randrange(10, min(100_000, vocab)) for _ in range(rng.randrange(20, 61))] for _ in range(n)]
+    params = [RequestParams(max_tokens=rng.randrange(90, 111), temperature=0, ignore_eos=True) for _ in range(n)]
+    return prompts, params
+
+
 def experiment2(sampler, n: int) -> dict:
     from rlhf_exact.sampler.engine import RequestParams
 
     rng = random.Random(1)
-    prompts = [[rng.randrange(10, 100_000) for _ in range(rng.randrange(20, 61))] for _ in range(n)]
-    params = [RequestParams(max_tokens=rng.randrange(90, 111), temperature=0, ignore_eos=True) for _ in range(n)]
+    prompts, params = workload2(rng, n, sampler.vocab_size)
     t0 = time.perf_counter()
     res = sampler.sample(prompts, params=params)
     seconds = time.perf_counter() - t0
@@ -177,6 +185,26 @@ def experiment2(sampler, n: int) -> dict:
         dt = time.perf_counter() - t0
         by_batch[b] = sum(len(r.completions[0].token_ids) for r in out) / dt
     return {"sequences": n, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s_by_batch": by_batch}
+
+
+def profile2(sampler, n: int) -> dict:
+    """Experiment 2's call twice more, from an empty prefix cache each time: once with
+    every engine step timed by type, once under torch.profiler (step_profile.py)."""
+    from rlhf_exact.sampler.step_profile import StepRecord, summarize
+
+    out = {}
+    for what in ("steps", "ops"):
+        prompts, params = workload2(random.Random(1), n, sampler.vocab_size)
+        sampler.llm.reset_prefix_cache()
+        sampler.llm.collective_rpc("exact_profile_start", args=(what,))
+        t0 = time.perf_counter()
+        errors = [r.error for r in sampler.sample(prompts, params=params) if r.error]
+        if errors:
+            raise RuntimeError(f"profile2: {len(errors)} requests failed, the first: {errors[0]}")
+        out[f"{what}_wall_s"] = time.perf_counter() - t0
+        got = sampler.llm.collective_rpc("exact_profile_stop")[0]
+        out[what] = summarize([StepRecord(**r) for r in got]) if what == "steps" else got
+    return out
 
 
 def child(args, mode: str, graphs: bool) -> dict:
@@ -194,6 +222,8 @@ def child(args, mode: str, graphs: bool) -> dict:
         row["exp1"] = experiment1(sampler, calls)
     if 2 in args.experiments:
         row["exp2"] = experiment2(sampler, args.n)
+    if args.profile:
+        row["profile"] = profile2(sampler, args.n)
     sampler.shutdown()
     return row
 
@@ -206,7 +236,7 @@ def run_child(args, out: pathlib.Path, mode: str, graphs: str) -> dict:
     cmd = [sys.executable, __file__, str(out), "--device", args.device, "--shape", args.shape, "--graphs", graphs,
            "--experiments", ",".join(map(str, args.experiments)), "--n", str(args.n),
            "--max-tokens", str(args.max_tokens), "--dtype", args.dtype, "--model-dir", args.model_dir,
-           "--child", mode, graphs]
+           *(["--profile"] if args.profile else []), "--child", mode, graphs]
     log = out / f"seed_{args.shape}_{mode}_graphs-{graphs}.log"
     try:
         with open(log, "w") as f:
@@ -239,6 +269,19 @@ def print_table(args, rows: list[dict]) -> None:
         tps = "/".join(f"{v:.0f}" for v in e2.get("tokens_per_s_by_batch", {}).values())
         print(f"{r['mode']:>6} {str(r['graphs']):>6} {r['start_s']:8.1f} {e1.get('distinct_tokens', '-'):>8} "
               f"{e1.get('distinct_logprobs', '-'):>8} {e2.get('seconds', float('nan')):8.2f}  {tps}")
+    profiled = [r for r in rows if "profile" in r]
+    if profiled:
+        print("\nexperiment 2 by step type (steps timed singly: step_profile.py); ms/step, launch share, steps")
+        print(f"{'mode':>6} {'graphs':>6} " + " ".join(f"{k:>22}" for k in ("prefill", "mixed", "decode", "all")))
+        for r in profiled:
+            st = r["profile"]["steps"]
+            cells = [f"{st[k]['ms_per_step']:8.2f} {st[k]['launch_share']:5.0%} {st[k]['steps']:>6}" if k in st
+                     else f"{'-':>22}" for k in ("prefill", "mixed", "decode", "all")]
+            print(f"{r['mode']:>6} {str(r['graphs']):>6} " + " ".join(f"{c:>22}" for c in cells))
+        for r in profiled:
+            ops = r["profile"]["ops"][:4]
+            print(f"{r['mode']:>6} {str(r['graphs']):>6} top ops by {ops[0]['share_of'] if ops else '-'} time: "
+                  + ", ".join(f"{o['op'][:40]} {o['share']:.0%}" for o in ops))
 
 
 def parse(argv) -> argparse.Namespace:
@@ -256,6 +299,8 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=32, help="cpu: greedy tokens per copy (default 32; cuda: 100)")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--model-dir", help="an existing checkpoint (default: OUT/model-SHAPE, written if absent)")
+    ap.add_argument("--profile", action="store_true", help="then experiment 2's call again, timed by engine "
+                    "step type and under torch.profiler (sampler/step_profile.py); results under 'profile'")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per child process")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)  # internal: MODE GRAPHS
     args = ap.parse_args(argv)
@@ -269,7 +314,7 @@ def parse(argv) -> argparse.Namespace:
     if cuda and not args.out:
         ap.error("--device cuda needs the output folder OUT")
     if not cuda and (args.shape != "tiny" or 2 in args.experiments or args.graphs != "off"):
-        ap.error("--device cpu runs the tiny model, experiment 1 only, without CUDA graphs")
+        ap.error("--device cpu runs the tiny model, experiment 1 only (and --profile), without CUDA graphs")
     if any(m not in ("stock", "exact") for m in args.modes.split(",")):
         ap.error(f"--modes: a comma list of stock, exact (got {args.modes!r})")
     return args

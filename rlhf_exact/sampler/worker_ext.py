@@ -173,6 +173,24 @@ class ExactWorkerExtension:
     def exact_abort_update(self) -> None:
         self._exact_staged = None
 
+    def exact_profile_start(self, what: str) -> None:
+        """Start timing steps ("steps") or profiling ops ("ops"); step_profile.py."""
+        from rlhf_exact.sampler import step_profile
+
+        if getattr(self, "_exact_profiler", None) is not None:
+            raise RuntimeError("exact_profile_start: a profile is already running")
+        if what not in ("steps", "ops"):
+            raise ValueError(f"exact_profile_start: 'steps' or 'ops', got {what!r}")
+        self._exact_profiler = (step_profile.StepTimer(self.model_runner) if what == "steps"
+                                else step_profile.OpProfiler())
+
+    def exact_profile_stop(self) -> list[dict]:
+        """The step records or the heaviest ops since exact_profile_start."""
+        prof, self._exact_profiler = getattr(self, "_exact_profiler", None), None
+        if prof is None:
+            raise RuntimeError("exact_profile_stop: no profile running")
+        return prof.close()
+
     def exact_get_weights(self, names: list[str]) -> bytes:
         """safetensors bytes of the named parameters (tests check updates bitwise)."""
         from safetensors.torch import save

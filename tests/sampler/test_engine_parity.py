@@ -179,6 +179,29 @@ class TestBatch16:
         assert metric(sampler, "vllm:prefix_cache_hits") - hits2 >= 96
         assert_parity(trainer, [longer, cont], res)
 
+    def test_step_profile(self, sampler):
+        """The profile hooks (sampler/step_profile.py) see every step and change no bit."""
+        from rlhf_exact.sampler.step_profile import StepRecord, summarize
+
+        plain = sampler.sample(PROMPTS, n=1, params=GREEDY)
+        sampler.llm.reset_prefix_cache()
+        sampler.llm.collective_rpc("exact_profile_start", args=("steps",))
+        timed = sampler.sample(PROMPTS, n=1, params=GREEDY)
+        records = [StepRecord(**r) for r in sampler.llm.collective_rpc("exact_profile_stop")[0]]
+        assert_same(flat(timed), flat(plain))
+        # every prompt token and every fed-back sampled token (all but the last) once
+        assert sum(r.tokens for r in records) == sum(len(p) + GREEDY.max_tokens - 1 for p in PROMPTS)
+        assert all(0 < r.launch_s <= r.step_s for r in records)
+        kinds = summarize(records)
+        assert {"prefill", "decode", "all"} <= set(kinds) and kinds["all"]["steps"] == len(records)
+        sampler.llm.collective_rpc("exact_profile_start", args=("ops",))
+        profiled = sampler.sample(PROMPTS, n=1, params=GREEDY)
+        ops = sampler.llm.collective_rpc("exact_profile_stop")[0]
+        assert_same(flat(profiled), flat(plain))
+        assert ops and all(o["calls"] > 0 for o in ops) and sum(o["share"] for o in ops) <= 1.0 + 1e-9
+        with pytest.raises(Exception, match="no profile running"):
+            sampler.llm.collective_rpc("exact_profile_stop")
+
     def test_top_k_top_p(self, sampler, trainer):
         params = [RequestParams(max_tokens=16, top_k=5), RequestParams(max_tokens=16, top_p=0.6),
                   RequestParams(max_tokens=16, top_k=3, top_p=0.9), RequestParams(max_tokens=16, top_k=1)]

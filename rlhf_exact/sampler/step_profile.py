@@ -1,0 +1,127 @@
+"""Where a sampler's time goes, by engine step type and by op: the measurement behind the
+exact sampler's speed work (docs/benchmarks.md, "Sampler profile").
+
+An engine step is one `execute_model` + `sample_tokens` pair of vLLM's model runner. Its
+type comes from the scheduler's plan alone (`step_kind`):
+  decode   every scheduled request gets exactly one token;
+  prefill  no request gets exactly one token (prompts or prompt chunks only);
+  mixed    both in one step (vLLM's chunked prefill puts new prompts beside decodes).
+A prompt chunk of one token counts as a decode token: a step kind is a statement about
+the batch shape the kernels see, which is what the CUDA graph modes key on.
+
+`StepTimer` times each step from the runner's entry to the end of its GPU work
+(`step_s`, a device synchronize after `sample_tokens`) and the time until
+`execute_model` returned to the CPU (`launch_s`). launch_s close to step_s means the step
+is bound by Python and kernel launches, not by the GPU. The synchronize removes vLLM's
+overlap of one step's CPU work with the last step's GPU work, so the sum of step_s is
+above the unprofiled wall time; compare kinds with each other, and modes with each
+other, not with the plain run. `top_ops` turns a torch.profiler table into the heaviest
+ops by device time.
+
+Used through the worker extension (`exact_profile_start` / `exact_profile_stop`) by
+`scripts/seed_experiments.py --profile`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+KINDS = ("prefill", "mixed", "decode")
+
+
+def step_kind(tokens_per_request: list[int]) -> str:
+    """The step type of a scheduler plan: tokens scheduled per request (module docstring)."""
+    if not tokens_per_request:
+        raise ValueError("step_kind: a step with no scheduled request")
+    ones = sum(1 for n in tokens_per_request if n == 1)
+    return "decode" if ones == len(tokens_per_request) else "prefill" if ones == 0 else "mixed"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    kind: str  # KINDS
+    requests: int
+    tokens: int
+    launch_s: float  # entry to execute_model's return (CPU side)
+    step_s: float  # entry to the end of the step's device work
+
+
+def summarize(records: list[StepRecord]) -> dict[str, dict]:
+    """Per step kind: steps, tokens, seconds, ms per step, tokens per step and the launch
+    share (sum launch_s / sum step_s); "all" sums every kind."""
+    out = {}
+    for kind in (*KINDS, "all"):
+        rs = [r for r in records if kind in ("all", r.kind)]
+        if not rs:
+            continue
+        secs = sum(r.step_s for r in rs)
+        out[kind] = {"steps": len(rs), "tokens": sum(r.tokens for r in rs), "seconds": secs,
+                     "ms_per_step": 1e3 * secs / len(rs), "tokens_per_step": sum(r.tokens for r in rs) / len(rs),
+                     "launch_share": sum(r.launch_s for r in rs) / secs if secs > 0 else 0.0}
+    return out
+
+
+def top_ops(rows: list[tuple[str, int, float, float]], k: int = 15) -> list[dict]:
+    """rows: (op name, calls, self CPU us, self device us). The k heaviest by device time
+    (by CPU time when no row has device time: a CPU engine), each with its share of the
+    summed time of that kind."""
+    col = 3 if any(r[3] > 0 for r in rows) else 2
+    total = sum(r[col] for r in rows) or 1.0
+    heavy = sorted(rows, key=lambda r: -r[col])[:k]
+    return [{"op": n, "calls": c, "cpu_ms": cpu / 1e3, "device_ms": dev / 1e3, "share": (cpu, dev)[col - 2] / total,
+             "share_of": ("cpu", "device")[col - 2]} for n, c, cpu, dev in heavy]
+
+
+class StepTimer:
+    """Wraps one model runner's `execute_model` and `sample_tokens` (instance attributes,
+    removed by `close`) and records a StepRecord per step."""
+
+    def __init__(self, runner):
+        self.runner, self.records = runner, []
+        self._open: tuple | None = None
+        self._sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+        execute, sample = runner.execute_model, runner.sample_tokens
+
+        def timed_execute(scheduler_output, *a, **kw):
+            t0 = time.perf_counter()
+            out = execute(scheduler_output, *a, **kw)
+            counts = list(scheduler_output.num_scheduled_tokens.values())
+            if counts:
+                self._open = (step_kind(counts), len(counts), sum(counts), t0, time.perf_counter() - t0)
+            return out
+
+        def timed_sample(*a, **kw):
+            out = sample(*a, **kw)
+            if self._open is not None:
+                self._sync()
+                kind, reqs, toks, t0, launch = self._open
+                self.records.append(StepRecord(kind, reqs, toks, launch, time.perf_counter() - t0))
+                self._open = None
+            return out
+
+        runner.execute_model, runner.sample_tokens = timed_execute, timed_sample
+
+    def close(self) -> list[dict]:
+        del self.runner.execute_model, self.runner.sample_tokens  # the class's methods again
+        return [asdict(r) for r in self.records]
+
+
+class OpProfiler:
+    """torch.profiler over CPU and CUDA (CPU only without CUDA) until `close`."""
+
+    def __init__(self):
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        self.prof = torch.profiler.profile(activities=acts)
+        self.prof.__enter__()
+
+    def close(self, k: int = 15) -> list[dict]:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.prof.__exit__(None, None, None)
+        rows = [(e.key, e.count, e.self_cpu_time_total, getattr(e, "self_device_time_total", 0.0))
+                for e in self.prof.key_averages()]
+        return top_ops(rows, k)
