@@ -6,7 +6,7 @@ and ends where an uninterrupted run ends, bit for bit.
     python scripts/gpu_fault_check.py OUT_DIR --only resume                # then the Ctrl-C + resume runs
     python scripts/gpu_fault_check.py OUT_DIR --recipe grpo_qwen3_gpu_4b -- sampler.gpu_memory_utilization=0.3
 
-Runs of `python -m rlhf_exact.train recipe=RECIPE run.steps=STEPS run.save_every=1`
+Runs of `python -m rlhf_exact.train recipe=RECIPE run.steps=STEPS run.save_every=SAVE_EVERY`
 (W&B and eval off) in OUT_DIR, one after another (each starts its own Ray and engines):
 
   whole   uninterrupted: the reference (kept in OUT_DIR/whole and reused when complete);
@@ -41,11 +41,14 @@ ACTORS = {"sampler": "ray::SamplerActor", "trainer": "ray::TrainerWorker"}
 
 def launch(out: pathlib.Path, name: str, args) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "rlhf_exact.train", f"recipe={args.recipe}", f"run.output_dir={out}",
-           f"run.name={name}", f"run.steps={args.steps}", "run.save_every=1", f"run.keep_last={args.steps + 1}",
-           "logging.wandb_mode=disabled", "logging.progress_bars=false", "eval.every_steps=0", *args.overrides]
+           f"run.name={name}", f"run.steps={args.steps}", f"run.save_every={args.save_every}",
+           f"run.keep_last={args.steps + 1}", "logging.wandb_mode=disabled", "logging.progress_bars=false",
+           "eval.every_steps=0", *args.overrides]
     print("$", " ".join(cmd), flush=True)
     log = open(out / f"{name}.log", "a")
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # SIGINT at its default, as from a terminal: a background job inherits it ignored
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def rows(run_dir: pathlib.Path) -> list[dict]:
@@ -143,6 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("out", type=pathlib.Path)
     ap.add_argument("--recipe", default="grpo_qwen3_gpu")
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--save-every", type=int, default=1, help="run.save_every of every run (a 0.6B step "
+                    "checkpoint took about 30 s on the H200: 2 halves that; a trainer kill then restarts "
+                    "from an older checkpoint and runs more steps again)")
     ap.add_argument("--only", choices=("kills", "resume"))
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds for each run and each wait")
     ap.add_argument("overrides", nargs="*", help="key=value for every run (after --)")

@@ -51,6 +51,13 @@ pytestmark = pytest.mark.slow
 STEPS = 12
 
 
+def as_in_a_terminal():
+    """The child's SIGINT at its default, as a terminal starts a command: a shell's
+    background job (`cmd &`, CI runners, nohup scripts) inherits SIGINT ignored, and a
+    run started from it would not see the test's Ctrl-C at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def launch(tmp_path, name, *args, steps=STEPS, stdout=False):
     """stdout: the run's stdout into NAME.err too (the whole console), else dropped."""
     log = open(tmp_path / f"{name}.err", "w")
@@ -58,7 +65,8 @@ def launch(tmp_path, name, *args, steps=STEPS, stdout=False):
         [sys.executable, "-m", "rlhf_exact.train", f"run.output_dir={tmp_path}", f"run.name={name}",
          f"run.steps={steps}", "run.save_every=1", "run.keep_last=20", "logging.wandb_mode=disabled",
          "logging.progress_bars=false", *args],
-        cwd=repo_root(), stdout=log if stdout else subprocess.DEVNULL, stderr=log, start_new_session=True)
+        cwd=repo_root(), stdout=log if stdout else subprocess.DEVNULL, stderr=log, start_new_session=True,
+        preexec_fn=as_in_a_terminal)
 
 
 def wait_for_step(run_dir, proc, step, timeout=600):
