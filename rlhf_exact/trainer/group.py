@@ -34,7 +34,7 @@ import torch
 
 from rlhf_exact.runtime.deadline import (MIB, DeadlineExceeded, PlacementTimeout, deadline, placement_message,
                                          tensor_bytes)
-from rlhf_exact.types import LossNorm, MinibatchResult, PairResult, PreferencePair, SharedWeights, TrainSeq
+from rlhf_exact.types import HostTensors, LossNorm, MinibatchResult, PairResult, PreferencePair, SharedWeights, TrainSeq
 
 from . import plan as planner
 from .worker import TrainerSpec, TrainerWorker
@@ -154,9 +154,9 @@ class TrainerGroup:
 
     def full_weights(self, dtype: str | None = "bfloat16") -> dict[str, torch.Tensor]:
         """The policy gathered from every shard: HF-named tensors on CPU, cast to dtype
-        (None: the fp32 masters)."""
+        (None: the fp32 masters). Read-only views of what Ray received (types.HostTensors)."""
         return self._all("full_weights", lambda a: a.full_weights.remote(dtype),
-                         seconds=self._bytes(self.state_bytes))[0]
+                         seconds=self._bytes(self.state_bytes))[0].tensors()
 
     def share_weights(self, dtype: str = "bfloat16") -> SharedWeights:
         """The policy in rank 0's shared GPU buffer (worker.share_weights): the record a
@@ -165,12 +165,16 @@ class TrainerGroup:
                          seconds=self._bytes(self.state_bytes // 6))[0]
 
     def state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-        """The trainer's part of a run checkpoint: (tensors {"model", "optimizer"}, meta)."""
-        return self._all("state", lambda a: a.state.remote(), seconds=self._bytes(self.state_bytes))[0]
+        """The trainer's part of a run checkpoint: (tensors {"model", "optimizer"}, meta);
+        the tensors are read-only views of what Ray received (types.HostTensors)."""
+        packed, meta = self._all("state", lambda a: a.state.remote(), seconds=self._bytes(self.state_bytes))[0]
+        return {group: p.tensors() for group, p in packed.items()}, meta
 
     def load_state(self, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> None:
-        self._all("load_state", lambda a: a.load_state.remote(tensors, meta),
-                  seconds=self._bytes(tensor_bytes(tensors)))
+        import ray
+
+        ref = ray.put({group: HostTensors.of(named) for group, named in tensors.items()})  # once for every rank
+        self._all("load_state", lambda a: a.load_state.remote(ref, meta), seconds=self._bytes(tensor_bytes(tensors)))
 
     def shutdown(self) -> None:
         from ray.util.placement_group import remove_placement_group

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rlhf_exact.types import LossNorm, MinibatchResult, PairResult, PreferencePair, SharedWeights, TrainSeq
+from rlhf_exact.types import HostTensors, LossNorm, MinibatchResult, PairResult, PreferencePair, SharedWeights, TrainSeq
 
 
 @dataclasses.dataclass
@@ -307,7 +307,7 @@ class TrainerWorker:
 
     # ------------------------------------------------------------------ weights out
 
-    def full_weights(self, dtype: str | None = "bfloat16") -> dict[str, torch.Tensor] | None:
+    def full_weights(self, dtype: str | None = "bfloat16") -> HostTensors | None:
         """All-gathers the policy; rank 0 returns HF-named tensors on CPU (cast to dtype;
         None keeps the masters' dtype, trainer.param_dtype; lm_head left out when tied), other ranks None. Every
         rank must call it."""
@@ -319,7 +319,7 @@ class TrainerWorker:
         if self.config.tie_word_embeddings:
             sd.pop("lm_head.weight", None)
         cast = getattr(torch, dtype) if dtype else None
-        return {k: (v.to(cast) if cast is not None else v).contiguous() for k, v in sd.items()}
+        return HostTensors.of({k: (v.to(cast) if cast is not None else v) for k, v in sd.items()})
 
     def share_weights(self, dtype: str = "bfloat16") -> SharedWeights | None:
         """All-gathers the policy, one tensor at a time, into one flat buffer of `dtype`
@@ -356,7 +356,7 @@ class TrainerWorker:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict] | None:
+    def state(self) -> tuple[dict[str, HostTensors], dict] | None:
         """Rank 0: ({"model": fp32 master weights by HF name, "optimizer": AdamW moments},
         meta with the optimizer's JSON part, the LR schedule and the step count). Every
         rank must call it (gathers)."""
@@ -371,18 +371,20 @@ class TrainerWorker:
         if self.rank != 0:
             return None
         opt_tensors, opt_meta = flatten_optimizer_state(osd)
-        tensors = {"model": {k: v.contiguous() for k, v in msd.items()},
-                   "optimizer": {k: torch.as_tensor(v).contiguous() for k, v in opt_tensors.items()}}
+        tensors = {"model": HostTensors.of(msd),
+                   "optimizer": HostTensors.of({k: torch.as_tensor(v) for k, v in opt_tensors.items()})}
         meta = {"optimizer": opt_meta, "scheduler": self.scheduler.state_dict(), "steps_done": self.steps_done}
         return tensors, meta
 
-    def load_state(self, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> None:
+    def load_state(self, packed: dict[str, HostTensors], meta: dict) -> None:
         """Inverse of state(); every rank gets the full tensors."""
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
 
         from rlhf_exact.runtime.checkpoint import unflatten_optimizer_state
 
+        # copies: the optimizer may keep the given tensors as its state and update them in place
+        tensors = {group: p.tensors(writable=True) for group, p in packed.items()}
         opts = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self.model, tensors["model"], options=opts)
         set_optimizer_state_dict(self.model, self.optimizer,

@@ -84,6 +84,11 @@ ADVANTAGES = (1.0, -1.0, 0.5, -0.5, 0.25, -0.75)  # synthetic, per sequence (cyc
 PART = {1: "1 trainer FSDP2 W vs W=1", 2: "2 sampler vs trainer", 3: "3 weight sync", 4: "4 repeat run"}
 
 
+def gathered(w, dtype):
+    """The worker's full_weights as tensors on rank 0 (types.HostTensors), None elsewhere."""
+    packed = w.full_weights(dtype)
+    return None if packed is None else packed.tensors()
+
 def free_port() -> int:
     """A port free now (the process that binds it later may lose a race for it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -361,7 +366,7 @@ def _trainer(rank: int, world: int, ports: tuple[int, int], spec: dict, job: dic
         res["part1_s"] = time.perf_counter() - t0
         _log(who, f"part 1: {len(lp1)} sequences in {res['part1_s']:.2f} s")
 
-    prev = w.full_weights("bfloat16")  # rank 0: the bf16 weights the sampler loaded (changed-fraction baseline)
+    prev = gathered(w, "bfloat16")  # rank 0: the bf16 weights the sampler loaded (changed-fraction baseline)
     trace = {}
     for step in range(job["steps"] + 1):
         rollout = sync.bcast_object(None, 1) if rank == 0 else None
@@ -395,7 +400,7 @@ def _trainer(rank: int, world: int, ports: tuple[int, int], spec: dict, job: dic
         lr = w.end_step()
 
         t0 = time.perf_counter()
-        full = w.full_weights("bfloat16")
+        full = gathered(w, "bfloat16")
         gather_s = time.perf_counter() - t0
         if rank == 0:
             fwd_cmp = _compare([r["logprobs"] for r in rollout], fwd)
@@ -417,7 +422,7 @@ def _trainer(rank: int, world: int, ports: tuple[int, int], spec: dict, job: dic
                       f"sync {sent['bytes'] / 1e9:.3f} GB in {sent['total_s']:.3f} s "
                       f"(comm {sent['comm_s']:.3f} s, gather {gather_s:.3f} s), weights equal {equal}/{len(full)}")
 
-    final = w.full_weights(None)  # fp32 masters
+    final = gathered(w, None)  # fp32 masters
     if rank == 0:
         save_file({**{f"weights/{k}": v for k, v in final.items()}, **trace}, job["final_file"])
         pathlib.Path(job["result_file"]).write_text(json.dumps(res, indent=1))
