@@ -18,16 +18,20 @@ def check(cond: bool, op: str, msg: str) -> None:
 
 
 def check_float(op: str, name: str, t: torch.Tensor, dtypes=FLOAT_DTYPES) -> None:
-    check(isinstance(t, torch.Tensor), op, f"{name} must be a tensor, got {type(t).__name__}")
-    check(t.dtype in dtypes, op, f"{name} has dtype {t.dtype}; supported: {', '.join(map(str, dtypes))}")
+    # messages are built only on failure: these checks run on every call of every layer
+    if not isinstance(t, torch.Tensor):
+        fail(op, f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        fail(op, f"{name} has dtype {t.dtype}; supported: {', '.join(map(str, dtypes))}")
 
 
 def check_same_device(op: str, **tensors: torch.Tensor) -> torch.device:
     devs = {n: t.device for n, t in tensors.items() if t is not None}
     first = next(iter(devs.values()))
-    check(all(d == first for d in devs.values()), op,
-          "tensors are on different devices: " + ", ".join(f"{n}={d}" for n, d in devs.items()))
-    check(first.type in ("cpu", "cuda"), op, f"unsupported device {first}")
+    if not all(d == first for d in devs.values()):
+        fail(op, "tensors are on different devices: " + ", ".join(f"{n}={d}" for n, d in devs.items()))
+    if first.type not in ("cpu", "cuda"):
+        fail(op, f"unsupported device {first}")
     return first
 
 

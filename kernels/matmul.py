@@ -51,7 +51,7 @@ import math
 
 import torch
 
-from ._checks import check, check_float, check_same_device, shapes
+from ._checks import check, check_float, check_same_device, fail, shapes
 
 try:
     import triton
@@ -588,17 +588,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     op = "linear"
     check_float(op, "x", x)
     check_float(op, "weight", weight)
-    desc = shapes(x=x, weight=weight, bias=bias)
-    check(x.dim() >= 1 and weight.dim() == 2, op, f"expected x [..., K] and weight [N, K], got {desc}")
-    check(x.dtype == weight.dtype, op, f"dtypes differ: x {x.dtype}, weight {weight.dtype} ({desc})")
-    check(x.shape[-1] == weight.shape[1], op, f"inner dimensions differ: {desc}")
-    check(x.numel() > 0 and weight.numel() > 0, op, f"empty dimension: {desc}")
+    if not (x.dim() >= 1 and weight.dim() == 2 and x.dtype == weight.dtype and x.shape[-1] == weight.shape[1]
+            and x.numel() > 0 and weight.numel() > 0):
+        desc = shapes(x=x, weight=weight, bias=bias)  # built only for the error: linear runs per layer
+        check(x.dim() >= 1 and weight.dim() == 2, op, f"expected x [..., K] and weight [N, K], got {desc}")
+        check(x.dtype == weight.dtype, op, f"dtypes differ: x {x.dtype}, weight {weight.dtype} ({desc})")
+        check(x.shape[-1] == weight.shape[1], op, f"inner dimensions differ: {desc}")
+        fail(op, f"empty dimension: {desc}")
     if bias is not None:
         check_float(op, "bias", bias)
         check(bias.dtype == x.dtype, op, f"bias dtype {bias.dtype} differs from x's {x.dtype}")
-        check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], op, f"bias must be [N]: {desc}")
+        if not (bias.dim() == 1 and bias.shape[0] == weight.shape[0]):
+            fail(op, f"bias must be [N]: {shapes(x=x, weight=weight, bias=bias)}")
     check_same_device(op, x=x, weight=weight, bias=bias)
     lead = x.shape[:-1]
     x2 = x.reshape(math.prod(lead), x.shape[-1])
-    y = _Linear.apply(x2, weight, bias)
+    if torch.is_grad_enabled():
+        y = _Linear.apply(x2, weight, bias)
+    else:  # inference (the sampler): _Linear.forward's kernels without the autograd node
+        y = mm_forward(x2, weight.t()) if bias is None else addmm_forward(bias, x2, weight.t())
     return y.reshape(*lead, weight.shape[0])
