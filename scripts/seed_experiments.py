@@ -279,9 +279,10 @@ def print_table(args, rows: list[dict]) -> None:
                      else f"{'-':>22}" for k in ("prefill", "mixed", "decode", "all")]
             print(f"{r['mode']:>6} {str(r['graphs']):>6} " + " ".join(f"{c:>22}" for c in cells))
         for r in profiled:
-            ops = r["profile"]["ops"][:4]
-            print(f"{r['mode']:>6} {str(r['graphs']):>6} top ops by {ops[0]['share_of'] if ops else '-'} time: "
-                  + ", ".join(f"{o['op'][:40]} {o['share']:.0%}" for o in ops))
+            for what in ("kernels", "cpu_ops"):
+                ops = r["profile"]["ops"][what][:4]
+                print(f"{r['mode']:>6} {str(r['graphs']):>6} top {what}: "
+                      + ", ".join(f"{o['op'][:40]} {o['share']:.0%}" for o in ops))
 
 
 def parse(argv) -> argparse.Namespace:

@@ -15,8 +15,8 @@ the batch shape the kernels see, which is what the CUDA graph modes key on.
 is bound by Python and kernel launches, not by the GPU. The synchronize removes vLLM's
 overlap of one step's CPU work with the last step's GPU work, so the sum of step_s is
 above the unprofiled wall time; compare kinds with each other, and modes with each
-other, not with the plain run. `top_ops` turns a torch.profiler table into the heaviest
-ops by device time.
+other, not with the plain run. `OpProfiler` ranks torch.profiler's table twice: device
+kernels by device time, CPU-side ops by self CPU time.
 
 Used through the worker extension (`exact_profile_start` / `exact_profile_stop`) by
 `scripts/seed_experiments.py --profile`.
@@ -63,15 +63,12 @@ def summarize(records: list[StepRecord]) -> dict[str, dict]:
     return out
 
 
-def top_ops(rows: list[tuple[str, int, float, float]], k: int = 15) -> list[dict]:
-    """rows: (op name, calls, self CPU us, self device us). The k heaviest by device time
-    (by CPU time when no row has device time: a CPU engine), each with its share of the
-    summed time of that kind."""
-    col = 3 if any(r[3] > 0 for r in rows) else 2
-    total = sum(r[col] for r in rows) or 1.0
-    heavy = sorted(rows, key=lambda r: -r[col])[:k]
-    return [{"op": n, "calls": c, "cpu_ms": cpu / 1e3, "device_ms": dev / 1e3, "share": (cpu, dev)[col - 2] / total,
-             "share_of": ("cpu", "device")[col - 2]} for n, c, cpu, dev in heavy]
+def top_ops(rows: list[tuple[str, int, float]], k: int = 15) -> list[dict]:
+    """rows: (name, calls, self time in us). The k heaviest, each with its share of the
+    summed time of all rows."""
+    total = sum(r[2] for r in rows) or 1.0
+    return [{"op": n, "calls": c, "ms": us / 1e3, "share": us / total}
+            for n, c, us in sorted(rows, key=lambda r: -r[2])[:k]]
 
 
 class StepTimer:
@@ -118,10 +115,15 @@ class OpProfiler:
         self.prof = torch.profiler.profile(activities=acts)
         self.prof.__enter__()
 
-    def close(self, k: int = 15) -> list[dict]:
+    def close(self, k: int = 15) -> dict[str, list[dict]]:
+        """{"kernels": the heaviest device kernels by device time, "cpu_ops": the heaviest
+        CPU-side ops by self CPU time}. Kept apart: a CPU op's self device time repeats
+        the kernels it launched (a Triton kernel under an autograd Function shows in both)."""
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.prof.__exit__(None, None, None)
-        rows = [(e.key, e.count, e.self_cpu_time_total, getattr(e, "self_device_time_total", 0.0))
-                for e in self.prof.key_averages()]
-        return top_ops(rows, k)
+        cpu = torch.autograd.DeviceType.CPU
+        events = self.prof.key_averages()
+        kernels = [(e.key, e.count, e.self_device_time_total) for e in events if e.device_type != cpu]
+        cpu_ops = [(e.key, e.count, e.self_cpu_time_total) for e in events if e.device_type == cpu]
+        return {"kernels": top_ops(kernels, k), "cpu_ops": top_ops(cpu_ops, k)}
