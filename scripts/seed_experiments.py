@@ -188,12 +188,13 @@ def experiment2(sampler, n: int) -> dict:
 
 
 def profile2(sampler, n: int) -> dict:
-    """Experiment 2's call twice more, from an empty prefix cache each time: once with
-    every engine step timed by type, once under torch.profiler (step_profile.py)."""
+    """Experiment 2's call three times more, from an empty prefix cache each time: once
+    with every engine step timed by type, once under torch.profiler, once under cProfile
+    (step_profile.py)."""
     from rlhf_exact.sampler.step_profile import StepRecord, summarize
 
     out = {}
-    for what in ("steps", "ops"):
+    for what in ("steps", "ops", "python"):
         prompts, params = workload2(random.Random(1), n, sampler.vocab_size)
         sampler.llm.reset_prefix_cache()
         sampler.llm.collective_rpc("exact_profile_start", args=(what,))
@@ -283,6 +284,10 @@ def print_table(args, rows: list[dict]) -> None:
                 ops = r["profile"]["ops"][what][:4]
                 print(f"{r['mode']:>6} {str(r['graphs']):>6} top {what}: "
                       + ", ".join(f"{o['op'][:40]} {o['share']:.0%}" for o in ops))
+            mixed = r["profile"].get("python", {}).get("mixed")
+            if mixed:
+                print(f"{r['mode']:>6} {str(r['graphs']):>6} mixed steps, Python own time: "
+                      + ", ".join(f"{f['func'][-48:]} {f['share']:.0%}" for f in mixed["self"][:5]))
 
 
 def parse(argv) -> argparse.Namespace:
@@ -300,8 +305,8 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=32, help="cpu: greedy tokens per copy (default 32; cuda: 100)")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--model-dir", help="an existing checkpoint (default: OUT/model-SHAPE, written if absent)")
-    ap.add_argument("--profile", action="store_true", help="then experiment 2's call again, timed by engine "
-                    "step type and under torch.profiler (sampler/step_profile.py); results under 'profile'")
+    ap.add_argument("--profile", action="store_true", help="then experiment 2's call again, timed by engine"
+                    " step type, under torch.profiler and under cProfile (sampler/step_profile.py)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per child process")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)  # internal: MODE GRAPHS
     args = ap.parse_args(argv)

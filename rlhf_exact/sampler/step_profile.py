@@ -16,13 +16,20 @@ is bound by Python and kernel launches, not by the GPU. The synchronize removes 
 overlap of one step's CPU work with the last step's GPU work, so the sum of step_s is
 above the unprofiled wall time; compare kinds with each other, and modes with each
 other, not with the plain run. `OpProfiler` ranks torch.profiler's table twice: device
-kernels by device time, CPU-side ops by self CPU time.
+kernels by device time, CPU-side ops by self CPU time. `PyProfiler` runs cProfile over
+each `execute_model` call, one profile per step type, and ranks the Python functions by
+own time and by cumulative time: where a step bound by the host spends it (torch.profiler
+sees ops, not the Python between them). cProfile slows Python-heavy code, so read its
+shares, not its seconds.
 
 Used through the worker extension (`exact_profile_start` / `exact_profile_stop`) by
 `scripts/seed_experiments.py --profile`.
 """
 from __future__ import annotations
 
+import cProfile
+import os
+import pstats
 import time
 from dataclasses import asdict, dataclass
 
@@ -71,6 +78,22 @@ def top_ops(rows: list[tuple[str, int, float]], k: int = 15) -> list[dict]:
             for n, c, us in sorted(rows, key=lambda r: -r[2])[:k]]
 
 
+def top_functions(stats: pstats.Stats, k: int = 20) -> dict[str, list[dict]]:
+    """The k heaviest functions of a cProfile run twice: by own time ("self") and by
+    cumulative time ("cumulative"); each {"func": "dir/file.py:line(name)", "calls",
+    "self_ms", "cum_ms", "share"}, share = its time over the run's total own time."""
+    rows = []
+    for (path, line, name), (_, calls, self_s, cum_s, _) in stats.stats.items():
+        where = "/".join(path.split(os.sep)[-2:]) if path != "~" else ""
+        rows.append({"func": f"{where}:{line}({name})" if where else name, "calls": calls,
+                     "self_ms": 1e3 * self_s, "cum_ms": 1e3 * cum_s})
+    total = sum(r["self_ms"] for r in rows) or 1.0
+
+    def ranked(key):
+        return [dict(r, share=r[key] / total) for r in sorted(rows, key=lambda r: -r[key])[:k]]
+    return {"self": ranked("self_ms"), "cumulative": ranked("cum_ms")}
+
+
 class StepTimer:
     """Wraps one model runner's `execute_model` and `sample_tokens` (instance attributes,
     removed by `close`) and records a StepRecord per step."""
@@ -103,6 +126,40 @@ class StepTimer:
     def close(self) -> list[dict]:
         del self.runner.execute_model, self.runner.sample_tokens  # the class's methods again
         return [asdict(r) for r in self.records]
+
+
+class PyProfiler:
+    """cProfile over one model runner's `execute_model`, one profile per step type (an
+    instance attribute, removed by `close`)."""
+
+    def __init__(self, runner):
+        self.runner, self.profiles, self.steps = runner, {}, {}
+        execute = runner.execute_model
+
+        def profiled_execute(scheduler_output, *a, **kw):
+            counts = list(scheduler_output.num_scheduled_tokens.values())
+            if not counts:
+                return execute(scheduler_output, *a, **kw)
+            kind = step_kind(counts)
+            prof = self.profiles.setdefault(kind, cProfile.Profile())
+            self.steps[kind] = self.steps.get(kind, 0) + 1
+            prof.enable()
+            try:
+                return execute(scheduler_output, *a, **kw)
+            finally:
+                prof.disable()
+
+        runner.execute_model = profiled_execute
+
+    def close(self, k: int = 20) -> dict[str, dict]:
+        """Per step type: {"steps", "seconds" (profiled, summed), "self", "cumulative"}
+        (top_functions)."""
+        del self.runner.execute_model
+        out = {}
+        for kind, prof in self.profiles.items():
+            stats = pstats.Stats(prof)
+            out[kind] = {"steps": self.steps[kind], "seconds": stats.total_tt, **top_functions(stats, k)}
+        return out
 
 
 class OpProfiler:

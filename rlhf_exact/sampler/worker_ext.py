@@ -174,18 +174,21 @@ class ExactWorkerExtension:
         self._exact_staged = None
 
     def exact_profile_start(self, what: str) -> None:
-        """Start timing steps ("steps") or profiling ops ("ops"); step_profile.py."""
+        """Start timing steps ("steps"), profiling ops ("ops") or Python functions
+        ("python"); step_profile.py."""
         from rlhf_exact.sampler import step_profile
 
         if getattr(self, "_exact_profiler", None) is not None:
             raise RuntimeError("exact_profile_start: a profile is already running")
-        if what not in ("steps", "ops"):
-            raise ValueError(f"exact_profile_start: 'steps' or 'ops', got {what!r}")
-        self._exact_profiler = (step_profile.StepTimer(self.model_runner) if what == "steps"
-                                else step_profile.OpProfiler())
+        kinds = {"steps": lambda: step_profile.StepTimer(self.model_runner), "ops": step_profile.OpProfiler,
+                 "python": lambda: step_profile.PyProfiler(self.model_runner)}
+        if what not in kinds:
+            raise ValueError(f"exact_profile_start: one of {sorted(kinds)}, got {what!r}")
+        self._exact_profiler = kinds[what]()
 
-    def exact_profile_stop(self) -> list[dict]:
-        """The step records or the heaviest ops since exact_profile_start."""
+    def exact_profile_stop(self) -> list[dict] | dict:
+        """The step records, the heaviest ops or the heaviest Python functions since
+        exact_profile_start."""
         prof, self._exact_profiler = getattr(self, "_exact_profiler", None), None
         if prof is None:
             raise RuntimeError("exact_profile_stop: no profile running")

@@ -200,6 +200,14 @@ class TestBatch16:
         assert_same(flat(profiled), flat(plain))
         assert set(ops) == {"kernels", "cpu_ops"} and ops["cpu_ops"]  # no device kernels on a CPU engine
         assert all(o["calls"] > 0 for o in ops["cpu_ops"]) and sum(o["share"] for o in ops["cpu_ops"]) <= 1.0 + 1e-9
+        sampler.llm.reset_prefix_cache()
+        sampler.llm.collective_rpc("exact_profile_start", args=("python",))
+        traced = sampler.sample(PROMPTS, n=1, params=GREEDY)
+        py = sampler.llm.collective_rpc("exact_profile_stop")[0]
+        assert_same(flat(traced), flat(plain))
+        assert {k: v["steps"] for k, v in py.items()} == {k: kinds[k]["steps"] for k in kinds if k != "all"}
+        # the model's own forward is among the heaviest by cumulative time of every step type
+        assert all(any("models/qwen3.py" in f["func"] for f in v["cumulative"]) for v in py.values())
         with pytest.raises(Exception, match="no profile running"):
             sampler.llm.collective_rpc("exact_profile_stop")
 

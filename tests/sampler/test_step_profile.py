@@ -2,7 +2,10 @@
 hooks on a real engine are tested in test_engine_parity.py (TestBatch16.test_step_profile)."""
 import pytest
 
-from rlhf_exact.sampler.step_profile import StepRecord, step_kind, summarize, top_ops
+import cProfile
+import pstats
+
+from rlhf_exact.sampler.step_profile import StepRecord, step_kind, summarize, top_functions, top_ops
 
 
 def test_step_kind():
@@ -31,3 +34,27 @@ def test_top_ops():
     assert [o["op"] for o in top] == ["mm", "attn"] and top[0]["calls"] == 10
     assert top[0]["share"] == pytest.approx(0.6) and top[1]["ms"] == pytest.approx(0.3)
     assert top_ops([]) == []
+
+
+def _spin(n: int) -> int:
+    return sum(i * i for i in range(n))
+
+
+def _outer() -> int:
+    return _spin(200_000) + _spin(10)
+
+
+def test_top_functions_ranks_a_real_profile():
+    prof = cProfile.Profile()
+    prof.enable()
+    _outer()
+    prof.disable()
+    top = top_functions(pstats.Stats(prof), k=50)
+    names = [f["func"] for f in top["cumulative"]]
+    outer = next(f for f in top["cumulative"] if f["func"].endswith("(_outer)"))
+    spin = next(f for f in top["cumulative"] if f["func"].endswith("(_spin)"))
+    assert outer["func"].startswith("sampler/test_step_profile.py:") and outer["calls"] == 1 and spin["calls"] == 2
+    assert names.index(outer["func"]) < names.index(spin["func"]) and outer["cum_ms"] >= spin["cum_ms"]
+    assert [f["self_ms"] for f in top["self"]] == sorted((f["self_ms"] for f in top["self"]), reverse=True)
+    assert 0.99 < sum(f["share"] for f in top["self"]) <= 1.0 + 1e-9  # k=50 keeps every function here
+    assert len(top_functions(pstats.Stats(prof), k=1)["self"]) == 1
