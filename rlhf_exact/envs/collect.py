@@ -15,10 +15,13 @@ engine). Either way the result is the same record, `types.Episode`, built here o
 
 Rewards: the reward functions (reward.functions, weighted) on the model's tokens of the
 episode, plus the environment's reward when there is one, plus the reward model's score
-of prompt + completion (reward.model, weighted; rewards/model.py) when there is one; a
+of prompt + completion (reward.model, weighted) when there is one; a
 reward function that fails is an error per episode (reward.on_error=skip) or raises (stop).
 `score_model` stores the reward model's scores in the episodes (Episode.model_score), so a
-step scores each sequence once.
+step scores each sequence once. The reward model is scored in this process
+(rewards/model.py, reward.model.num_scorers=0) or by a group of Ray actors
+(rewards/scorer_group.py, which Ray must be up for): both have `score(sequences)`, and
+give the same bits on the exact kernels.
 
 `samplers` is anything with `sample(prompts, n, seeds, params)` and a default `params`
 (sampler/group.py's SamplerGroup), so this module does not import the sampler.
@@ -33,6 +36,7 @@ from typing import Any
 import torch
 
 from rlhf_exact.rewards.model import RewardModelScorer
+from rlhf_exact.rewards.scorer_group import ScorerGroup
 from rlhf_exact.types import Episode
 
 from .episode import Limits, Trajectory, episode_metrics, run_episodes
@@ -55,9 +59,10 @@ class Collector:
     """Rollout and rewards of episodes (module docstring)."""
 
     def __init__(self, tokenizer, rewards: RewardSpec, max_tokens: int, runner: EnvRunner | None = None,
-                 limits: Limits | None = None, scorer: RewardModelScorer | None = None):
+                 limits: Limits | None = None, scorer: RewardModelScorer | ScorerGroup | None = None):
         """max_tokens: tokens per completion (per model turn); runner, limits: the environment
-        and what ends its episodes (None: single-turn); scorer: the reward model (None: none)."""
+        and what ends its episodes (None: single-turn); scorer: the reward model, in this
+        process or a group of actors (None: none; closed by close())."""
         if (runner is None) != (limits is None):
             raise ValueError("Collector: an environment runner needs its limits and limits need a runner")
         self.tokenizer, self.reward_spec, self.runner, self.limits = tokenizer, rewards, runner, limits
@@ -69,11 +74,16 @@ class Collector:
     @classmethod
     def from_config(cls, cfg, tokenizer, model_path) -> Collector:
         """The run's collector: reward.*, and env.* when env.name is set (its worker
-        processes start here)."""
+        processes start here), and the reward model's scorer group when
+        reward.model.num_scorers >= 1 (Ray must be up)."""
         r, e, sp = cfg.reward, cfg.env, cfg.sampling
         spec = RewardSpec(tuple((f.name, f.weight) for f in r.functions), r.on_error, r.timeout_s, r.model.weight)
-        scorer = r.model.path and RewardModelScorer.load(r.model.path, getattr(torch, cfg.model.dtype),
-                                                         r.model.batch_tokens, cfg.kernels) or None
+        scorer = None
+        if r.model.path and r.model.num_scorers:
+            scorer = ScorerGroup.from_config(cfg)
+        elif r.model.path:
+            scorer = RewardModelScorer.load(r.model.path, getattr(torch, cfg.model.dtype), r.model.batch_tokens,
+                                            cfg.kernels)
         if not e.name:
             return cls(tokenizer, spec, sp.max_tokens, scorer=scorer)
         from rlhf_exact.models.hf_io import read_config
@@ -156,9 +166,15 @@ class Collector:
                        for e, r, err in zip(self.score_model(episodes), rewards, errors)]
         return rewards, errors
 
+    def scorer_metrics(self) -> dict[str, float]:
+        """scorer/restarts (restarts of the scorer group's actors so far) with a group, else none."""
+        return {"scorer/restarts": float(self.scorer.restarts)} if isinstance(self.scorer, ScorerGroup) else {}
+
     def close(self) -> None:
         if self.runner is not None:
             self.runner.close()
+        if isinstance(self.scorer, ScorerGroup):
+            self.scorer.shutdown()
 
 
 def _from_trajectory(group: int, t: Trajectory) -> Episode:
