@@ -196,11 +196,11 @@ class Loop:
         return rows, episodes, metrics
 
     def score(self, rows: list[dict], episodes: list[Episode]) -> list[Episode]:
-        """Rewards (envs/collect.py), group advantages, the equal-reward filter."""
+        """Rewards (envs/collect.py; the reward model scores once), group advantages, the filter."""
         from rlhf_exact.algo.rollout import score
 
-        a, episodes = self.cfg.algorithm, self.collector.score_model(episodes)  # reward model: once per step
-        rewards, errors = self.collector.rewards(rows, episodes)
+        a = self.cfg.algorithm
+        episodes, rewards, errors = self.collector.reward_episodes(rows, episodes)
         return score(episodes, rewards, errors, a.group_size, a.normalize_std, a.filter_equal_reward_groups)
 
     def log_samples(self, step: int, rows: list[dict], episodes: list[Episode]) -> None:

@@ -386,6 +386,8 @@ class RewardConfig:
                 _fail(f"{p}.functions[{i}].name", f.name, "a reward function name")
             if f.name in seen:
                 _fail(f"{p}.functions[{i}].name", f.name, "unique within reward.functions")
+            if f.name == "model":  # its reward/<name>_mean would be the reward model's reward/model_mean
+                _fail(f"{p}.functions[{i}].name", f.name, "another name ('model' names the reward model's metrics)")
             seen.add(f.name)
             _num(f"{p}.functions[{i}].weight", f.weight)
         _choice(f"{p}.on_error", self.on_error, ("skip", "stop"))

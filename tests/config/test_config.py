@@ -189,6 +189,7 @@ def test_type_error_names_key():
     ("reward.model.deadline_s=0", "reward.model.deadline_s"),
     ("reward.model.deadline_tokens_per_s=0", "reward.model.deadline_tokens_per_s"),
     ("reward.model.max_restarts=-1", "reward.model.max_restarts"),
+    ("reward.functions=[{name: model}]", "reward.functions[0].name"),
     ("cluster.device=tpu", "cluster.device"),
     ("sampler.deadline_mb_per_s=0", "sampler.deadline_mb_per_s"),
     ("trainer.deadline_s=0", "trainer.deadline_s"),

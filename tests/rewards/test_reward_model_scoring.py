@@ -7,7 +7,8 @@ factory and read back through the loader.
   everything in one forward). Negative control: the stock op table (kernels=default, fp32
   on CPU, where its GEMM blocking changes with the batch) gives other bits.
   The Collector: reward = functions + weight * score, exactly; the scores are stored in
-  the episodes and not computed again; reward/model_mean is their mean.
+  the episodes and not computed again; reward/model_mean is their mean, and
+  reward_episodes keeps each function's value too (reward/<name>_mean).
   A sequence the model cannot score (empty, a token id outside the vocabulary) is a
   ValueError naming its index. The scorer actor group: test_scorer_group.py.
   Bad checkpoint: a policy directory as reward.model.path is one line naming the key,
@@ -88,6 +89,16 @@ def test_collector_adds_weighted_scores_once(rm_dir):
     m = rollout_metrics(scored)
     assert m["reward/model_mean"] == float(torch.tensor(alone).mean())
     assert "reward/model_mean" not in rollout_metrics(episodes)
+
+    # what the loop calls: the same rewards, and the episodes carry each source
+    scorer.score = RewardModelScorer.score.__get__(scorer)
+    sourced, total, errors = collector.reward_episodes(rows, episodes)
+    assert total == rewards and errors == [None] * 4
+    assert [e.model_score for e in sourced] == alone and [e.reward_values for e in sourced] == [
+        {"synthetic": r} for r in rule]
+    m = rollout_metrics(sourced)
+    assert m["reward/synthetic_mean"] == float(torch.tensor(rule).mean())
+    assert m["reward/model_mean"] == float(torch.tensor(alone).mean())
 
 
 def test_unscorable_sequence_names_its_index(rm_dir):
