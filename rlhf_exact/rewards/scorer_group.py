@@ -109,7 +109,11 @@ class ScorerGroup:
         cls = ray.remote(num_cpus=spec.cpus_per_actor, **opts)(self.actor_class)
         self.actors = [cls.remote(spec.model_path, spec.dtype, spec.batch_tokens, spec.kernels, spec.device)
                        for _ in range(spec.num_scorers)]
-        facts = [self._ready(i) for i in range(spec.num_scorers)]  # surfaces a load error here
+        try:
+            facts = [self._ready(i) for i in range(spec.num_scorers)]  # surfaces a load error here
+        except RuntimeError:
+            self.shutdown()
+            raise
         self.vocab_size = facts[0]["vocab_size"]
         self.restarts = 0  # over the run, all actors
         self.actor_restarts = [0] * spec.num_scorers

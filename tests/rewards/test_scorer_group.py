@@ -14,7 +14,8 @@ runs it. Every comparison is torch.equal, never retried.
   deadline, and a later call one saying its restarts are used up.
   Bad input: an empty sequence or a token id outside the vocabulary is a ValueError naming
   the sequence's index in the call, before any actor sees it; an actor given one directly
-  raises the same error and keeps working.
+  raises the same error and keeps working. A directory that is not a reward model fails
+  the group's start at once, naming the actor and reward.model.path.
 
     python -m pytest -q tests/rewards/test_scorer_group.py
 """
@@ -202,3 +203,14 @@ def test_bad_sequence_names_its_index_and_the_actor_survives(rm_dir, seqs, alone
         assert group.restarts == 0
     finally:
         group.shutdown()
+
+
+def test_a_model_that_does_not_load_fails_at_start(tmp_path):
+    from rlhf_exact.models.tiny import make_tiny_model_dir
+
+    policy = make_tiny_model_dir(tmp_path / "policy", num_hidden_layers=1)  # not a reward model
+    t = time.monotonic()
+    with pytest.raises(RuntimeError) as e:
+        ScorerGroup(ScorerSpec(str(policy), num_scorers=1, deadline_s=120))
+    assert str(e.value).startswith("reward model scorer 0 failed to start: ") and "reward.model.path=" in str(e.value)
+    assert time.monotonic() - t < 60, "a load error is reported when it happens, not at the start deadline"
