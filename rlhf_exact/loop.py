@@ -8,7 +8,8 @@ step as these phases, each a method of the same name over typed records (types.p
                multi-turn episodes per prompt (envs/episode.py: each turn one request
                whose prompt is the episode's ids so far), an episode whose environment
                failed dropped from its group
-  score        decode, reward functions from config (+ the environment's reward), group
+  score        decode, reward functions from config (+ the environment's reward, + the
+               reward model's score: in the driver or by its scorer actor group), group
                advantages (+ DAPO filter); the arithmetic is algo/rollout.py's
   recompute    the trainer's logprobs of every sampled token in its own micro-batches
                (multi-turn: every model token of every turn, under the loss mask);
@@ -81,11 +82,14 @@ class Loop:
         self.model_path = prepare_model(cfg, self.run_dir)
         self.tokenizer = load_tokenizer(self.model_path)
         self.rows, self.stream = _load_data(cfg, self.tokenizer, self.model_path)
-        self.collector = Collector.from_config(cfg, self.tokenizer, self.model_path)
-        self.evaluator = Evaluator.from_config(cfg, self.tokenizer, self.model_path, self.collector)
         with starting("Ray " + (f"(joining {cfg.cluster.ray_address})" if cfg.cluster.ray_address else
                                  f"(private, on {cfg.cluster.ray_host})")):
             start_ray(cfg.cluster)  # private and leaving nothing behind, or the cluster at cluster.ray_address
+        m = cfg.reward.model  # a scorer group needs Ray
+        with (starting(f"{m.num_scorers} reward model scorer(s) on {m.resolved_device(cfg.cluster.device)}")
+              if m.path and m.num_scorers else contextlib.nullcontext()):
+            self.collector = Collector.from_config(cfg, self.tokenizer, self.model_path)
+        self.evaluator = Evaluator.from_config(cfg, self.tokenizer, self.model_path, self.collector)
         backend = "vLLM" if cfg.sampler.backend == "vllm" else cfg.sampler.backend
         with starting(f"{cfg.sampler.num_samplers} sampler engine(s) ({backend}, kernels={cfg.kernels})"):
             self.samplers = SamplerGroup.from_config(cfg, self.model_path)
@@ -192,11 +196,11 @@ class Loop:
         return rows, episodes, metrics
 
     def score(self, rows: list[dict], episodes: list[Episode]) -> list[Episode]:
-        """Rewards (envs/collect.py), group advantages, the equal-reward filter."""
+        """Rewards (envs/collect.py; the reward model scores once), group advantages, the filter."""
         from rlhf_exact.algo.rollout import score
 
-        a, episodes = self.cfg.algorithm, self.collector.score_model(episodes)  # reward model: once per step
-        rewards, errors = self.collector.rewards(rows, episodes)
+        a = self.cfg.algorithm
+        episodes, rewards, errors = self.collector.reward_episodes(rows, episodes)
         return score(episodes, rewards, errors, a.group_size, a.normalize_std, a.filter_equal_reward_groups)
 
     def log_samples(self, step: int, rows: list[dict], episodes: list[Episode]) -> None:
@@ -281,7 +285,7 @@ class Loop:
 
         train_tokens = self.cfg.algorithm.epochs * float(sum(e.num_tokens for e in episodes if e.kept))
         sample_tokens = float(sum(e.completion.numel() for e in episodes))
-        return {**rollout_metrics(episodes), **parity, **train,
+        return {**rollout_metrics(episodes), **parity, **train, **self.collector.scorer_metrics(),
                 "perf/sample_tokens_per_s": sample_tokens / max(times["time/sample"], 1e-9),
                 "perf/train_tokens_per_s": train_tokens / max(times["time/train"], 1e-9),
                 "sync/gather_s": gather_s, "sync/update_s": update_s, "sampler/restarts": float(self.samplers.restarts),

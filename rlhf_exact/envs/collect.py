@@ -3,7 +3,7 @@ and for evaluation alike.
 
     collector = Collector.from_config(cfg, tokenizer, model_path)
     episodes, metrics = collector.collect(samplers, rows, seeds, n=group_size)   # group-major
-    rewards, errors = collector.rewards(rows, episodes)                          # per episode
+    episodes, rewards, errors = collector.reward_episodes(rows, episodes)        # per episode
     collector.close()
 
 Without an environment (env.name empty) an episode is one turn: `n` completions of each
@@ -15,10 +15,14 @@ engine). Either way the result is the same record, `types.Episode`, built here o
 
 Rewards: the reward functions (reward.functions, weighted) on the model's tokens of the
 episode, plus the environment's reward when there is one, plus the reward model's score
-of prompt + completion (reward.model, weighted; rewards/model.py) when there is one; a
-reward function that fails is an error per episode (reward.on_error=skip) or raises (stop).
-`score_model` stores the reward model's scores in the episodes (Episode.model_score), so a
-step scores each sequence once.
+of prompt + completion (reward.model, weighted) when there is one; a reward function that
+fails is an error per episode (reward.on_error=skip) or raises (stop). `score_model`
+stores the reward model's scores in the episodes (Episode.model_score), so a step scores
+each sequence once; `reward_episodes` also stores each function's own value
+(Episode.reward_values, for the per-source metrics). The reward model is scored in this
+process (rewards/model.py, reward.model.num_scorers=0) or by a group of Ray actors
+(rewards/scorer_group.py, which Ray must be up for): both have `score(sequences)`, and
+give the same bits on the exact kernels.
 
 `samplers` is anything with `sample(prompts, n, seeds, params)` and a default `params`
 (sampler/group.py's SamplerGroup), so this module does not import the sampler.
@@ -33,6 +37,7 @@ from typing import Any
 import torch
 
 from rlhf_exact.rewards.model import RewardModelScorer
+from rlhf_exact.rewards.scorer_group import ScorerGroup
 from rlhf_exact.types import Episode
 
 from .episode import Limits, Trajectory, episode_metrics, run_episodes
@@ -55,9 +60,10 @@ class Collector:
     """Rollout and rewards of episodes (module docstring)."""
 
     def __init__(self, tokenizer, rewards: RewardSpec, max_tokens: int, runner: EnvRunner | None = None,
-                 limits: Limits | None = None, scorer: RewardModelScorer | None = None):
+                 limits: Limits | None = None, scorer: RewardModelScorer | ScorerGroup | None = None):
         """max_tokens: tokens per completion (per model turn); runner, limits: the environment
-        and what ends its episodes (None: single-turn); scorer: the reward model (None: none)."""
+        and what ends its episodes (None: single-turn); scorer: the reward model, in this
+        process or a group of actors (None: none; closed by close())."""
         if (runner is None) != (limits is None):
             raise ValueError("Collector: an environment runner needs its limits and limits need a runner")
         self.tokenizer, self.reward_spec, self.runner, self.limits = tokenizer, rewards, runner, limits
@@ -69,11 +75,16 @@ class Collector:
     @classmethod
     def from_config(cls, cfg, tokenizer, model_path) -> Collector:
         """The run's collector: reward.*, and env.* when env.name is set (its worker
-        processes start here)."""
+        processes start here), and the reward model's scorer group when
+        reward.model.num_scorers >= 1 (Ray must be up)."""
         r, e, sp = cfg.reward, cfg.env, cfg.sampling
         spec = RewardSpec(tuple((f.name, f.weight) for f in r.functions), r.on_error, r.timeout_s, r.model.weight)
-        scorer = r.model.path and RewardModelScorer.load(r.model.path, getattr(torch, cfg.model.dtype),
-                                                         r.model.batch_tokens, cfg.kernels) or None
+        scorer = None
+        if r.model.path and r.model.num_scorers:
+            scorer = ScorerGroup.from_config(cfg)
+        elif r.model.path:
+            scorer = RewardModelScorer.load(r.model.path, getattr(torch, cfg.model.dtype), r.model.batch_tokens,
+                                            cfg.kernels)
         if not e.name:
             return cls(tokenizer, spec, sp.max_tokens, scorer=scorer)
         from rlhf_exact.models.hf_io import read_config
@@ -130,6 +141,15 @@ class Collector:
             out[i] = dataclasses.replace(out[i], model_score=s)
         return out
 
+    def reward_episodes(self, rows: Sequence[Mapping[str, Any]], episodes: Sequence[Episode]
+                        ) -> tuple[list[Episode], list[float], list[str | None]]:
+        """The step's rewards, as `rewards` gives them, and the episodes with what went into
+        them: the reward model's score (model_score, scored once) and each reward
+        function's own value (reward_values)."""
+        episodes = self.score_model(episodes)
+        rewards, errors, values = self._rewards(rows, episodes)
+        return [dataclasses.replace(e, reward_values=v) for e, v in zip(episodes, values)], rewards, errors
+
     def rewards(self, rows: Sequence[Mapping[str, Any]], episodes: Sequence[Episode],
                 functions: Sequence[tuple[str, float]] | None = None, on_error: str | None = None,
                 environment: bool = True, model: bool = True) -> tuple[list[float], list[str | None]]:
@@ -138,27 +158,39 @@ class Collector:
         without it), plus the weighted reward model's score (model=False: without it; the
         episodes' model_score, scored here if they have none); and the reward's error (None
         when it worked; on_error=skip, its reward is NaN, or 0 with an environment)."""
-        from rlhf_exact.rewards import compute_rewards
+        rewards, errors, _ = self._rewards(rows, episodes, functions, on_error, environment, model)
+        return rewards, errors
+
+    def _rewards(self, rows, episodes, functions=None, on_error=None, environment=True, model=True
+                 ) -> tuple[list[float], list[str | None], list[dict[str, float]]]:
+        """rewards(), and each function's own value per episode (compute_reward_terms)."""
+        from rlhf_exact.rewards import compute_reward_terms
 
         s = self.reward_spec
         functions = s.functions if functions is None else functions
         ids = [(e.completion if e.model_mask is None else e.completion[e.model_mask]).tolist() for e in episodes]
-        rewards, errors = [0.0] * len(episodes), [None] * len(episodes)
+        rewards, errors, values = [0.0] * len(episodes), [None] * len(episodes), [{} for _ in episodes]
         if functions:
-            rewards, errors = compute_rewards(functions, [self.tokenizer.decode(t) for t in ids], ids,
-                                              [rows[e.group] for e in episodes], on_error=on_error or s.on_error,
-                                              timeout_s=s.timeout_s)
+            rewards, errors, values = compute_reward_terms(
+                functions, [self.tokenizer.decode(t) for t in ids], ids, [rows[e.group] for e in episodes],
+                on_error=on_error or s.on_error, timeout_s=s.timeout_s)
         if self.runner is not None and environment:  # a failed reward: dropped from its group by score()
             rewards = [0.0 if err else e.reward + r for e, r, err in zip(episodes, rewards, errors)]
         if self.scorer is not None and model:
             w = s.model_weight
             rewards = [r + w * e.model_score if err is None else r
                        for e, r, err in zip(self.score_model(episodes), rewards, errors)]
-        return rewards, errors
+        return rewards, errors, values
+
+    def scorer_metrics(self) -> dict[str, float]:
+        """scorer/restarts (restarts of the scorer group's actors so far) with a group, else none."""
+        return {"scorer/restarts": float(self.scorer.restarts)} if isinstance(self.scorer, ScorerGroup) else {}
 
     def close(self) -> None:
         if self.runner is not None:
             self.runner.close()
+        if isinstance(self.scorer, ScorerGroup):
+            self.scorer.shutdown()
 
 
 def _from_trajectory(group: int, t: Trajectory) -> Episode:

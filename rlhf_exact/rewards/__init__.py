@@ -24,7 +24,8 @@ awaited concurrently, each within `timeout_s` (past it the sample's reward is an
 handled by `on_error` like a raise). A plain function runs to completion.
 
 `compute_rewards` combines several with weights and decides what a failing reward does
-(see there).
+(see there); `compute_reward_terms` also returns each function's own value per sample
+(the loop's reward/<name>_mean metrics).
 """
 from __future__ import annotations
 
@@ -134,7 +135,20 @@ def compute_rewards(names_weights: Sequence[tuple[str, float]], completions: Seq
         sum), errors[i] holds the message; the loop drops the sample from its group
         (algo/rollout.py) and counts it. errors[i] is None for completions without error.
     Returns (rewards [len(completions)] floats, errors [len(completions)]).
+    compute_reward_terms gives each function's value too.
     """
+    rewards, errors, _ = compute_reward_terms(names_weights, completions, completion_ids, samples, on_error,
+                                              timeout_s)
+    return rewards, errors
+
+
+def compute_reward_terms(names_weights: Sequence[tuple[str, float]], completions: Sequence[str],
+                         completion_ids: Sequence[Sequence[int]], samples: Sequence[Mapping[str, Any]],
+                         on_error: str = "stop", timeout_s: float = 60.0
+                         ) -> tuple[list[float], list[str | None], list[dict[str, float]]]:
+    """compute_rewards' (rewards, errors), and per completion each function's own value
+    (unweighted), by name: values[i][name], NaN where that function failed on completion
+    i (then errors[i] names the first function that failed). The functions run once."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if not names_weights:
@@ -152,8 +166,9 @@ def compute_rewards(names_weights: Sequence[tuple[str, float]], completions: Seq
     columns = [(name, weight, _column(fn, args, timeout_s)) for name, weight, fn in fns]
     rewards: list[float] = []
     errors: list[str | None] = []
+    values: list[dict[str, float]] = []
     for i, (_, _, sample) in enumerate(args):
-        total, error = 0.0, None
+        total, error, own = 0.0, None, {}
         for name, weight, col in columns:
             try:
                 if isinstance(col[i], BaseException):
@@ -162,16 +177,21 @@ def compute_rewards(names_weights: Sequence[tuple[str, float]], completions: Seq
                 if not math.isfinite(value):
                     raise ValueError(f"returned a non-finite value {value}")
             except Exception as e:  # any failure of user reward code is reported per sample
-                where = f" (row {sample['row_id']})" if isinstance(sample, Mapping) and "row_id" in sample else ""
-                error = f"reward {name!r} failed on sample {i}{where}: {type(e).__name__}: {e}"
-                if on_error == "stop":
-                    raise RewardError(error) from e
-                break
+                own[name] = math.nan
+                if error is None:
+                    where = f" (row {sample['row_id']})" if isinstance(sample, Mapping) and "row_id" in sample else ""
+                    error = f"reward {name!r} failed on sample {i}{where}: {type(e).__name__}: {e}"
+                    if on_error == "stop":
+                        raise RewardError(error) from e
+                continue
+            own[name] = value
             total += weight * value
         rewards.append(math.nan if error else total)
         errors.append(error)
-    return rewards, errors
+        values.append(own)
+    return rewards, errors, values
 
 
-__all__ = ["ON_ERROR", "REWARDS", "RewardError", "RewardFn", "compute_rewards", "format_reward", "get_reward",
-           "gsm8k_reward", "import_reward_modules", "register_reward", "resolve_rewards", "synthetic_reward"]
+__all__ = ["ON_ERROR", "REWARDS", "RewardError", "RewardFn", "compute_reward_terms", "compute_rewards",
+           "format_reward", "get_reward", "gsm8k_reward", "import_reward_modules", "register_reward", "resolve_rewards",
+           "synthetic_reward"]

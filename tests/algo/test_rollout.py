@@ -1,16 +1,17 @@
 """algo/rollout.py with hand-computed values: scoring (GRPO advantages, the equal-reward
 filter), the minibatch split, the loss normaliser, the importance-ratio range, and the
-step metrics.
+step metrics (with the reward's per-source breakdown).
 
     python -m pytest tests/algo/test_rollout.py -q
 """
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from rlhf_exact.algo.rollout import (loss_norm, minibatch_split, ratio_range, request_seed, rollout_metrics, score,
-                                     update_metrics)
+from rlhf_exact.algo.rollout import (loss_norm, minibatch_split, ratio_range, request_seed, reward_source_metrics,
+                                     rollout_metrics, score, update_metrics)
 from rlhf_exact.types import Episode, LossNorm, MinibatchResult
 
 
@@ -82,6 +83,24 @@ def test_rollout_metrics():
                  "response_length/min": 2.0, "train/groups_kept": 0.0, "train/groups": 2.0}
     m = rollout_metrics(score([ep(0, 2), ep(0, 4), ep(1, 6), ep(1, 8)], [1.0, 3.0, 2.0, 0.0], [None] * 4, 2))
     assert m["reward/mean"] == 1.5 and m["train/groups_kept"] == 2.0
+
+
+def test_reward_source_metrics():
+    """reward/<name>_mean per function over the values it gave (NaN: it failed there),
+    reward/model_* over the reward model's scores; nothing for episodes without them."""
+    eps = [dataclasses.replace(ep(0, 2), reward_values={"gsm8k": 1.0, "format": 0.5}, model_score=2.0),
+           dataclasses.replace(ep(0, 2), reward_values={"gsm8k": math.nan, "format": 0.25}, model_score=-1.0),
+           dataclasses.replace(ep(1, 2), reward_values={"gsm8k": 0.0, "format": 0.0}, model_score=0.5),
+           dataclasses.replace(ep(1, 2), reward_values={"gsm8k": math.nan, "format": math.nan})]
+    m = reward_source_metrics(eps)
+    # gsm8k: (1 + 0) / 2; format: (0.5 + 0.25 + 0) / 3; scores 2, -1, 0.5: mean 0.5, population std sqrt(1.5)
+    assert m == {"reward/gsm8k_mean": 0.5, "reward/format_mean": float(torch.tensor(0.75) / 3),
+                 "reward/model_mean": 0.5, "reward/model_std": float(torch.tensor(1.5).sqrt())}
+    assert list(m)[:2] == ["reward/gsm8k_mean", "reward/format_mean"]  # the functions' order
+    only_failed = reward_source_metrics([dataclasses.replace(ep(0, 2), reward_values={"flaky": math.nan})])
+    assert list(only_failed) == ["reward/flaky_mean"] and math.isnan(only_failed["reward/flaky_mean"])
+    assert reward_source_metrics([ep(0, 2), ep(0, 3)]) == {}
+    assert rollout_metrics(score(eps, [1.0, 2.0, 3.0, 4.0], [None] * 4, 2)).items() >= m.items()
 
 
 def test_update_metrics():

@@ -183,6 +183,13 @@ def test_type_error_names_key():
     ("reward.functions=[]", "reward.functions"),
     ("reward.model.batch_tokens=0", "reward.model.batch_tokens"),
     ("reward.model.weight=nan", "reward.model.weight"),
+    ("reward.model.num_scorers=-1", "reward.model.num_scorers"),
+    ("reward.model.device=tpu", "reward.model.device"),
+    ("reward.model.device=cuda", "reward.model.device"),  # num_scorers=0: the driver scores on its CPU
+    ("reward.model.deadline_s=0", "reward.model.deadline_s"),
+    ("reward.model.deadline_tokens_per_s=0", "reward.model.deadline_tokens_per_s"),
+    ("reward.model.max_restarts=-1", "reward.model.max_restarts"),
+    ("reward.functions=[{name: model}]", "reward.functions[0].name"),
     ("cluster.device=tpu", "cluster.device"),
     ("sampler.deadline_mb_per_s=0", "sampler.deadline_mb_per_s"),
     ("trainer.deadline_s=0", "trainer.deadline_s"),
@@ -193,6 +200,30 @@ def test_range_errors_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         load_config([override])
     assert str(e.value).startswith(key + " "), str(e.value)
+
+
+def test_reward_model_scorers_fit_the_cluster():
+    """reward.model.device follows cluster.device for a scorer group (auto), a GPU scorer needs
+    a CUDA cluster, colocated scorers sit beside the trainer ranks, others count as GPUs."""
+    rm = ["reward.model.path=/rm", "reward.model.num_scorers=2"]
+    cfg = load_config(["recipe=grpo_qwen3_tiny_rm", *rm], check_files=False)
+    assert cfg.reward.model.resolved_device("cpu") == "cpu" and cfg.reward.model.resolved_device("cuda") == "cuda"
+    assert dataclasses.replace(cfg.reward.model, num_scorers=0).resolved_device("cuda") == "cpu"  # the driver's
+    cuda = ["recipe=grpo_qwen3_tiny_rm", "cluster=cuda", "trainer.world_size=1", *rm]
+    cases = [
+        (["recipe=grpo_qwen3_tiny_rm", "reward.model.device=cuda", *rm],
+         "reward.model.device must be 'cpu' or 'auto' with cluster.device=cpu"),
+        (cuda, "reward.model.num_scorers must be <= trainer.world_size = 1 with cluster.colocate=true"),
+        ([*cuda, "cluster.colocate=false", "cluster.num_gpus=3"],
+         "cluster.num_gpus must be >= 4 (trainer.world_size + sampler.num_samplers + reward.model.num_scorers, "
+         "cluster.colocate=false)"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError) as e:
+            load_config(overrides, check_files=False)
+        assert str(e.value).startswith(message), str(e.value)
+    load_config([*cuda, "cluster.colocate=false", "cluster.num_gpus=3", "reward.model.device=cpu"],
+                check_files=False)  # CPU scorers need no GPU
 
 
 @pytest.mark.parametrize("override, new", [

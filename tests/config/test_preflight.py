@@ -7,6 +7,7 @@ tokenizer, safetensors headers), data files and keys, and checkpoints to resume
 
     .venv/bin/python -m pytest -q tests/config/test_preflight.py
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -395,7 +396,7 @@ def test_actors_beyond_the_visible_gpus_are_one_line(tmp_path):
     line = one_line_exit_2(tmp_path, "recipe=grpo_qwen3_tiny", "cluster=cuda", "cluster.num_cpus=64",
                            f"trainer.world_size={gpus + 1}")
     assert line == (f"error: trainer.world_size={gpus + 1}, sampler.num_samplers=1: the actors need {gpus + 1} GPU "
-                    f"({gpus + 1} trainer rank(s) x 0.6 + 1 sampler(s) x 0.4, colocated), Ray gets {gpus} "
+                    f"({gpus + 1} trainer rank(s) x 0.55 + 1 sampler(s) x 0.4, colocated), Ray gets {gpus} "
                     f"(torch.cuda.device_count()); ask for fewer")  # cluster=cuda colocates
 
 
@@ -406,14 +407,26 @@ def test_gpus_to_place_fractional_shares():
     t, s = COLOCATED_GPU_SHARE["trainer"], COLOCATED_GPU_SHARE["sampler"]
     assert gpus_to_place([1.0] * 3) == 3
     assert gpus_to_place([t] * 2 + [s] * 2) == 2  # a rank and a sampler per GPU
-    assert gpus_to_place([t] * 1 + [s] * 3) == 2  # 0.6 + 0.4, then 0.4 + 0.4
+    assert gpus_to_place([t] * 1 + [s] * 3) == 2  # 0.55 + 0.4, then 0.4 + 0.4
     assert gpus_to_place([t] * 3) == 3  # two ranks never share one
     assert gpus_to_place([]) == 0
     cfg = load_config(["recipe=grpo_qwen3_tiny", "cluster=cuda", "cluster.colocate=true", "trainer.world_size=2",
                        "sampler.num_samplers=3"], check_files=False)
     assert resource_demand(cfg) == {"CPU": (5.0, "2 trainer rank(s) x 1 + 3 sampler(s) x 1"),
-                                    "GPU": (3.0, "2 trainer rank(s) x 0.6 + 3 sampler(s) x 0.4, colocated")}
-    assert resource_demand(cfg, samplers=False)["GPU"] == (2.0, "2 trainer rank(s) x 0.6, colocated")
+                                    "GPU": (3.0, "2 trainer rank(s) x 0.55 + 3 sampler(s) x 0.4, colocated")}
+    assert resource_demand(cfg, samplers=False)["GPU"] == (2.0, "2 trainer rank(s) x 0.55, colocated")
+    # a scorer beside each rank fills its GPU: 0.55 + 0.4 + 0.05
+    r = COLOCATED_GPU_SHARE["scorer"]
+    assert gpus_to_place([t] * 2 + [s] * 2 + [r] * 2) == 2
+    cfg = load_config(["recipe=grpo_qwen3_tiny_rm", "cluster=cuda", "trainer.world_size=2", "sampler.num_samplers=2",
+                       "reward.model.num_scorers=2"], check_files=False)
+    assert resource_demand(cfg) == {
+        "CPU": (6.0, "2 trainer rank(s) x 1 + 2 sampler(s) x 1 + 2 scorer(s) x 1"),
+        "GPU": (2.0, "2 trainer rank(s) x 0.55 + 2 sampler(s) x 0.4 + 2 scorer(s) x 0.05, colocated")}
+    cpu_scorers = dataclasses.replace(cfg, reward=dataclasses.replace(
+        cfg.reward, model=dataclasses.replace(cfg.reward.model, device="cpu")))
+    assert resource_demand(cpu_scorers)["GPU"] == (2.0, "2 trainer rank(s) x 0.55 + 2 sampler(s) x 0.4, colocated")
+    assert resource_demand(cfg, samplers=False)["CPU"] == (2.0, "2 trainer rank(s) x 1")  # train_rm: no scorers
 
 
 @pytest.fixture(scope="module")

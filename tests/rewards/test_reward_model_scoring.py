@@ -7,7 +7,10 @@ factory and read back through the loader.
   everything in one forward). Negative control: the stock op table (kernels=default, fp32
   on CPU, where its GEMM blocking changes with the batch) gives other bits.
   The Collector: reward = functions + weight * score, exactly; the scores are stored in
-  the episodes and not computed again; reward/model_mean is their mean.
+  the episodes and not computed again; reward/model_mean is their mean, and
+  reward_episodes keeps each function's value too (reward/<name>_mean).
+  A sequence the model cannot score (empty, a token id outside the vocabulary) is a
+  ValueError naming its index. The scorer actor group: test_scorer_group.py.
   Bad checkpoint: a policy directory as reward.model.path is one line naming the key,
   the file and the key of config.json.
 
@@ -20,21 +23,10 @@ import torch
 
 from rlhf_exact.algo.rollout import rollout_metrics
 from rlhf_exact.envs.collect import Collector, RewardSpec
-from rlhf_exact.models.tiny import make_tiny_model_dir, make_tiny_reward_model_dir, train_tokenizer
+from rlhf_exact.models.tiny import make_tiny_model_dir, train_tokenizer
 from rlhf_exact.rewards import compute_rewards
 from rlhf_exact.rewards.model import RewardModelScorer, token_batches
 from rlhf_exact.types import Episode
-
-
-@pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory):
-    return make_tiny_reward_model_dir(tmp_path_factory.mktemp("rm") / "tiny-rm", seed=3, std=0.05, norm_noise=0.1,
-                                      num_hidden_layers=2)
-
-
-def _sequences(n=40, seed=0):
-    rng = random.Random(seed)
-    return [[rng.randrange(3, 512) for _ in range(rng.randint(1, 80))] for _ in range(n)]
 
 
 def test_token_batches():
@@ -45,8 +37,8 @@ def test_token_batches():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_scores_do_not_depend_on_batching(rm_dir, dtype):
-    seqs = _sequences()
+def test_scores_do_not_depend_on_batching(rm_dir, sequences, dtype):
+    seqs = sequences()
     scorer = RewardModelScorer.load(rm_dir, dtype, batch_tokens=1)
     alone = scorer.score(seqs)  # one sequence per forward
     assert alone.dtype == torch.float32 and alone.shape == (len(seqs),)
@@ -60,9 +52,9 @@ def test_scores_do_not_depend_on_batching(rm_dir, dtype):
         assert torch.equal(shuffled, alone[order]), batch_tokens
 
 
-def test_stock_kernels_depend_on_batching(rm_dir):
+def test_stock_kernels_depend_on_batching(rm_dir, sequences):
     """Negative control (module docstring)."""
-    seqs = _sequences()
+    seqs = sequences()
     stock = RewardModelScorer.load(rm_dir, torch.float32, batch_tokens=1, kernels="default")
     alone = stock.score(seqs)
     stock.batch_tokens = 10**6
@@ -97,6 +89,27 @@ def test_collector_adds_weighted_scores_once(rm_dir):
     m = rollout_metrics(scored)
     assert m["reward/model_mean"] == float(torch.tensor(alone).mean())
     assert "reward/model_mean" not in rollout_metrics(episodes)
+
+    # what the loop calls: the same rewards, and the episodes carry each source
+    scorer.score = RewardModelScorer.score.__get__(scorer)
+    sourced, total, errors = collector.reward_episodes(rows, episodes)
+    assert total == rewards and errors == [None] * 4
+    assert [e.model_score for e in sourced] == alone and [e.reward_values for e in sourced] == [
+        {"synthetic": r} for r in rule]
+    m = rollout_metrics(sourced)
+    assert m["reward/synthetic_mean"] == float(torch.tensor(rule).mean())
+    assert m["reward/model_mean"] == float(torch.tensor(alone).mean())
+
+
+def test_unscorable_sequence_names_its_index(rm_dir):
+    scorer = RewardModelScorer.load(rm_dir, torch.bfloat16, batch_tokens=64)
+    with pytest.raises(ValueError, match=r"^reward model: sequence 1 is empty"):
+        scorer.score([[5, 6], []])
+    with pytest.raises(ValueError, match=r"^reward model: sequence 2 has token id 512 at position 1, outside the "
+                                         r"reward model's vocabulary \[0, 512\)$"):
+        scorer.score([[5], [6], [7, 512, 8]])
+    with pytest.raises(ValueError, match=r"sequence 0 has token id -1 at position 0"):
+        scorer.score([[-1]])
 
 
 def test_policy_directory_is_a_one_line_error(tmp_path):

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from rlhf_exact.rewards import REWARDS, RewardError, compute_rewards, get_reward, register_reward
+from rlhf_exact.rewards import REWARDS, RewardError, compute_reward_terms, compute_rewards, get_reward, register_reward
 from rlhf_exact.rewards.gsm8k import extract_answer, format_reward, gold_answer, gsm8k_reward
 from rlhf_exact.rewards.synthetic import synthetic_reward
 
@@ -115,6 +115,28 @@ def test_compute_rewards_errors(monkeypatch):
     assert err[0] is None
     assert "sample 1" in err[1] and "missing field" in err[1]
     assert "sample 2" in err[2] and "non-finite" in err[2]
+
+
+def test_compute_reward_terms_gives_each_function_once(monkeypatch):
+    calls = []
+
+    def flaky(text, ids, sample):
+        calls.append(sample["answer"])
+        if sample["answer"] == "boom":
+            raise KeyError("missing field")
+        return 0.5
+
+    monkeypatch.setitem(REWARDS, "flaky", flaky)
+    samples = [{"answer": "ok"}, {"answer": "boom"}]
+    r, err, values = compute_reward_terms([("flaky", 2.0), ("format", 1.0)], ["#### 1", "no"], [[], []], samples,
+                                          on_error="skip")
+    assert calls == ["ok", "boom"]  # one call per sample
+    assert r[0] == 2.0 and math.isnan(r[1]) and err[0] is None and "reward 'flaky' failed on sample 1" in err[1]
+    assert values[0] == {"flaky": 0.5, "format": 1.0}
+    assert math.isnan(values[1]["flaky"]) and values[1]["format"] == 0.0  # the other function still counts
+    r2, err2 = compute_rewards([("flaky", 2.0), ("format", 1.0)], ["#### 1", "no"], [[], []], samples,
+                               on_error="skip")
+    assert r2[0] == r[0] and math.isnan(r2[1]) and err2 == err
 
 
 def test_compute_rewards_bad_arguments():
