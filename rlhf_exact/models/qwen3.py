@@ -284,14 +284,26 @@ class Qwen3Attention(nn.Module):
         self.o_proj = Linear(qd, h, **kw)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, **kw)
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, **kw)
+        self.qkv_weight: torch.Tensor | None = None  # fuse_projections(): [qd + 2 kvd, H], q/k/v are its rows
+
+    def fuse_projections(self) -> None:
+        """One linear for q, k and v (module docstring of fuse_projections on the model)."""
+        self.qkv_weight = _fuse_rows(self.q_proj, self.k_proj, self.v_proj)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 ctx: AttentionContext) -> torch.Tensor:
         """x [T, H], positions [T] -> [T, H]."""
         t = x.shape[0]
-        q = self.q_norm(self.q_proj(x).view(t, self.num_heads, self.head_dim))
-        k = self.k_norm(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim))
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        if self.qkv_weight is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:  # column slices of one product: the same bits (an element's sum depends on K only)
+            q, k, v = self.ops.linear(x, self.qkv_weight, None).split(
+                [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features], dim=-1)
+            if isinstance(ctx, VarlenContext):
+                v = v.contiguous()
+        q = self.q_norm(q.view(t, self.num_heads, self.head_dim))
+        k = self.k_norm(k.view(t, self.num_kv_heads, self.head_dim))
+        v = v.view(t, self.num_kv_heads, self.head_dim)
         q = self.ops.apply_rotary(q, positions, cos, sin)
         k = self.ops.apply_rotary(k, positions, cos, sin)
         if isinstance(ctx, VarlenContext):
@@ -313,10 +325,30 @@ class Qwen3MLP(nn.Module):
         self.gate_proj = Linear(config.hidden_size, config.intermediate_size, **kw)
         self.up_proj = Linear(config.hidden_size, config.intermediate_size, **kw)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, **kw)
+        self.gate_up_weight: torch.Tensor | None = None  # fuse_projections(): [2 I, H], gate/up are its rows
+
+    def fuse_projections(self) -> None:
+        self.gate_up_weight = _fuse_rows(self.gate_proj, self.up_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Separate gate/up linears (rounded as HF), one fused silu*mul (rounding point 7).
-        return self.down_proj(self.ops.silu_and_mul(torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)))
+        # Gate and up rounded as HF's separate linears, one fused silu*mul (rounding point 7).
+        if self.gate_up_weight is None:
+            gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
+        else:  # one product: [gate | up] already side by side, the same bits as the cat
+            gate_up = self.ops.linear(x, self.gate_up_weight, None)
+        return self.down_proj(self.ops.silu_and_mul(gate_up))
+
+
+def _fuse_rows(*linears: Linear) -> torch.Tensor:
+    """One [sum of out_features, in] tensor holding the linears' weights as row blocks;
+    each linear's weight becomes a Parameter viewing its block (same storage), so a copy
+    into a weight by name (checkpoint load, weight update) updates the fused tensor."""
+    fused = torch.cat([m.weight.detach() for m in linears])
+    start = 0
+    for m in linears:
+        m.weight = nn.Parameter(fused[start:start + m.out_features], requires_grad=m.weight.requires_grad)
+        start += m.out_features
+    return fused
 
 
 class Qwen3DecoderLayer(nn.Module):
@@ -379,6 +411,35 @@ class Qwen3ForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.set_activation_checkpointing(activation_checkpointing)
+
+    def fuse_projections(self) -> None:
+        """Inference: q/k/v and gate/up each run as one linear over their weights stacked
+        by rows, 4 matmul launches per layer instead of 7, and no concatenation before
+        silu_and_mul. Every output element is the same bits as with separate linears: the
+        batch-invariant matmul's sum for an element depends on K alone, not on N or the
+        tile configuration (tests/kernels/test_matmul.py, tests/models/test_parity.py).
+        The HF-named parameters stay, as views of the stacked tensors, so loading and
+        weight updates by name work unchanged (`projections_fused` checks they still
+        share storage). For the sampler: the trainer keeps separate parameters, which
+        FSDP2 shards one by one."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse_projections()
+            layer.mlp.fuse_projections()
+
+    def projections_fused(self) -> bool:
+        """True when every fused tensor still holds its linears' weights (no parameter
+        was replaced by a new tensor since fuse_projections)."""
+        def shares(fused, *linears):
+            ptr = fused.data_ptr()
+            for m in linears:
+                if m.weight.data_ptr() != ptr:
+                    return False
+                ptr += m.weight.numel() * m.weight.element_size()
+            return True
+        return all(a.qkv_weight is not None and m.gate_up_weight is not None
+                   and shares(a.qkv_weight, a.q_proj, a.k_proj, a.v_proj) and shares(m.gate_up_weight, m.gate_proj,
+                                                                                     m.up_proj)
+                   for a, m in ((layer.self_attn, layer.mlp) for layer in self.model.layers))
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each decoder layer in backward (torch.utils.checkpoint, non-reentrant)."""

@@ -19,6 +19,8 @@ points) with vLLM's model interface on top:
   `logprobs_mode="raw_logits"` vLLM reports these values unchanged (a gather) as the
   sampled token's logprob, and samples from softmax(row) = softmax(logits / T)
   (requests must use vLLM temperature 1.0; see engine.py).
+- q/k/v and gate/up run as one linear each (`fuse_projections`): the HF-named
+  parameters are views of the stacked weights, so loads and updates by name reach them.
 - `load_weights(weights)`: the HF-named tensors of the checkpoint, validated whole
   (names, shapes) against `hf_io.expected_tensors`, cast to the engine dtype as
   `hf_io.load_model` casts them for the trainer. (Not `load_state_dict_into`: the
@@ -69,6 +71,7 @@ class ExactQwen3ForCausalLM(Qwen3ForCausalLM):
         config = Qwen3Config.from_hf_dict(hf.to_dict(), source=f"{vllm_config.model_config.model}/config.json")
         dtype = vllm_config.model_config.dtype
         super().__init__(config, device=vllm_config.device_config.device, dtype=dtype)
+        self.fuse_projections()  # 4 matmuls per layer instead of 7, the same bits (Qwen3ForCausalLM)
         self.temperature = engine_temperature(vllm_config)
         # KV holders: named like vLLM's Qwen3 layers (bind_kv_cache reads the layer index
         # from the name); kept outside the HF-named tree and parameter-free.
@@ -145,4 +148,7 @@ class ExactQwen3ForCausalLM(Qwen3ForCausalLM):
         params = dict(self.named_parameters())
         for name, t in state.items():
             params[name].copy_(t.to(params[name].dtype))
+        if not self.projections_fused():
+            raise RuntimeError("ExactQwen3ForCausalLM: a q/k/v or gate/up parameter no longer views its fused "
+                               "tensor (a parameter was replaced, not copied into): the forward would use old weights")
         return set(params)

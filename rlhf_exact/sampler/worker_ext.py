@@ -150,6 +150,10 @@ class ExactWorkerExtension:
                 params = self._exact_params()
                 for name, t in staged.items():
                     params[name].copy_(t)
+                if not self.model_runner.get_model().projections_fused():
+                    self._exact_staged = None
+                    return ["a q/k/v or gate/up parameter no longer views its fused tensor: the engine would sample "
+                            "with stale weights"]
             else:
                 # vLLM's own model: its linear layers may have repacked their weights for a
                 # CPU GEMM kernel chosen by CPU features (oneDNN/AMX drop `.weight`), so a plain

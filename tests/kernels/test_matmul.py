@@ -220,6 +220,27 @@ def test_cuda_configs_invariant(dtype):
                 assert torch.equal(o, outs[0]), f"(N, K) = {(N, K)}: {c} differs from {cfgs[0]}"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_stacked_weights_same_bits(device, gen, dtype):
+    """linear over weights stacked by rows == each weight's own linear, bit for bit: an
+    element's sum depends on K alone (not on N, nor on the config N picks). The sampler
+    runs q/k/v and gate/up this way (models/qwen3.py fuse_projections)."""
+    if device == "cuda":  # Qwen3-8B q/k/v and gate/up (K 4096), 0.6B q/k/v (K 1024)
+        cases = [(4096, (4096, 1024, 1024)), (4096, (12288, 12288)), (1024, (2048, 1024, 1024))]
+        rows = (1, 7, 64, 129, 300, 700)
+    else:
+        cases = [(128, (128, 64, 64)), (128, (384, 384)), (77, (45, 13, 30))]
+        rows = (1, 7, 64, 129)
+    for K, outs in cases:
+        ws = [_rand(gen, n, K, dtype=dtype, device=device) for n in outs]
+        stacked = torch.cat(ws)
+        for m in rows:
+            x = _rand(gen, m, K, dtype=dtype, device=device)
+            parts = linear(x, stacked).split(list(outs), dim=-1)
+            for i, (w, part) in enumerate(zip(ws, parts)):
+                assert torch.equal(part, linear(x, w)), f"K={K}, N={outs}, M={m}: block {i}"
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_addmm_linear_rows_invariant(device, gen, dtype):
     x = _rand(gen, 200, 77, dtype=dtype, device=device)

@@ -222,6 +222,38 @@ def test_paged_parity_untied_fp32(tiny_untied_dir, device):
     check_paged_chain(model, device, _requests(512, [33, 2, 15], [6, 12], seed=9), greedy=False)
 
 
+def test_fused_projections_same_bits(tiny_untied_dir, device):
+    """The sampler's fused q/k/v and gate/up (fuse_projections) generate the same tokens
+    and logprobs as the trainer's separate linears compute, under every schedule; the
+    HF-named parameters stay views of the fused tensors."""
+    from torch import nn
+
+    model, _ = load_model(tiny_untied_dir, dtype=torch.bfloat16, device=device)
+    fused, _ = load_model(tiny_untied_dir, dtype=torch.bfloat16, device=device)
+    fused.fuse_projections()
+    assert fused.projections_fused() and not model.projections_fused()
+    attn = fused.model.layers[1].self_attn
+    assert torch.equal(attn.qkv_weight[attn.q_proj.out_features:][:attn.k_proj.out_features],
+                       model.model.layers[1].self_attn.k_proj.weight)
+    requests = _requests(512, [1, 5, 16, 17, 40, 3], [9, 4, 20], seed=12)
+    runs = generate(fused, requests, temperature=TEMPERATURE, greedy=False, max_num_seqs=3,
+                    max_num_batched_tokens=24, prompt_logprobs=True)
+    full = [list(r.prompt) + o.token_ids for r, o in zip(requests, runs)]
+    with torch.no_grad():
+        trainer = trainer_logprobs(model, full, device)
+        assert_bitwise(trainer_logprobs(fused, full, device), trainer, "fused varlen forward vs separate")
+    assert_bitwise([o.prompt_logprobs for o in runs], [t[:len(r.prompt) - 1] for t, r in zip(trainer, requests)],
+                   "fused paged prefill vs trainer")
+    assert_bitwise([o.logprobs for o in runs], [t[len(r.prompt) - 1:] for t, r in zip(trainer, requests)],
+                   "fused paged decode vs trainer")
+    with torch.no_grad():  # a copy by name reaches the fused tensor
+        fused.model.layers[0].mlp.up_proj.weight.mul_(2)
+    mlp = fused.model.layers[0].mlp
+    assert torch.equal(mlp.gate_up_weight[mlp.gate_proj.out_features:], mlp.up_proj.weight)
+    mlp.up_proj.weight = nn.Parameter(mlp.up_proj.weight.detach().clone())  # replaced, not copied into
+    assert not fused.projections_fused()
+
+
 # ---------------------------------------------------------------------------------- GPU: real shapes
 
 def _random_model(cfg: Qwen3Config) -> Qwen3ForCausalLM:
