@@ -15,8 +15,9 @@ the model and kernels shows here first:
 The rows build the same module code with the same weights: "exact" on
 `rlhf_exact.models.ops.EXACT` (the trainer's layout, 7 linears per layer), "fused" the
 same with `fuse_projections()` (the sampler's: q/k/v and gate/up as one linear each),
-"stock" on `STOCK` (torch's linear, RMSNorm, rotary and SiLU). The paged attention and KV-cache write are the exact kernels in both (the model
-has no stock paged path), so the ratio is the cost of the other ops' paths. The
+"stock" on `STOCK` (torch's linear, RMSNorm, rotary and SiLU). The paged attention
+and KV-cache write are the exact kernels in all three (the model has no stock paged
+path), so the ratio is the cost of the other ops' paths. The
 metadata is built once, as vLLM's builder does, and handed over with `max_q_len`, so the
 kernels read nothing back to the host.
 

@@ -81,7 +81,7 @@ if triton is not None:
     @triton.jit
     def _attn_fwd_kernel(
         Q, K, V, O, LSE,
-        CU_Q, SEQ_LENS, BLOCK_TABLE,
+        CU_Q, SEQ_LENS, BLOCK_TABLE, TILES,
         stride_qt, stride_qh,
         stride_kb, stride_ks, stride_kh,
         stride_vb, stride_vs, stride_vh,
@@ -91,13 +91,25 @@ if triton is not None:
         G: tl.constexpr, GP: tl.constexpr, TOK_M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
         PAGE: tl.constexpr, PAGED: tl.constexpr, WRITE_LSE: tl.constexpr, DOT_PREC: tl.constexpr,
+        SCHED: tl.constexpr,
     ):
         # Grid: (query tile, kv head, sequence). Varlen: keys share the queries' packed
         # rows (stride_kb unused). Paged: key j of sequence b is slot j % PAGE of
         # physical block BLOCK_TABLE[b, j // PAGE]. Nothing else differs.
-        pid_m = tl.program_id(0)
+        # SCHED: grid (entry, kv head, 1) over a tile list (`paged_tiles`): entry e holds
+        # (b << 16) | query tile, or -1 (nothing to do). A tile computes the same rows
+        # the same way whichever program runs it, so the bits do not change; the grid
+        # then depends on the list's length only (a CUDA graph of mixed steps).
         kvh = tl.program_id(1)
-        b = tl.program_id(2)
+        if SCHED:
+            e = tl.load(TILES + tl.program_id(0))
+            if e < 0:
+                return
+            b = e >> 16
+            pid_m = e & 0xFFFF
+        else:
+            pid_m = tl.program_id(0)
+            b = tl.program_id(2)
         q_start = tl.load(CU_Q + b)
         q_len = tl.load(CU_Q + b + 1) - q_start
         if pid_m * TOK_M >= q_len:
@@ -308,7 +320,40 @@ def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _triton_fwd(op, q, k, v, cu_q, seq_lens, block_table, page, max_q, scale, paged, want_lse):
+def paged_tile_rows(dtype: torch.dtype, num_heads: int, num_kv_heads: int, head_dim: int) -> int:
+    """Query tokens per tile of the attention forward (paged and varlen alike) for these
+    heads: what `paged_tiles` cuts each sequence's new tokens into."""
+    return _group_packing("paged_attention", num_heads, num_kv_heads, _fwd_config(dtype, head_dim)["BLOCK_M"])[2]
+
+
+def paged_tiles(q_lens: torch.Tensor, tok_m: int, out: torch.Tensor) -> torch.Tensor:
+    """The tile list of `paged_attention(..., tiles=)`: sequence b's new tokens (q_lens[b],
+    a CPU integer tensor) in tiles of tok_m (`paged_tile_rows`), entry (b << 16) | tile,
+    in sequence order, then -1 up to out's length. Written into `out` (int32 [capacity],
+    any device; CPU values copied without a host sync) and returned. ValueError when the
+    tiles do not fit, or a sequence or tile index does not fit its 16 bits."""
+    op = "paged_tiles"
+    check(q_lens.device.type == "cpu" and q_lens.dim() == 1 and not q_lens.is_floating_point(), op,
+          f"q_lens must be a 1-D CPU integer tensor, got {q_lens.dtype} {tuple(q_lens.shape)} on {q_lens.device}")
+    check(out.dtype == torch.int32 and out.dim() == 1, op, f"out must be int32 [capacity], got {out.dtype}")
+    q_lens = q_lens.to(torch.int64)
+    per = (q_lens + tok_m - 1) // tok_m
+    total = int(per.sum())
+    check(total <= out.numel(), op, f"{total} tiles exceed the capacity {out.numel()}")
+    if q_lens.numel():
+        check(int(q_lens.min()) >= 0, op, f"negative query length {int(q_lens.min())}")
+        check(q_lens.numel() < 1 << 15 and int(per.max()) < 1 << 16, op,
+              f"{q_lens.numel()} sequences or {int(per.max())} tiles per sequence exceed the 16-bit fields")
+    seq = torch.repeat_interleave(torch.arange(q_lens.numel()), per)
+    first = torch.repeat_interleave(torch.cumsum(per, 0) - per, per)
+    tiles = torch.full((out.numel(),), -1, dtype=torch.int32)
+    tiles[:total] = (seq << 16 | (torch.arange(total) - first)).to(torch.int32)
+    if out.device.type == "cpu":
+        return out.copy_(tiles)
+    return out.copy_(tiles.pin_memory(), non_blocking=True)
+
+
+def _triton_fwd(op, q, k, v, cu_q, seq_lens, block_table, page, max_q, scale, paged, want_lse, tiles=None):
     T, Hq, D = q.shape
     Hkv = k.shape[-2]
     B = cu_q.numel() - 1
@@ -326,13 +371,13 @@ def _triton_fwd(op, q, k, v, cu_q, seq_lens, block_table, page, max_q, scale, pa
         skb, sks, skh = 0, k.stride(0), k.stride(1)
         svb, svs, svh = 0, v.stride(0), v.stride(1)
         bt, sbt, sl = cu_q, 0, cu_q  # unused pointers
-    grid = (triton.cdiv(max_q, TOK_M), Hkv, B)
+    grid = (triton.cdiv(max_q, TOK_M), Hkv, B) if tiles is None else (tiles.numel(), Hkv, 1)
     _attn_fwd_kernel[grid](
-        q, k, v, out, lse, cu_q, sl, bt,
+        q, k, v, out, lse, cu_q, sl, bt, cu_q if tiles is None else tiles,
         q.stride(0), q.stride(1), skb, sks, skh, svb, svs, svh, out.stride(0), out.stride(1), sbt,
         scale * _LOG2E, Hq,
         G=G, GP=GP, TOK_M=TOK_M, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], HEAD_DIM=D,
-        PAGE=page, PAGED=paged, WRITE_LSE=want_lse, DOT_PREC=_dot_prec(q.dtype),
+        PAGE=page, PAGED=paged, WRITE_LSE=want_lse, DOT_PREC=_dot_prec(q.dtype), SCHED=tiles is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out, lse
@@ -450,7 +495,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                     cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-                    max_q_len: int | None = None) -> torch.Tensor:
+                    max_q_len: int | None = None, tiles: torch.Tensor | None = None) -> torch.Tensor:
     """Causal GQA attention of new queries against a paged KV cache (forward only).
 
     Args:
@@ -470,6 +515,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
             builder, once per step for all layers); nothing is read back, so the call
             is free of host syncs and can be captured in a CUDA graph. The bits do not
             depend on which: max_q_len only sizes the grid.
+        tiles: with max_q_len, on CUDA: the grid runs over this tile list (`paged_tiles`,
+            int32 [capacity] on q's device) instead of (query tile, sequence), so its
+            size depends on the capacity alone and a step of any mix of prefill and
+            decode can be replayed from a CUDA graph captured at that capacity. The
+            list must cover every sequence's tiles; the bits are the same.
     Returns:
         [Tq, Hq, D] in q's dtype, each row bitwise equal to the same row of
         `varlen_attention` over the whole sequence.
@@ -489,7 +539,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
               f"{shapes(seq_lens=seq_lens, block_table=block_table)}")
         if q.is_cuda:
             out, _ = _triton_fwd(op, q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_table, page,
-                                 int(max_q_len), float(scale), paged=True, want_lse=False)
+                                 int(max_q_len), float(scale), paged=True, want_lse=False, tiles=tiles)
             return out
         return _cpu_ops().attn_paged_fwd(q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens, float(scale))
     cq = _check_cu(op, "cu_seqlens_q", cu_seqlens_q, q.shape[0])

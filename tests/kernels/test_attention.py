@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from exact_kernels import paged_attention, varlen_attention, write_kv_cache
+from exact_kernels.attention import paged_tile_rows, paged_tiles
 from exact_kernels.reference import paged_attention_ref, varlen_attention_ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -124,13 +125,14 @@ def test_write_kv_cache_bitwise(device, gen):
     assert int((k_cache.view(-1, hkv, d).abs().sum((1, 2)) != 0).sum()) == int(keep.sum())
 
 
-def _run_sampler(q, k, v, lens, block_size, rng: random.Random, gen):
+def _run_sampler(q, k, v, lens, block_size, rng: random.Random, gen, tiles: int = 0):
     """Serve every sequence through the paged path like a vLLM scheduler would: a
     shuffled physical block pool (unused slots hold NaN, so a stray read shows), a random
     prompt length per sequence prefilled in random chunks (extend), then decode token
     by token; each step batches a random subset of the live sequences in random
     order. KV of a step is written before attention reads it. Returns [T, Hq, D]
-    with each row where the packed prefill has it."""
+    with each row where the packed prefill has it. tiles > 0: every step runs over a
+    tile list of that capacity (`paged_tiles`), as a CUDA graph of mixed steps does."""
     device = q.device
     B, hkv, d = len(lens), k.shape[1], k.shape[2]
     starts = [0]
@@ -171,8 +173,14 @@ def _run_sampler(q, k, v, lens, block_size, rng: random.Random, gen):
         for b, n_new in zip(batch, q_lens):
             done[b] += n_new
         seq_lens = torch.tensor([done[b] for b in batch], dtype=torch.int32, device=device)
-        res = paged_attention(q[rows_cat], k_cache, v_cache, table_dev[batch], _cu(q_lens, device), seq_lens,
-                              d ** -0.5)
+        if tiles:
+            tok_m = paged_tile_rows(q.dtype, q.shape[1], hkv, d)
+            tile_list = paged_tiles(torch.tensor(q_lens), tok_m, torch.empty(tiles, dtype=torch.int32, device=device))
+            res = paged_attention(q[rows_cat], k_cache, v_cache, table_dev[batch], _cu(q_lens, device), seq_lens,
+                                  d ** -0.5, max_q_len=max(q_lens), tiles=tile_list)
+        else:
+            res = paged_attention(q[rows_cat], k_cache, v_cache, table_dev[batch], _cu(q_lens, device), seq_lens,
+                                  d ** -0.5)
         out[rows_cat] = res
 
 
@@ -193,6 +201,81 @@ def test_paged_equals_prefill_bitwise(device, gen, dtype, block_size, heads):
     for seed in range(2):
         served = _run_sampler(q, k, v, lens, block_size, random.Random(seed), gen)
         assert torch.equal(served, prefill), f"seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_paged_tiles_equal_prefill_bitwise(dtype):
+    """The tile-list grid (paged_tiles, the CUDA-graph form of mixed steps) gives every
+    row the bits of one packed varlen prefill, whatever the step's mix."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    gen = torch.Generator().manual_seed(5)
+    hq, hkv, d = _heads("cuda")
+    lens = CROSSING_LENS
+    q, k, v = _qkv(gen, sum(lens), hq, hkv, d, dtype, "cuda")
+    with torch.no_grad():
+        prefill = varlen_attention(q, k, v, _cu(lens, "cuda"), max(lens), d ** -0.5)
+    for seed in range(2):
+        served = _run_sampler(q, k, v, lens, 16, random.Random(seed), gen, tiles=64)
+        assert torch.equal(served, prefill), f"seed {seed}"
+
+
+_INTERPRETED = """
+import os, random, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from exact_kernels.attention import _triton_fwd, paged_tile_rows, paged_tiles
+g = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.float16):
+    hq, hkv, d, page = 4, 2, 32, 8
+    q_lens, seq_lens = [1, 0, 23, 1, 9, 40], [30, 5, 23, 17, 50, 40]
+    T, B = sum(q_lens), len(q_lens)
+    per = [-(-n // page) for n in seq_lens]
+    blocks = torch.randperm(sum(per), generator=g).tolist()
+    table = torch.zeros(B, max(per), dtype=torch.int32)
+    for b, n in enumerate(per):
+        table[b, :n] = torch.tensor([blocks.pop() for _ in range(n)])
+    q = torch.randn(T, hq, d, generator=g).to(dtype)
+    kc, vc = (torch.randn(sum(per), page, hkv, d, generator=g).to(dtype) for _ in range(2))
+    cu = torch.tensor([0] + [sum(q_lens[:i + 1]) for i in range(B)], dtype=torch.int32)
+    sl = torch.tensor(seq_lens, dtype=torch.int32)
+    grid, _ = _triton_fwd("t", q, kc, vc, cu, sl, table, page, max(q_lens), d ** -0.5, paged=True, want_lse=False)
+    tok_m = paged_tile_rows(dtype, hq, hkv, d)
+    tiles = paged_tiles(torch.tensor(q_lens), tok_m, torch.empty(40, dtype=torch.int32))
+    listed, _ = _triton_fwd("t", q, kc, vc, cu, sl, table, page, 1, d ** -0.5, paged=True, want_lse=False,
+                            tiles=tiles)
+    assert int((tiles >= 0).sum()) == sum(-(-n // tok_m) for n in q_lens), tiles
+    assert torch.equal(listed, grid), (dtype, (listed - grid).abs().max())
+    assert not torch.isnan(grid).any()
+print("same bits")
+"""
+
+
+def test_paged_tiles_interpreted_same_bits(tmp_path):
+    """CPU, the Triton interpreter: the attention kernel over a tile list (paged_tiles)
+    gives the bits of its (query tile, sequence) grid on a mixed step with an empty
+    sequence, decodes and prompt chunks; the list is longer than the step's tiles."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "interpreted.py"
+    script.write_text(_INTERPRETED)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "same bits" in run.stdout, run.stdout + run.stderr
+
+
+def test_paged_tiles_list():
+    """The tile list: sequence order, (b << 16) | tile, -1 after; clear errors."""
+    out = paged_tiles(torch.tensor([1, 0, 130, 64]), 64, torch.empty(8, dtype=torch.int32))
+    assert out.tolist() == [0, 2 << 16, 2 << 16 | 1, 2 << 16 | 2, 3 << 16, -1, -1, -1]
+    with pytest.raises(ValueError, match="5 tiles exceed the capacity 4"):
+        paged_tiles(torch.tensor([1, 0, 130, 64]), 64, torch.empty(4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="negative query length"):
+        paged_tiles(torch.tensor([3, -1]), 64, torch.empty(4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="1-D CPU integer tensor"):
+        paged_tiles(torch.tensor([1.0]), 64, torch.empty(4, dtype=torch.int32))
+    assert paged_tiles(torch.tensor([], dtype=torch.int64), 64, torch.empty(2, dtype=torch.int32)).tolist() == [-1, -1]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
