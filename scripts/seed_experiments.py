@@ -28,7 +28,8 @@ engine allows 256), for B in 1, 8, 64, 256.
 Each (mode, CUDA graphs) pair runs in its own process (vLLM loads plugins per process;
 stock runs with VLLM_PLUGINS=none): stock = vLLM's own Qwen3 and kernels (cuda, with
 graphs: vLLM's default torch.compile + CUDA graphs); exact = the rlhf_exact plugin
-(with graphs: decode steps in full CUDA graphs, no torch.compile). The cuda engines:
+(with graphs: decode steps in full CUDA graphs, no torch.compile; "mixed": every step of
+up to 1024 tokens in full CUDA graphs, prefill and mixed ones too). The cuda engines:
 max_num_seqs 256, max_num_batched_tokens 8192, prefix caching on, 32 GiB of KV cache.
 
 The model: cpu, the tiny random Qwen3 (rlhf_exact/models/tiny.py); cuda, a random bf16
@@ -208,7 +209,10 @@ def profile2(sampler, n: int) -> dict:
     return out
 
 
-def child(args, mode: str, graphs: bool) -> dict:
+GRAPHS = {"off": False, "on": True, "mixed": "mixed"}  # --graphs -> Sampler(cuda_graphs=)
+
+
+def child(args, mode: str, graphs: bool | str) -> dict:
     """One engine in this process: the requested experiments on it."""
     from rlhf_exact.sampler.engine import Sampler, RequestParams
 
@@ -246,9 +250,9 @@ def run_child(args, out: pathlib.Path, mode: str, graphs: str) -> dict:
         if lines:
             return json.loads(lines[-1][len(MARK):])
         sys.stderr.write(log.read_text()[-4000:])
-        return {"mode": mode, "graphs": graphs == "on", "error": f"exit {proc.returncode}, see {log}"}
+        return {"mode": mode, "graphs": GRAPHS[graphs], "error": f"exit {proc.returncode}, see {log}"}
     except subprocess.TimeoutExpired:
-        return {"mode": mode, "graphs": graphs == "on", "error": f"timeout, see {log}"}
+        return {"mode": mode, "graphs": GRAPHS[graphs], "error": f"timeout, see {log}"}
 
 
 def print_table(args, rows: list[dict]) -> None:
@@ -299,7 +303,8 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--shape", choices=["tiny", *sorted(SHAPES)], help="the model (default: tiny on cpu, 0.6b on cuda)")
     ap.add_argument("--experiments", help="comma list of 1, 2 (default: 1 on cpu, 1,2 on cuda; 2 is cuda only)")
     ap.add_argument("--modes", default="stock,exact", help="comma list of stock, exact")
-    ap.add_argument("--graphs", help="CUDA graphs: comma list of off, on (default: off on cpu, on on cuda)")
+    ap.add_argument("--graphs", help="CUDA graphs: comma list of off, on, mixed (exact: mixed steps in graphs "
+                    "too; default: off on cpu, on on cuda)")
     ap.add_argument("--n", type=int, help="copies (experiment 1) and sequences (experiment 2); "
                     "default 200 on cpu, 1000 on cuda")
     ap.add_argument("--max-tokens", type=int, default=32, help="cpu: greedy tokens per copy (default 32; cuda: 100)")
@@ -314,6 +319,8 @@ def parse(argv) -> argparse.Namespace:
     args.shape = args.shape or ("0.6b" if cuda else "tiny")
     args.n = args.n or (1000 if cuda else 200)
     args.graphs = args.graphs or ("on" if cuda else "off")
+    if set(args.graphs.split(",")) - set(GRAPHS):
+        ap.error(f"--graphs: comma list of {', '.join(GRAPHS)}, got {args.graphs!r}")
     args.experiments = [int(e) for e in (args.experiments or ("1,2" if cuda else "1")).split(",")]
     if args.n < 1 or args.max_tokens < 1:
         ap.error("--n and --max-tokens must be >= 1")
@@ -329,7 +336,7 @@ def parse(argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse(argv)
     if args.child:
-        print(MARK + json.dumps(child(args, args.child[0], args.child[1] == "on")), flush=True)
+        print(MARK + json.dumps(child(args, args.child[0], GRAPHS[args.child[1]])), flush=True)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(args.out or tmp)

@@ -201,6 +201,10 @@ class PagedContext:
     # metadata builder, once per step): the kernels then read nothing back to the host,
     # so a decode step can be captured in a CUDA graph. None: the kernels validate.
     max_q_len: int | None = None
+    # With max_q_len, on CUDA: the attention grid runs over this tile list
+    # (exact_kernels.attention.paged_tiles) so its size is fixed by the list's capacity,
+    # the form a CUDA graph of mixed prefill/decode steps needs. Same bits either way.
+    tiles: torch.Tensor | None = None
 
 
 AttentionContext = VarlenContext | PagedContext
@@ -313,7 +317,7 @@ class Qwen3Attention(nn.Module):
             # written before it is read
             write_kv_cache(k, v, k_cache, v_cache, ctx.slot_mapping, check_slots=ctx.max_q_len is None)
             o = paged_attention(q, k_cache, v_cache, ctx.block_table, ctx.cu_seqlens_q, ctx.seq_lens,
-                                self.scale, max_q_len=ctx.max_q_len)
+                                self.scale, max_q_len=ctx.max_q_len, tiles=ctx.tiles)
         return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
 
 

@@ -95,7 +95,8 @@ class Sampler:
                  max_model_len: int = 512, max_num_seqs: int = 16, max_num_batched_tokens: int | None = None,
                  enable_prefix_caching: bool = True, block_size: int | None = None,
                  num_gpu_blocks_override: int | None = None, kv_cache_memory_bytes: int | None = 64 << 20,
-                 seed: int = 0, exact: bool = True, cuda_graphs: bool = False, **engine_kwargs):
+                 seed: int = 0, exact: bool = True, cuda_graphs: bool | str = False, graph_max_tokens: int = 1024,
+                 **engine_kwargs):
         """exact=False runs stock vLLM (start the process with VLLM_PLUGINS=none; the
         training loop's kernels=default, scripts/seed_experiments.py): vLLM's own model, kernels
         and logprobs (`processed_logprobs`: log_softmax of the tempered logits after
@@ -103,11 +104,15 @@ class Sampler:
 
         cuda_graphs=True (CUDA only): exact: decode steps captured whole in CUDA graphs,
         no torch.compile (the trainer runs the model uncompiled; vllm_attention.py);
-        stock: vLLM's default compile + CUDA graphs."""
+        stock: vLLM's default compile + CUDA graphs. cuda_graphs="mixed": exact: every
+        step of up to graph_max_tokens tokens, prefill, decode or mixed, replayed from a
+        whole-step CUDA graph (vllm_attention.py); stock: as True."""
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"Sampler: temperature must be finite and > 0, got {temperature!r}")
         from vllm import LLM
 
+        if cuda_graphs not in (False, True, "mixed"):
+            raise ValueError(f"Sampler: cuda_graphs must be False, True or 'mixed', got {cuda_graphs!r}")
         self.temperature = float(temperature)
         self.max_model_len, self.exact = max_model_len, exact
         kw = dict(model=str(model), dtype=dtype, enforce_eager=not cuda_graphs, max_model_len=max_model_len,
@@ -137,9 +142,14 @@ class Sampler:
             kw["kv_cache_memory_bytes"] = kv_cache_memory_bytes
         kw["worker_extension_cls"] = EXTENSION
         if exact:
-            kw.update(logprobs_mode="raw_logits", additional_config={"rlhf_exact": {"temperature": self.temperature}})
-            if cuda_graphs:
+            extra = {"temperature": self.temperature}
+            if cuda_graphs == "mixed":
+                extra["mixed_graphs"] = True
+                kw.setdefault("compilation_config", {"mode": 0, "cudagraph_mode": "FULL",
+                                                     "max_cudagraph_capture_size": min(graph_max_tokens, budget)})
+            elif cuda_graphs:
                 kw.setdefault("compilation_config", {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"})
+            kw.update(logprobs_mode="raw_logits", additional_config={"rlhf_exact": extra})
         else:
             kw.update(logprobs_mode="processed_logprobs")
         self.llm = LLM(**kw)

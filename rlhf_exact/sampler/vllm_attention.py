@@ -34,7 +34,13 @@ host copies vLLM already has, and hands the kernels `max_q_len`: the per-layer k
 then read nothing back (kernels/attention.py), and the builder declares
 `UNIFORM_SINGLE_TOKEN_DECODE` CUDA-graph support, so with
 `compilation_config={"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}` vLLM captures
-whole decode steps (prefill and mixed steps run eagerly). The metadata's tensors are
+whole decode steps (prefill and mixed steps run eagerly). With mixed graphs
+(`additional_config["rlhf_exact"]["mixed_graphs"]`, engine.py `cuda_graphs="mixed"`) it
+declares ALWAYS and vLLM (`cudagraph_mode: "FULL"`) captures every step of up to
+`max_cudagraph_capture_size` tokens, whatever its mix: the attention grid then runs over
+a tile list (`paged_tiles`) that the builder writes into one buffer of its own each
+step, so the grid depends on the padded step size alone, not on the query lengths that
+a captured launch would otherwise keep. The metadata's tensors are
 vLLM's persistent buffers themselves (no dtype conversion copies), which a replayed
 graph requires. Padded requests of a captured batch have zero-length queries and
 slot -1: nothing is written for them and their rows are discarded by vLLM.
@@ -49,7 +55,7 @@ from typing import ClassVar
 
 import torch
 
-from exact_kernels.attention import SUPPORTED_HEAD_DIMS, paged_attention, write_kv_cache
+from exact_kernels.attention import SUPPORTED_HEAD_DIMS, paged_attention, paged_tile_rows, paged_tiles, write_kv_cache
 
 from vllm.v1.attention.backend import (
     AttentionBackend,
@@ -74,6 +80,15 @@ class ExactAttentionMetadata:
     block_table: torch.Tensor  # [B, max_blocks] int32
     slot_mapping: torch.Tensor  # [num_tokens] int64, cache slot of each new token
     max_q_len: int  # longest new-token count of a request (sizes the kernel grid)
+    tiles: torch.Tensor | None = None  # the attention's tile list (mixed-step graphs), or None: grid by max_q_len
+
+
+def mixed_graphs(vllm_config) -> bool:
+    """Whether the engine replays mixed prefill/decode steps from CUDA graphs too
+    (`additional_config["rlhf_exact"]["mixed_graphs"]`, set by engine.py for
+    cuda_graphs="mixed")."""
+    extra = (getattr(vllm_config, "additional_config", None) or {}).get("rlhf_exact", {}) or {}
+    return bool(extra.get("mixed_graphs", False))
 
 
 def _same_or_cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -85,8 +100,25 @@ def _same_or_cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class ExactMetadataBuilder(AttentionMetadataBuilder[ExactAttentionMetadata]):
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
 
+    @classmethod
+    def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
+        """ALWAYS with mixed graphs (the attention grid then runs over the tile list,
+        fixed by the step's padded size), else uniform single-token decode batches."""
+        return AttentionCGSupport.ALWAYS if mixed_graphs(vllm_config) else cls._cudagraph_support
+
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        # Mixed graphs, CUDA: one tile list for every step, at a fixed address (a replayed
+        # graph reads it), filled in place by build(). Capacity: every step's tiles, since
+        # sum(ceil(q_b / tok_m)) <= T // tok_m + (requests), T <= max_num_batched_tokens.
+        self._tiles = None
+        if mixed_graphs(vllm_config) and torch.device(device).type == "cuda":
+            heads = vllm_config.model_config.hf_config.num_attention_heads
+            self._tok_m = paged_tile_rows(vllm_config.model_config.dtype, heads, kv_cache_spec.num_kv_heads,
+                                          kv_cache_spec.head_size)
+            sched = vllm_config.scheduler_config
+            self._tiles = torch.full((sched.max_num_batched_tokens // self._tok_m + sched.max_num_seqs,), -1,
+                                     dtype=torch.int32, device=device)
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> ExactAttentionMetadata:
@@ -103,6 +135,14 @@ class ExactMetadataBuilder(AttentionMetadataBuilder[ExactAttentionMetadata]):
         if b and (int(cu_cpu[0]) != 0 or bool((q_lens < 0).any())):
             raise ValueError(f"exact attention: query_start_loc must rise from 0, got {cu_cpu.tolist()[:8]}")
         n = int(cu_cpu[b])
+        tiles = None
+        if self._tiles is not None:
+            # Everything a captured launch keeps depends on (T, b) alone: vLLM pads a
+            # replayed step to the size it was captured at (T tokens, b requests; the
+            # padding belongs to no request, its slots are -1), and the grid is the
+            # list's length. The real step's tiles come first, then -1.
+            n = c.num_actual_tokens
+            tiles = paged_tiles(q_lens, self._tok_m, self._tiles[: n // self._tok_m + min(b, n)])
         return ExactAttentionMetadata(
             num_tokens=n,
             cu_seqlens_q=_same_or_cast(c.query_start_loc[: b + 1], torch.int32),
@@ -110,6 +150,7 @@ class ExactMetadataBuilder(AttentionMetadataBuilder[ExactAttentionMetadata]):
             block_table=_same_or_cast(c.block_table_tensor[:b], torch.int32),
             slot_mapping=_same_or_cast(c.slot_mapping[:n], torch.int64),
             max_q_len=max(int(q_lens.max()) if b else 0, 1),
+            tiles=tiles,
         )
 
 
@@ -135,7 +176,7 @@ def _attend(query: torch.Tensor, kv_cache: torch.Tensor, md: ExactAttentionMetad
             head_dim: int) -> torch.Tensor:
     k_cache, v_cache = kv_cache_views(kv_cache, head_dim)
     return paged_attention(query[: md.num_tokens], k_cache, v_cache, md.block_table, md.cu_seqlens_q,
-                           md.seq_lens, scale, max_q_len=md.max_q_len)
+                           md.seq_lens, scale, max_q_len=md.max_q_len, tiles=md.tiles)
 
 
 class ExactAttentionImpl(AttentionImpl[ExactAttentionMetadata]):

@@ -99,8 +99,8 @@ class ExactQwen3ForCausalLM(Qwen3ForCausalLM):
         assert isinstance(md, ExactAttentionMetadata), f"unexpected attention metadata {type(md).__name__}"
         head_dim = self.config.head_dim
         caches = [kv_cache_views(layer.kv_cache, head_dim) for layer in self.attn_layers]
-        return (PagedContext(caches, md.block_table, md.cu_seqlens_q, md.seq_lens, md.slot_mapping, md.max_q_len),
-                md.num_tokens)
+        return (PagedContext(caches, md.block_table, md.cu_seqlens_q, md.seq_lens, md.slot_mapping, md.max_q_len,
+                             md.tiles), md.num_tokens)
 
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, intermediate_tensors=None,
                 inputs_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:

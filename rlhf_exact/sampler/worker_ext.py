@@ -64,6 +64,12 @@ class ExactWorkerExtension:
     def exact_model_class(self) -> str:
         return type(self.model_runner.get_model()).__name__
 
+    def exact_cudagraph_mode(self) -> str:
+        """The CUDA-graph mode this worker settled on (vLLM lowers the one asked for to
+        what the attention backend supports, with a warning only): "FULL" with mixed
+        graphs, "FULL_DECODE_ONLY" with decode graphs, "NONE" eager."""
+        return self.vllm_config.compilation_config.cudagraph_mode.name
+
     def exact_param_info(self) -> dict[str, list]:
         """{name: [shape, dtype]} of every parameter (HF names)."""
         return {n: [list(p.shape), dtype_name(p.dtype)] for n, p in self._exact_params().items()}
