@@ -8,9 +8,6 @@ tiny recipe in a process group of its own, as a terminal runs it.
         corrupted by content (same size) and `run.resume=auto` says so, falls back to
         the previous checkpoint and ends with metrics and final weights equal to the
         uninterrupted run's. After each run no Ray process and no Ray temp dir is left.
-  test_killed_driver_leaves_nothing
-        SIGKILL of the driver mid-run: every process of its Ray (GCS, raylet, agents,
-        actors, vLLM engine processes) is gone within seconds and its temp dir deleted.
   test_sigterm_is_ctrl_c_and_the_hint_resumes_the_same_run
         SIGTERM to the process group (`timeout`, a scheduler) after step 2 of a 4-step run
         of grpo_qwen3_tiny_tools: exit 130, the resume hint as the last line, no traceback,
@@ -26,7 +23,10 @@ tiny recipe in a process group of its own, as a terminal runs it.
   test_killed_rm_run_resumes_with_the_same_scores
         recipe=grpo_qwen3_tiny_rm against a tiny reward model: a run scored in the driver
         (reward.model.num_scorers=0), and the same run scored by 1 scorer actor, SIGKILLed
-        after step 2 and resumed (run.resume=auto) with 2 scorer actors: reward/model_mean,
+        after step 2 and resumed (run.resume=auto) with 2 scorer actors. The SIGKILL of the
+        driver mid-run: every process of its Ray (GCS, raylet, agents, actors, vLLM engine
+        processes, the scorer) is gone within seconds and its temp dir deleted. The
+        resumed run: reward/model_mean,
         reward/synthetic_mean and every other metric equal at every step, final weights
         bitwise equal; nothing of the killed run's Ray (its scorer actor included) left.
 
@@ -163,16 +163,6 @@ def test_ctrl_c_resume_and_a_corrupt_checkpoint(tmp_path):
     assert_same_as_whole(tmp_path / "whole", tmp_path / "cut")
 
 
-def test_killed_driver_leaves_nothing(tmp_path):
-    run = launch(tmp_path, "killed")
-    wait_for_step(tmp_path / "killed", run, 1)
-    procs, temp_dir = ray_of(run)
-    assert any(p.name().startswith("VLLM") for p in procs) and any("raylet" in p.name() for p in procs)
-    os.kill(run.pid, signal.SIGKILL)
-    assert finish(run, timeout=30) == -signal.SIGKILL
-    assert_nothing_left(procs, temp_dir)
-
-
 def violated_steps(err):
     """(steps named by EXACT MODE VIOLATED messages, steps whose console line says VIOLATED)."""
     said = [int(m) for m in re.findall(r"EXACT MODE VIOLATED at step (\d+)", err)]
@@ -239,6 +229,8 @@ def test_sigterm_is_ctrl_c_and_the_hint_resumes_the_same_run(tmp_path):
 
 
 def test_killed_rm_run_resumes_with_the_same_scores(tmp_path, rm_dir):
+    """A run scored in the driver equals the same run scored by actors, SIGKILLed (the
+    driver: its Ray, engines and scorer leave nothing behind) and resumed with more of them."""
     rm = ("recipe=grpo_qwen3_tiny_rm", f"reward.model.path={rm_dir}", "eval.every_steps=0",
           "algorithm.prompts_per_step=4", "algorithm.group_size=4")
     whole = launch(tmp_path, "driver", *rm, "reward.model.num_scorers=0", steps=4)
@@ -248,6 +240,7 @@ def test_killed_rm_run_resumes_with_the_same_scores(tmp_path, rm_dir):
     wait_for_step(tmp_path / "actors", run, 2)
     procs, temp_dir = ray_of(run)
     assert sum("ScorerActor" in " ".join(_cmd(p)) for p in procs) == 1
+    assert any(p.name().startswith("VLLM") for p in procs) and any("raylet" in p.name() for p in procs)
     os.kill(run.pid, signal.SIGKILL)
     assert finish(run, timeout=30) == -signal.SIGKILL
     assert_nothing_left(procs, temp_dir)
