@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The exact sampler's speed work on a GPU node with vLLM installed (the offline bundle:
+# README "GPU nodes without a package index"; PYTHONPATH pointing at it):
+#
+#   bash scripts/gpu_sampler_check.sh tests OUT_DIR         # bitwise checks of the fast paths, then
+#                                                           # benchmarks/bench_eager_step.py
+#   bash scripts/gpu_sampler_check.sh seed OUT_DIR [SHAPE]  # seed experiment 2 (default 8b), profiled:
+#                                                           # stock (graphs on), exact (graphs on, mixed)
+#
+# tests: the sampler's fused q/k/v and gate/up against separate linears, the tile-list
+# attention against one packed prefill, and the engine's parity with decode graphs and
+# with mixed-step graphs (TestCudaGraphs64, TestCudaMixedGraphs64); then the eager step's
+# host time, exact and fused against stock ops, at the 0.6B shape and 8 layers of 8B.
+# seed: one model checkpoint, then one child process per engine (scripts/seed_experiments.py);
+# stock and exact come out of the same call, so compare their ratio. Logs and JSON go to
+# OUT_DIR; a short table is printed last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what="${1:?tests or seed}"; out="${2:?OUT_DIR}"; shape="${3:-8b}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
+case "$what" in
+  tests)
+    timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -q -o addopts="" -p no:cacheprovider \
+      "tests/kernels/test_matmul.py::test_stacked_weights_same_bits" \
+      "tests/kernels/test_attention.py::test_paged_tiles_equal_prefill_bitwise" \
+      "tests/models/test_parity.py::test_fused_projections_same_bits" \
+      "tests/sampler/test_engine_parity.py::TestCudaGraphs64" \
+      "tests/sampler/test_engine_parity.py::TestCudaMixedGraphs64" > "$out/pytest.log" 2>&1
+    echo "pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$out/pytest.log" | tail -12
+    for args in "--shape 0.6b" "--shape 8b --layers 8"; do
+      timeout 120 python3 benchmarks/bench_eager_step.py $args >> "$out/bench_eager_step.log" 2>&1 \
+        || echo "bench_eager_step $args: exit $?" | tee -a "$out/bench_eager_step.log"
+    done
+    grep -vE "^\s*$" "$out/bench_eager_step.log" | tail -16
+    ;;
+  seed)
+    model="$out/stock/model-$shape"  # written by the first call
+    python3 scripts/seed_experiments.py "$out/stock" --device cuda --shape "$shape" --experiments 2 --profile \
+      --modes stock --graphs on --timeout 280 > "$out/stock.log" 2>&1 \
+      || echo "stock: exit $? (see $out/stock.log)"
+    python3 scripts/seed_experiments.py "$out/exact" --device cuda --shape "$shape" --experiments 2 --profile \
+      --modes exact --graphs on,mixed --model-dir "$model" --timeout 280 > "$out/exact.log" 2>&1 \
+      || echo "exact: exit $? (see $out/exact.log)"
+    tail -n 12 "$out/stock.log"; tail -n 14 "$out/exact.log"
+    ;;
+  *) echo "usage: $0 tests|seed OUT_DIR [SHAPE]" >&2; exit 2 ;;
+esac
