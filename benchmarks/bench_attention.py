@@ -10,6 +10,12 @@ CUDA (default): Qwen3-8B attention shapes (32 q heads, 8 kv heads, head_dim 128,
   seq_lens / block table, one sync); "kernel" is the Triton launch alone. The ratio
   is kernel / SDPA. Median of triton.testing.do_bench.
 
+--bwd-sweep (CUDA): the backward's tile configurations (BLOCK_M, BLOCK_N, warps, stages;
+`attention._bwd_config`) on the trainer's shapes, Qwen3-0.6B heads (16 q, 8 kv, 128),
+8192 tokens as 4 x 2048 and 16 x 512: fwd+bwd ms against SDPA's, and whether dq, dk, dv
+are bitwise those of the current configuration. The forward is not touched (the
+sampler/trainer parity is a forward property); the backward must stay deterministic.
+
 CPU (--device cpu): a small table (4 q heads, 2 kv heads, head_dim 64) against SDPA's
 CPU kernel; times are medians of repeated wall-clock runs.
 
@@ -120,10 +126,71 @@ def decode_rows(device, hq, hkv, d, dtype, batches, contexts, bs=16):
     return rows
 
 
+BWD_CONFIGS = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)
+               for m in (32, 64, 128) for n in (32, 64, 128) for w in (4, 8) for st in (1, 2, 3)]
+
+
+def bwd_sweep(hq=16, hkv=8, d=128, dtype=torch.bfloat16, total=8192, seqs=(2048, 512)) -> None:
+    """Print the fastest backward configurations per layout (module docstring)."""
+    from triton.runtime.errors import OutOfResources
+
+    current = A._bwd_config
+    print(f"attention backward sweep, Hq={hq}, Hkv={hkv}, D={d}, {dtype}, on {torch.cuda.get_device_name()}; "
+          f"current: {current(dtype, d)}")
+    for s in seqs:
+        B = total // s
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(total, h, d, device="cuda", dtype=dtype, generator=g).requires_grad_()
+                   for h in (hq, hkv, hkv))
+        dout = torch.randn(total, hq, d, device="cuda", dtype=dtype, generator=g)
+        cu = torch.arange(0, total + 1, s, dtype=torch.int32, device="cuda")
+        qs, ks, vs = (t.detach().view(B, s, -1, d).transpose(1, 2).requires_grad_() for t in (q, k, v))
+        sdpa, _ = _sdpa(qs, ks, vs, causal=True)
+        ref_ms = _bench(lambda: sdpa().backward(dout.view(B, s, hq, d).transpose(1, 2)), "cuda", [qs, ks, vs])
+
+        def grads():
+            q.grad = k.grad = v.grad = None
+            varlen_attention(q, k, v, cu, s, d ** -0.5).backward(dout)
+            return q.grad.clone(), k.grad.clone(), v.grad.clone()
+        base = grads()
+        rows = []
+        try:
+            for cfg in BWD_CONFIGS:
+                A._bwd_config = lambda dtype_, head_dim, c=cfg: c
+                try:
+                    same = all(torch.equal(a, b) for a, b in zip(grads(), base))
+                    ms = _bench(lambda: varlen_attention(q, k, v, cu, s, d ** -0.5).backward(dout), "cuda", [q, k, v])
+                except (RuntimeError, OutOfResources) as e:  # e.g. a tile needing more shared memory than an SM
+                    rows.append((cfg, float("inf"), False, type(e).__name__))
+                    continue
+                rows.append((cfg, ms, same, ""))
+        finally:
+            A._bwd_config = current
+        rows.sort(key=lambda r: r[1])
+        now = next(r for r in rows if r[0] == current(dtype, d))
+        print(f"\n{B} x {s} tokens: SDPA fwd+bwd {ref_ms:.3f} ms; current {now[1]:.3f} ms "
+              f"({now[1] / ref_ms:.2f}x)")
+        print(f"| {'BLOCK_M':>7} | {'BLOCK_N':>7} | {'warps':>5} | {'stages':>6} | {'fwd+bwd ms':>10} | "
+              f"{'/ SDPA':>7} | same grads as current |")
+        for cfg, ms, same, err in rows[:10]:
+            print(f"| {cfg['BLOCK_M']:>7} | {cfg['BLOCK_N']:>7} | {cfg['num_warps']:>5} | {cfg['num_stages']:>6} | "
+                  f"{ms:10.3f} | {ms / ref_ms:6.2f}x | {err or ('yes' if same else 'no')} |")
+        failed = [r for r in rows if r[3]]
+        if failed:
+            print(f"({len(failed)} configurations did not run: {sorted({r[3] for r in failed})})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--bwd-sweep", action="store_true", help="CUDA: the backward's tile configurations "
+                    "(module docstring)")
     args = ap.parse_args()
+    if args.bwd_sweep:
+        if args.device != "cuda" or not torch.cuda.is_available():
+            ap.error("--bwd-sweep needs CUDA")
+        bwd_sweep()
+        return
     if args.device == "cuda":
         dtype, hq, hkv, d = torch.bfloat16, 32, 8, 128
         rows = prefill_rows("cuda", hq, hkv, d, dtype, [128, 512, 2048, 8192], seq=2048)
