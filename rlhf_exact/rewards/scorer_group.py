@@ -115,6 +115,7 @@ class ScorerGroup:
             self.shutdown()
             raise
         self.vocab_size = facts[0]["vocab_size"]
+        log.info("%d reward model scorer(s) ready on %s", spec.num_scorers, ", ".join(f["device"] for f in facts))
         self.restarts = 0  # over the run, all actors
         self.actor_restarts = [0] * spec.num_scorers
 

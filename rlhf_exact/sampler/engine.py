@@ -88,6 +88,21 @@ class SampleResult:
     error: str | None = None
 
 
+def exact_engine_kwargs(temperature: float, cuda_graphs: bool | str, graph_max_tokens: int) -> dict:
+    """vLLM engine keywords of the exact plugin: our logprobs reported untouched, the
+    engine's temperature, and the CUDA-graph mode. True: decode steps captured whole in
+    CUDA graphs; "mixed": every step of up to graph_max_tokens tokens, prefill, decode or
+    mixed (vllm_attention.py). No torch.compile either way: the trainer runs the model
+    uncompiled."""
+    kw = {"logprobs_mode": "raw_logits", "additional_config": {"rlhf_exact": {"temperature": temperature}}}
+    if cuda_graphs == "mixed":
+        kw["additional_config"]["rlhf_exact"]["mixed_graphs"] = True
+        kw["compilation_config"] = {"mode": 0, "cudagraph_mode": "FULL", "max_cudagraph_capture_size": graph_max_tokens}
+    elif cuda_graphs:
+        kw["compilation_config"] = {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}
+    return kw
+
+
 class Sampler:
     """One vLLM engine with the exact plugin (module docstring)."""
 
@@ -102,11 +117,8 @@ class Sampler:
         and logprobs (`processed_logprobs`: log_softmax of the tempered logits after
         top-k/top-p masking, which is our definition only while top-k/top-p are off).
 
-        cuda_graphs=True (CUDA only): exact: decode steps captured whole in CUDA graphs,
-        no torch.compile (the trainer runs the model uncompiled; vllm_attention.py);
-        stock: vLLM's default compile + CUDA graphs. cuda_graphs="mixed": exact: every
-        step of up to graph_max_tokens tokens, prefill, decode or mixed, replayed from a
-        whole-step CUDA graph (vllm_attention.py); stock: as True."""
+        cuda_graphs (CUDA only): exact_engine_kwargs; stock: vLLM's default compile + CUDA
+        graphs for True and "mixed"."""
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"Sampler: temperature must be finite and > 0, got {temperature!r}")
         from vllm import LLM
@@ -141,17 +153,9 @@ class Sampler:
         if kv_cache_memory_bytes is not None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kw["kv_cache_memory_bytes"] = kv_cache_memory_bytes
         kw["worker_extension_cls"] = EXTENSION
-        if exact:
-            extra = {"temperature": self.temperature}
-            if cuda_graphs == "mixed":
-                extra["mixed_graphs"] = True
-                kw.setdefault("compilation_config", {"mode": 0, "cudagraph_mode": "FULL",
-                                                     "max_cudagraph_capture_size": min(graph_max_tokens, budget)})
-            elif cuda_graphs:
-                kw.setdefault("compilation_config", {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"})
-            kw.update(logprobs_mode="raw_logits", additional_config={"rlhf_exact": extra})
-        else:
-            kw.update(logprobs_mode="processed_logprobs")
+        ours = exact_engine_kwargs(self.temperature, cuda_graphs, min(graph_max_tokens, budget)) if exact \
+            else {"logprobs_mode": "processed_logprobs"}
+        kw.update(ours, compilation_config=kw.get("compilation_config", ours.get("compilation_config")))
         self.llm = LLM(**kw)
         self.vocab_size = int(self.llm.llm_engine.model_config.hf_config.vocab_size)
         self.model_class = self.llm.collective_rpc("exact_model_class")[0]
