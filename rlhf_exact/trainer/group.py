@@ -39,6 +39,8 @@ from rlhf_exact.types import HostTensors, LossNorm, MinibatchResult, PairResult,
 from . import plan as planner
 from .worker import TrainerSpec, TrainerWorker
 
+SHUTDOWN_S = 30.0  # seconds the ranks get to leave their process group at the end of a run (then killed)
+
 
 class TrainerGroup:
     worker_class = TrainerWorker  # the ranks' body (a test may run a subclass)
@@ -179,8 +181,9 @@ class TrainerGroup:
     def shutdown(self) -> None:
         from ray.util.placement_group import remove_placement_group
 
-        try:
-            self._all("shutdown", lambda a: a.shutdown.remote(), seconds=self.deadline_s)
+        try:  # a rank still inside a collective whose peer was interrupted (Ctrl-C reaches the
+            # ranks too) answers only when that collective times out: give it SHUTDOWN_S, then kill
+            self._all("shutdown", lambda a: a.shutdown.remote(), seconds=min(self.deadline_s, SHUTDOWN_S))
         finally:
             self._kill()
             remove_placement_group(self.pg)
@@ -206,8 +209,11 @@ class TrainerGroup:
                                        f"{seconds:.1f} s")
             try:
                 ray.get(done[0])
-            except Exception:
+            except Exception as e:
+                died = _death_behind(e, pending)
                 self._kill()
+                if died is not None:
+                    raise died from e
                 raise
         return ray.get(refs)
 
@@ -233,3 +239,27 @@ class TrainerGroup:
 
         for a in self.actors:
             ray.kill(a)
+
+
+def _death_behind(error: Exception, pending: list, wait_s: float = 10.0):
+    """When a rank's call fails because a peer's process died (its collective reads a
+    reset connection), Ray may report that error before the peer's death. The death
+    (RayActorError of another rank's call within wait_s), which the loop restarts from;
+    None when `error` is itself one or no other rank died."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    if isinstance(error, RayActorError):
+        return None
+    end = time.monotonic() + wait_s
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, end - time.monotonic()))
+        if not done:
+            return None
+        try:
+            ray.get(done[0])
+        except RayActorError as died:
+            return died
+        except Exception:  # noqa: BLE001 - another rank's failure of the same collective
+            pass
+    return None
