@@ -40,7 +40,8 @@ declares ALWAYS and vLLM (`cudagraph_mode: "FULL"`) captures every step of up to
 `max_cudagraph_capture_size` tokens, whatever its mix: the attention grid then runs over
 a tile list (`paged_tiles`) that the builder writes into one buffer of its own each
 step, so the grid depends on the padded step size alone, not on the query lengths that
-a captured launch would otherwise keep. The metadata's tensors are
+a captured launch would otherwise keep. How vLLM 0.26 captures and replays such steps
+(its V2 model runner, padding, the persistent buffers): docs/notes_vllm_full_graphs.md. The metadata's tensors are
 vLLM's persistent buffers themselves (no dtype conversion copies), which a replayed
 graph requires. Padded requests of a captured batch have zero-length queries and
 slot -1: nothing is written for them and their rows are discarded by vLLM.
