@@ -45,8 +45,8 @@ LAYERS = (
     ("rlhf_exact.train", "rlhf_exact.train_rm", "rlhf_exact.plot"),
 )
 # docs/design.md: "Ray is imported only ..."; a change here is a change there.
-IMPORTS_RAY = {"rlhf_exact.runtime.cluster", "rlhf_exact.sampler.group", "rlhf_exact.trainer.group",
-               "rlhf_exact.rewards.scorer_group", "rlhf_exact.loop"}
+IMPORTS_RAY = {"rlhf_exact.runtime.cluster", "rlhf_exact.runtime.deadline", "rlhf_exact.sampler.group",
+               "rlhf_exact.trainer.group", "rlhf_exact.rewards.scorer_group", "rlhf_exact.loop"}
 
 
 def modules() -> dict[str, pathlib.Path]:

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rlhf_exact.runtime.deadline import PlacementTimeout, deadline, placement_message
+from rlhf_exact.runtime.deadline import deadline
 
 from .model import RewardModelScorer, check_sequences
 
@@ -135,22 +135,12 @@ class ScorerGroup:
         """Reserve what the actors will ask for, at most deadline_s, then let it go: a
         cluster that cannot give them their CPUs or GPUs raises PlacementTimeout naming the
         resource instead of leaving the actors pending forever (sampler/group.py)."""
-        import ray
-        from ray.exceptions import GetTimeoutError
-        from ray.util.placement_group import placement_group, remove_placement_group
+        from rlhf_exact.runtime.deadline import probe_placement
 
         s = self.spec
         bundle = {"CPU": s.cpus_per_actor} | ({"GPU": s.gpus_per_actor} if s.device == "cuda" else {})
-        probe = placement_group([bundle] * s.num_scorers)
-        try:
-            ray.get(probe.ready(), timeout=s.deadline_s)
-        except GetTimeoutError:
-            raise PlacementTimeout(placement_message(
-                f"{s.num_scorers} reward model scorer(s)", bundle, s.num_scorers, s.deadline_s,
-                ray.cluster_resources(), ray.available_resources(),
-                "reward.model.num_scorers, cluster.num_cpus/num_gpus, reward.model.deadline_s")) from None
-        finally:
-            remove_placement_group(probe)
+        probe_placement(f"{s.num_scorers} reward model scorer(s)", bundle, s.num_scorers, s.deadline_s,
+                        "reward.model.num_scorers, cluster.num_cpus/num_gpus, reward.model.deadline_s")
 
     def score(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """Scores [B] fp32 of token-id sequences (prompt + completion), in the input order;

@@ -57,3 +57,22 @@ def tensor_bytes(tensors) -> int:
         return sum(tensor_bytes(v) for v in tensors.values())
     numel = getattr(tensors, "numel", None)
     return numel() * tensors.element_size() if numel is not None else 0
+
+
+def probe_placement(what: str, bundle: dict[str, float], count: int, seconds: float, keys: str) -> None:
+    """Reserve `count` bundles of what each actor of a group will ask for, at most `seconds`,
+    then let them go: a cluster that cannot give them raises PlacementTimeout naming the
+    resource (runtime/deadline.placement_message; `keys` the config keys that set the
+    demand), instead of leaving the actors pending forever."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    probe = placement_group([bundle] * count)
+    try:
+        ray.get(probe.ready(), timeout=seconds)
+    except GetTimeoutError:
+        raise PlacementTimeout(placement_message(what, bundle, count, seconds, ray.cluster_resources(),
+                                                 ray.available_resources(), keys)) from None
+    finally:
+        remove_placement_group(probe)

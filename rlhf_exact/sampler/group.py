@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rlhf_exact.runtime.deadline import MIB, PlacementTimeout, deadline, placement_message, tensor_bytes
+from rlhf_exact.runtime.deadline import MIB, deadline, tensor_bytes
 from rlhf_exact.types import SharedWeights
 
 from .actor import SamplerActor, StaleWeights
@@ -95,22 +95,12 @@ class SamplerGroup:
         cluster that cannot give them their CPUs or GPUs raises PlacementTimeout naming the
         resource, instead of leaving the actors pending forever (their ready() also waits
         for the engines' start, which has no bound of its own)."""
-        import ray
-        from ray.exceptions import GetTimeoutError
-        from ray.util.placement_group import placement_group, remove_placement_group
+        from rlhf_exact.runtime.deadline import probe_placement
 
         s = self.spec
         bundle = {"CPU": s.cpus_per_actor} | ({"GPU": s.gpus_per_actor} if s.device == "cuda" else {})
-        probe = placement_group([bundle] * s.num_samplers)
-        try:
-            ray.get(probe.ready(), timeout=s.deadline_s)
-        except GetTimeoutError:
-            raise PlacementTimeout(placement_message(
-                f"{s.num_samplers} sampler(s)", bundle, s.num_samplers, s.deadline_s, ray.cluster_resources(),
-                ray.available_resources(), "sampler.num_samplers, cluster.num_cpus/num_gpus, sampler.deadline_s"),
-            ) from None
-        finally:
-            remove_placement_group(probe)
+        probe_placement(f"{s.num_samplers} sampler(s)", bundle, s.num_samplers, s.deadline_s,
+                        "sampler.num_samplers, cluster.num_cpus/num_gpus, sampler.deadline_s")
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, seeds: Sequence[int],
                params: RequestParams | Sequence[RequestParams] | None = None) -> list[SampleResult]:
