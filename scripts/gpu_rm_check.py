@@ -44,8 +44,9 @@ def run(out: pathlib.Path, name: str, module: str, args: list[str], timeout: flo
 
 
 def metrics(run_dir: pathlib.Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    from rlhf_exact.runtime.metrics import read_metrics
+
+    return read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
 
 
 def main() -> int:
