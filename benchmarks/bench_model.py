@@ -15,6 +15,7 @@ tokens packed from sequences of --seq-len tokens; loss = sum of token logprobs.
     python benchmarks/bench_model.py                      # CUDA, 0.6B shape
     python benchmarks/bench_model.py --seq-len 1024 --activation-checkpointing
     python benchmarks/bench_model.py --device cpu --tiny  # smoke run on a laptop
+    python benchmarks/bench_model.py --profile            # + the top kernels of one fwd+bwd, each model
 """
 from __future__ import annotations
 
@@ -60,6 +61,27 @@ def measure(model, batch, device, warmup: int, iters: int) -> tuple[float, float
     return sorted(fwd)[len(fwd) // 2], sorted(both)[len(both) // 2]
 
 
+def profile(model, batch, device, top: int) -> list[tuple[str, float, int]]:
+    """(kernel or op name, ms, calls) of one forward+backward, the `top` heaviest by
+    device time (CPU time on CPU), from torch.profiler."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    model.zero_grad(set_to_none=True)
+    _sync(device)
+    with torch_profile(activities=acts) as prof:
+        lp = packed_logprobs(model, batch)
+        (lp * batch.target_mask).sum().backward()
+        _sync(device)
+    attr = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    rows = [e for e in prof.key_averages() if getattr(e, attr) > 0]
+    if device == "cuda":  # device kernels only (the CPU-side op rows carry no device time of their own)
+        rows = [e for e in rows if e.device_type == torch.autograd.DeviceType.CUDA] or rows
+    rows.sort(key=lambda e: -getattr(e, attr))
+    return [(e.key, getattr(e, attr) / 1e3, e.count) for e in rows[:top]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -70,6 +92,8 @@ def main() -> None:
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--profile", type=int, nargs="?", const=15, default=0, metavar="TOP",
+                    help="also print the TOP (default 15) heaviest kernels of one fwd+bwd of each model")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device (use --device cpu --tiny for a smoke run)")
@@ -90,8 +114,17 @@ def main() -> None:
     seqs = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in lens]
     batch = pack_sequences(seqs).to(args.device)
 
-    exact = measure(build(EXACT), batch, args.device, args.warmup, args.iters)
-    stock = measure(build(STOCK), batch, args.device, args.warmup, args.iters)
+    tops = {}
+    exact_model = build(EXACT)
+    exact = measure(exact_model, batch, args.device, args.warmup, args.iters)
+    if args.profile:
+        tops["exact"] = profile(exact_model, batch, args.device, args.profile)
+    del exact_model
+    stock_model = build(STOCK)
+    stock = measure(stock_model, batch, args.device, args.warmup, args.iters)
+    if args.profile:
+        tops["stock"] = profile(stock_model, batch, args.device, args.profile)
+    del stock_model
 
     dev = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"Qwen3 {'tiny' if args.tiny else '0.6B'} shape, {cfg.num_hidden_layers} layers, bf16, {dev}, "
@@ -100,6 +133,11 @@ def main() -> None:
     print(f"{'model':<8} {'fwd ms':>9} {'fwd+bwd ms':>11} {'fwd+bwd tok/s':>14} {'time / stock':>13}")
     for name, (f_ms, fb_ms) in (("stock", stock), ("exact", exact)):
         print(f"{name:<8} {f_ms:9.1f} {fb_ms:11.1f} {args.tokens / fb_ms * 1e3:14.0f} {fb_ms / stock[1]:12.2f}x")
+    for name, rows in tops.items():
+        total = sum(ms for _, ms, _ in rows)
+        print(f"\n{name}: the {len(rows)} heaviest kernels of one fwd+bwd ({total:.1f} ms among them)")
+        for key, ms, calls in rows:
+            print(f"  {ms:8.2f} ms {calls:6d} calls  {key[:100]}")
 
 
 if __name__ == "__main__":

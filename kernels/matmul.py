@@ -205,12 +205,15 @@ if triton is not None:
 
 
     @triton.jit(do_not_specialize=["M", "NUM_PROGS"])
-    def _mm_tma_kernel(a_desc, b_desc, c_desc, M, N, K, B_KMAJOR: tl.constexpr,
+    def _mm_tma_kernel(a_desc, b_desc, c_desc, M, N, K, A_KMAJOR: tl.constexpr, B_KMAJOR: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        GROUP_M: tl.constexpr, NUM_PROGS, FLATTEN: tl.constexpr):
         # Same per-element chain as _mm_kernel (acc = tl.dot(a, b, acc) over BLOCK_K
         # steps from k = 0; TMA zero-fills out-of-range k, rows and cols); only the
         # loads and the tile walk differ. test_cuda_configs_invariant checks the bits.
+        # A_KMAJOR: a is stored as its transpose [K, M] (the weight gradient's g.t());
+        # B_KMAJOR: b as [N, K] (a linear's W.t()). The tile is loaded and transposed in
+        # registers; the products and their order are the same.
         grid_m = tl.cdiv(M, BLOCK_M)
         grid_n = tl.cdiv(N, BLOCK_N)
         k_tiles = tl.cdiv(K, BLOCK_K)
@@ -226,7 +229,10 @@ if triton is not None:
             off_n = pid_n * BLOCK_N
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for ki in range(k_tiles):
-                a = a_desc.load([off_m, ki * BLOCK_K])
+                if A_KMAJOR:
+                    a = a_desc.load([ki * BLOCK_K, off_m]).T
+                else:
+                    a = a_desc.load([off_m, ki * BLOCK_K])
                 if B_KMAJOR:
                     b = b_desc.load([off_n, ki * BLOCK_K]).T
                 else:
@@ -278,12 +284,19 @@ def _launch(kernel, key: tuple, grid: tuple, dev: int, args: tuple, cfg: MMConfi
         _LAUNCH_CACHE[key] = compiled
 
 
+def _kmajor(t: torch.Tensor) -> bool:
+    """A 2-D operand stored as its transpose (column-major): stride (1, rows)."""
+    return t.stride(0) == 1 and t.stride(1) != 1
+
+
 def _tma_ok(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
-    """TMA needs 16-byte aligned bases and row strides and a unit last stride."""
+    """TMA needs 16-byte aligned bases and row strides and a unit last stride (of the
+    stored layout: a column-major operand is described by its transpose)."""
     def ok(t):
         return (t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(-2) * t.element_size()) % 16 == 0)
-    bt = b.transpose(0, 1) if b.stride(0) == 1 and b.stride(1) != 1 else b
-    return a.dtype != torch.float32 and ok(a) and ok(bt) and ok(out)
+    at = a.transpose(0, 1) if _kmajor(a) else a
+    bt = b.transpose(0, 1) if _kmajor(b) else b
+    return a.dtype != torch.float32 and ok(at) and ok(bt) and ok(out)
 
 
 def _launch_tma(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: MMConfig) -> None:
@@ -291,8 +304,11 @@ def _launch_tma(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: MMConf
 
     M, K = a.shape
     N = b.shape[1]
-    kmajor = b.stride(0) == 1 and b.stride(1) != 1
-    a_desc = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
+    a_kmajor, kmajor = _kmajor(a), _kmajor(b)
+    if a_kmajor:
+        a_desc = TensorDescriptor.from_tensor(a.t(), [cfg.block_k, cfg.block_m])
+    else:
+        a_desc = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
     if kmajor:
         b_desc = TensorDescriptor.from_tensor(b.t(), [cfg.block_n, cfg.block_k])
     else:
@@ -304,10 +320,12 @@ def _launch_tma(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: MMConf
         _NUM_SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
     progs = min(tiles, _NUM_SMS[dev]) if cfg.persistent else tiles
     # Descriptor shapes hold M: its class joins the key (whatever Triton makes of it).
-    key = ("tma", cfg, a.dtype, dev, kmajor, N, K, _ispec(M), a.stride(0), b.stride(0), b.stride(1))
+    # A column-major a is stored with row stride >= M: like M, its class joins the key.
+    a_stride = _ispec(a.stride(1)) if a_kmajor else a.stride(0)
+    key = ("tma", cfg, a.dtype, dev, a_kmajor, kmajor, N, K, _ispec(M), a_stride, b.stride(0), b.stride(1))
     _launch(_mm_tma_kernel, key, (progs, 1), dev,
-            (a_desc, b_desc, c_desc, M, N, K, kmajor, cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, progs,
-             cfg.persistent), cfg)
+            (a_desc, b_desc, c_desc, M, N, K, a_kmajor, kmajor, cfg.block_m, cfg.block_n, cfg.block_k,
+             cfg.group_m, progs, cfg.persistent), cfg)
 
 
 def _launch_ptr(a, b, out, bias, Bsz: int, M: int, N: int, K: int, strides: tuple, alpha: float, beta: float,

@@ -211,13 +211,36 @@ def test_cuda_configs_invariant(dtype):
         cfgs = list({_pick_config(min(max_m, 1 << 20), N, K, dtype) for max_m, _ in buckets}) + extra
         # fp32 runs on CUDA cores (ieee): fewer rows and columns keep it fast. The order
         # of an element's sum depends on K and the config only, so this loses nothing.
-        rows, cols = (96, min(N, 1000)) if dtype == torch.float32 else (300, N)
+        # (296 rows: a multiple of 8, so a column-major a is TMA-aligned, and of no tile size)
+        rows, cols = (96, min(N, 1000)) if dtype == torch.float32 else (296, N)
         a = _rand(gen, 1, rows, K, dtype=dtype, device="cuda")
         w = _rand(gen, 1, cols, K, dtype=dtype, device="cuda")
+        a_cols = a.transpose(1, 2).contiguous().transpose(1, 2)  # column-major a, as the weight gradient's g.t()
+        ref = _launch_cuda(a, w.transpose(1, 2), None, 0.0, 1.0, config=cfgs[0])
         for b in (w.transpose(1, 2), w.transpose(1, 2).contiguous()):
-            outs = [_launch_cuda(a, b, None, 0.0, 1.0, config=c) for c in cfgs]
-            for c, o in zip(cfgs, outs):
-                assert torch.equal(o, outs[0]), f"(N, K) = {(N, K)}: {c} differs from {cfgs[0]}"
+            for aa, layout in ((a, "row-major a"), (a_cols, "column-major a")):
+                for c in cfgs:
+                    o = _launch_cuda(aa, b, None, 0.0, 1.0, config=c)
+                    assert torch.equal(o, ref), f"(N, K) = {(N, K)}, {layout}: {c} differs from {cfgs[0]}"
+
+
+def test_weight_gradient_takes_the_tma_path():
+    """A linear's weight gradient is g.t() @ x, with g.t() column-major: the TMA kernel
+    takes it as stored (A_KMAJOR), not the pointer kernel (measured 2-3x slower on the
+    H200 at the trainer's shapes). Only strides, alignment and dtype decide."""
+    from exact_kernels.matmul import _tma_ok
+
+    for T, n_out, k_in in ((8192, 3072, 1024), (8192, 1024, 3072), (4104, 2048, 1024)):
+        g = torch.empty(T, n_out, dtype=torch.bfloat16)
+        x = torch.empty(T, k_in, dtype=torch.bfloat16)
+        w = torch.empty(n_out, k_in, dtype=torch.bfloat16)
+        out = torch.empty(n_out, k_in, dtype=torch.bfloat16)
+        assert _tma_ok(g.t(), x, out), (T, n_out, k_in)                            # weight gradient
+        assert _tma_ok(g, w, torch.empty(T, k_in, dtype=torch.bfloat16))          # input gradient
+        assert _tma_ok(x, w.t(), torch.empty(T, n_out, dtype=torch.bfloat16))     # forward
+    odd = torch.empty(8192, 1001, dtype=torch.bfloat16)  # row stride 2002 bytes: not 16-byte aligned
+    assert not _tma_ok(odd.t(), torch.empty(8192, 64, dtype=torch.bfloat16), torch.empty(1001, 64,
+                                                                                       dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)

@@ -120,3 +120,63 @@ def test_bad_input(device, case):
             "empty_h": (x[:, :0], w[:0], EPS)}[case]
     with pytest.raises(ValueError, match="rms_norm"):
         rms_norm(*args)
+
+
+@pytest.mark.parametrize("R,H", [(131072, 128), (8192, 1024), (2049, 64)])
+def test_backward_dw_large_batches(device, gen, R, H):
+    """The weight gradient over many rows (the q/k norms of an 8192-token micro-batch
+    with 16 heads: 131072 rows of 128; CUDA adds R / 32 partials by a fixed tree):
+    close to a float64 sum, and the same bits run to run."""
+    x, w = _inputs((R, H), torch.bfloat16, torch.bfloat16, device, gen)
+    g = torch.randn((R, H), generator=gen).to(torch.bfloat16).to(device)
+
+    def dw():
+        w1 = w.clone().requires_grad_()
+        rms_norm(x, w1, EPS).backward(g)
+        return w1.grad
+
+    first = dw()
+    assert torch.equal(first, dw())
+    xd = x.double()
+    n = (xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + EPS)).to(torch.bfloat16).double()
+    ref = (g.double() * n).sum(0)
+    # bf16 output: one rounding (2^-9 relative) of a sum whose fp32 error is far below it;
+    # atol for columns whose sum nearly cancels (|terms| ~ 1, sqrt(R) of them)
+    torch.testing.assert_close(first.double(), ref, rtol=8e-3, atol=2e-3 * R ** 0.5)
+
+
+_INTERPRETED_SUM = """
+import os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from exact_kernels.rms_norm import SUM_C, _sum_partials
+g = torch.Generator().manual_seed(0)
+for P in (1, 5, SUM_C, SUM_C + 1, 3 * SUM_C + 7, SUM_C * SUM_C + 3):
+    for H in (1, 100, 128):
+        part = torch.randn(P, H, generator=g)
+        out = torch.empty(H, dtype=torch.float32)
+        _sum_partials(part, out)
+        again = torch.empty(H, dtype=torch.float32)
+        _sum_partials(part.clone(), again)
+        assert torch.equal(out, again), (P, H)
+        torch.testing.assert_close(out.double(), part.double().sum(0), rtol=1e-5, atol=1e-5 * P ** 0.5)
+        if P <= SUM_C:  # one level: the partials added one after another, in order
+            seq = torch.zeros(H, dtype=torch.float32)
+            for p in range(P):
+                seq = seq + part[p]
+            assert torch.equal(out, seq), (P, H)
+print("tree ok")
+"""
+
+
+def test_dw_partials_tree_interpreted(tmp_path):
+    """CPU, the Triton interpreter: the fixed tree that adds dw's partials on CUDA
+    (_sum_partials): close to a float64 sum, the same bits twice, and, up to SUM_C
+    partials, exactly the in-order fp32 sum."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "interpreted.py"
+    script.write_text(_INTERPRETED_SUM)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "tree ok" in run.stdout, run.stdout + run.stderr
