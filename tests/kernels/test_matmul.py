@@ -304,3 +304,43 @@ def test_linear_backward_invariant(device, gen, dtype):
         grads.append((x.grad, w.grad, b.grad))
     for g1, g2 in zip(*grads):
         assert torch.equal(g1, g2)
+
+
+_INTERPRETED_TMA = """
+import os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from exact_kernels import matmul
+from exact_kernels.matmul import MMConfig, _launch_tma, _tma_ok
+matmul._NUM_SMS[-1] = 4  # CPU tensors: device -1; only the persistent walk reads it
+g = torch.Generator().manual_seed(0)
+for cfg in (MMConfig(32, 32, 16, 4, 2, tma=True), MMConfig(16, 32, 32, 4, 2, tma=True, persistent=True)):
+    for M, K, N in ((40, 48, 24), (64, 104, 40), (24, 8, 16)):
+        a = torch.randn(M, K, generator=g).half()  # fp16: the interpreter has no bf16 arithmetic
+        b = torch.randn(K, N, generator=g).half()
+        outs = {}
+        for a_name, aa in (("a", a), ("a column-major", a.t().contiguous().t())):
+            for b_name, bb in (("b", b), ("b column-major", b.t().contiguous().t())):
+                out = torch.empty(M, N, dtype=torch.float16)
+                assert _tma_ok(aa, bb, out), (M, K, N, a_name, b_name)
+                _launch_tma(aa, bb, out, cfg)
+                outs[a_name, b_name] = out
+        first = outs["a", "b"]
+        for key, o in outs.items():
+            assert torch.equal(o, first), (cfg, M, K, N, key)
+        torch.testing.assert_close(first.double(), a.double() @ b.double(), rtol=2e-3, atol=2e-3)
+print("same bits")
+"""
+
+
+def test_tma_layouts_interpreted_same_bits(tmp_path):
+    """CPU, the Triton interpreter: the TMA kernel gives the same bits whether a and b
+    are stored row- or column-major (A_KMAJOR: the weight gradient's g.t(); B_KMAJOR: a
+    linear's W.t()), persistent or not, and is close to a float64 product."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "interpreted.py"
+    script.write_text(_INTERPRETED_TMA)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "same bits" in run.stdout, run.stdout + run.stderr
