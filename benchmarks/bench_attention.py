@@ -136,7 +136,7 @@ def bwd_sweep(hq=16, hkv=8, d=128, dtype=torch.bfloat16, total=8192, seqs=(2048,
 
     current = A._bwd_config
     print(f"attention backward sweep, Hq={hq}, Hkv={hkv}, D={d}, {dtype}, on {torch.cuda.get_device_name()}; "
-          f"current: {current(dtype, d)}")
+          f"current: {current(dtype, d, 2048)} (sequences <= 512: {current(dtype, d, 512)})")
     for s in seqs:
         B = total // s
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -156,7 +156,7 @@ def bwd_sweep(hq=16, hkv=8, d=128, dtype=torch.bfloat16, total=8192, seqs=(2048,
         rows = []
         try:
             for cfg in BWD_CONFIGS:
-                A._bwd_config = lambda dtype_, head_dim, c=cfg: c
+                A._bwd_config = lambda dtype_, head_dim, max_seqlen, c=cfg: c
                 try:
                     same = all(torch.equal(a, b) for a, b in zip(grads(), base))
                     ms = _bench(lambda: varlen_attention(q, k, v, cu, s, d ** -0.5).backward(dout), "cuda", [q, k, v])
@@ -167,7 +167,7 @@ def bwd_sweep(hq=16, hkv=8, d=128, dtype=torch.bfloat16, total=8192, seqs=(2048,
         finally:
             A._bwd_config = current
         rows.sort(key=lambda r: r[1])
-        now = next(r for r in rows if r[0] == current(dtype, d))
+        now = next(r for r in rows if r[0] == current(dtype, d, s))
         print(f"\n{B} x {s} tokens: SDPA fwd+bwd {ref_ms:.3f} ms; current {now[1]:.3f} ms "
               f"({now[1] / ref_ms:.2f}x)")
         print(f"| {'BLOCK_M':>7} | {'BLOCK_N':>7} | {'warps':>5} | {'stages':>6} | {'fwd+bwd ms':>10} | "

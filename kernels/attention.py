@@ -297,14 +297,17 @@ def _fwd_config(dtype: torch.dtype, head_dim: int) -> dict:
     return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
 
 
-def _bwd_config(dtype: torch.dtype, head_dim: int) -> dict:
-    """Backward tile config (H100 sweep, Qwen3-8B bf16, T=8192: 64/64/4 warps 2.24 ms
-    fwd+bwd vs 3.10 ms for 64/32). Any config gives deterministic gradients; on that
-    sweep all seven tried gave the same bits, since chained tl.dot accumulation keeps
-    the k-step order."""
+def _bwd_config(dtype: torch.dtype, head_dim: int, max_seqlen: int) -> dict:
+    """Backward tile config. H100 sweep, Qwen3-8B bf16, T=8192: 64/64/4 warps 2.24 ms
+    fwd+bwd vs 3.10 ms for 64/32. H200 sweep (benchmarks/bench_attention.py
+    --bwd-sweep, Qwen3-0.6B heads, 8192 tokens; docs/benchmarks.md): as 4 x 2048,
+    one stage is fastest (1.18 ms, 1.08x SDPA; two stages 1.31 ms); as 16 x 512, two
+    stages are (0.64 ms against 0.80 ms, 1.36x against 1.69x SDPA). Any config gives
+    deterministic gradients; on both sweeps every config tried gave the same bits,
+    since chained tl.dot accumulation keeps the k-step order."""
     if dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1)
-    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
+    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2 if max_seqlen <= 512 else 1)
 
 
 def _group_packing(op: str, hq: int, hkv: int, block_m: int) -> tuple[int, int, int]:
@@ -387,7 +390,7 @@ def _triton_bwd(do, q, k, v, out, lse, cu, max_seqlen, scale):
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     B = cu.numel() - 1
-    cfg = _bwd_config(q.dtype, D)
+    cfg = _bwd_config(q.dtype, D, max_seqlen)
     G, GP, TOK_M = _group_packing("varlen_attention backward", Hq, Hkv, cfg["BLOCK_M"])
     q, k, v, do, out = (t.contiguous() for t in (q, k, v, do, out))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
