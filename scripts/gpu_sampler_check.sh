@@ -4,19 +4,21 @@
 #
 #   bash scripts/gpu_sampler_check.sh tests OUT_DIR         # bitwise checks of the fast paths, then
 #                                                           # benchmarks/bench_eager_step.py
-#   bash scripts/gpu_sampler_check.sh seed OUT_DIR [SHAPE]  # seed experiment 2 (default 8b), profiled:
-#                                                           # stock (graphs on), exact (graphs on, mixed)
+#   bash scripts/gpu_sampler_check.sh seed OUT_DIR [SHAPE] [MODE]  # seed experiment 2 (default 8b),
+#                                   # profiled: stock (graphs on) and/or exact (graphs on, mixed);
+#                                   # MODE stock, exact or both (default; at 8b over 10 minutes)
 #
 # tests: the sampler's fused q/k/v and gate/up against separate linears, the tile-list
 # attention against one packed prefill, and the engine's parity with decode graphs and
 # with mixed-step graphs (TestCudaGraphs64, TestCudaMixedGraphs64); then the eager step's
 # host time, exact and fused against stock ops, at the 0.6B shape and 8 layers of 8B.
-# seed: one model checkpoint, then one child process per engine (scripts/seed_experiments.py);
-# stock and exact come out of the same call, so compare their ratio. Logs and JSON go to
-# OUT_DIR; a short table is printed last.
+# seed: one model checkpoint (in MODEL_ROOT, default /tmp/seed_models: 16 GB at 8b, kept out
+# of OUT_DIR; written if absent), then one child process per engine
+# (scripts/seed_experiments.py). Compare stock and exact from the same machine. Logs and
+# JSON go to OUT_DIR; a short table is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-what="${1:?tests or seed}"; out="${2:?OUT_DIR}"; shape="${3:-8b}"
+what="${1:?tests or seed}"; out="${2:?OUT_DIR}"; shape="${3:-8b}"; modes="${4:-both}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
 case "$what" in
@@ -35,14 +37,19 @@ case "$what" in
     grep -vE "^\s*$" "$out/bench_eager_step.log" | tail -16
     ;;
   seed)
-    model="$out/stock/model-$shape"  # written by the first call
-    python3 scripts/seed_experiments.py "$out/stock" --device cuda --shape "$shape" --experiments 2 --profile \
-      --modes stock --graphs on --timeout 280 > "$out/stock.log" 2>&1 \
-      || echo "stock: exit $? (see $out/stock.log)"
-    python3 scripts/seed_experiments.py "$out/exact" --device cuda --shape "$shape" --experiments 2 --profile \
-      --modes exact --graphs on,mixed --model-dir "$model" --timeout 280 > "$out/exact.log" 2>&1 \
-      || echo "exact: exit $? (see $out/exact.log)"
-    tail -n 12 "$out/stock.log"; tail -n 14 "$out/exact.log"
+    model="${MODEL_ROOT:-/tmp/seed_models}/model-$shape"
+    case "$modes" in stock|exact|both) ;; *) echo "MODE: stock, exact or both, not $modes" >&2; exit 2 ;; esac
+    if [ "$modes" != exact ]; then
+      python3 scripts/seed_experiments.py "$out/stock" --device cuda --shape "$shape" --experiments 2 --profile \
+        --modes stock --graphs on --model-dir "$model" --timeout 280 > "$out/stock.log" 2>&1 \
+        || echo "stock: exit $? (see $out/stock.log)"
+    fi
+    if [ "$modes" != stock ]; then
+      python3 scripts/seed_experiments.py "$out/exact" --device cuda --shape "$shape" --experiments 2 --profile \
+        --modes exact --graphs on,mixed --model-dir "$model" --timeout 280 > "$out/exact.log" 2>&1 \
+        || echo "exact: exit $? (see $out/exact.log)"
+    fi
+    for f in "$out/stock.log" "$out/exact.log"; do [ -f "$f" ] && tail -n 14 "$f"; done
     ;;
-  *) echo "usage: $0 tests|seed OUT_DIR [SHAPE]" >&2; exit 2 ;;
+  *) echo "usage: $0 tests OUT_DIR | seed OUT_DIR [SHAPE] [stock|exact|both]" >&2; exit 2 ;;
 esac

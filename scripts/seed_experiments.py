@@ -309,7 +309,7 @@ def parse(argv) -> argparse.Namespace:
                     "default 200 on cpu, 1000 on cuda")
     ap.add_argument("--max-tokens", type=int, default=32, help="cpu: greedy tokens per copy (default 32; cuda: 100)")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    ap.add_argument("--model-dir", help="an existing checkpoint (default: OUT/model-SHAPE, written if absent)")
+    ap.add_argument("--model-dir", help="the checkpoint (default: OUT/model-SHAPE); written there if absent")
     ap.add_argument("--profile", action="store_true", help="then experiment 2's call again, timed by engine"
                     " step type, under torch.profiler and under cProfile (sampler/step_profile.py)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per child process")
@@ -342,7 +342,7 @@ def main(argv=None) -> int:
         out = pathlib.Path(args.out or tmp)
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        args.model_dir = str(args.model_dir or write_model(out / f"model-{args.shape}", args.shape))
+        args.model_dir = str(write_model(pathlib.Path(args.model_dir or out / f"model-{args.shape}"), args.shape))
         print(f"model {args.model_dir} ready in {time.perf_counter() - t0:.1f} s", flush=True)
         rows = []
         for graphs in args.graphs.split(","):
