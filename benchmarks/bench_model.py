@@ -90,8 +90,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=2048, help="length of each packed sequence")
     ap.add_argument("--layers", type=int, default=None, help="override num_hidden_layers")
     ap.add_argument("--activation-checkpointing", action="store_true")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=5,
+                    help="untimed iterations first (on a freshly started GPU, 1-2 gave a bimodal forward)")
+    ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--profile", type=int, nargs="?", const=15, default=0, metavar="TOP",
                     help="also print the TOP (default 15) heaviest kernels of one fwd+bwd of each model")
     args = ap.parse_args()
