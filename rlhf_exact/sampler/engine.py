@@ -155,9 +155,8 @@ class Sampler:
         kw["worker_extension_cls"] = EXTENSION
         ours = exact_engine_kwargs(self.temperature, cuda_graphs, min(graph_max_tokens, budget)) if exact \
             else {"logprobs_mode": "processed_logprobs"}
-        if "compilation_config" in kw:  # the caller's (engine_kwargs) wins over the CUDA-graph mode's
-            ours.pop("compilation_config", None)
-        kw.update(ours)
+        # a caller's compilation_config (engine_kwargs) wins over the CUDA-graph mode's
+        kw.update({k: v for k, v in ours.items() if k != "compilation_config" or k not in kw})
         self.llm = LLM(**kw)
         self.vocab_size = int(self.llm.llm_engine.model_config.hf_config.vocab_size)
         self.model_class = self.llm.collective_rpc("exact_model_class")[0]
