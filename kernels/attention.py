@@ -347,10 +347,16 @@ def paged_tiles(q_lens: torch.Tensor, tok_m: int, out: torch.Tensor) -> torch.Te
         check(int(q_lens.min()) >= 0, op, f"negative query length {int(q_lens.min())}")
         check(q_lens.numel() < 1 << 15 and int(per.max()) < 1 << 16, op,
               f"{q_lens.numel()} sequences or {int(per.max())} tiles per sequence exceed the 16-bit fields")
-    seq = torch.repeat_interleave(torch.arange(q_lens.numel()), per)
-    first = torch.repeat_interleave(torch.cumsum(per, 0) - per, per)
+    # Tile i belongs to the sequence whose end is the first above i: count the ends <= i
+    # by a cumulative sum. Not repeat_interleave: its CPU loop splits over threads at a
+    # grain of one element, and in a sampler worker whose threads contend it took 2.8 ms
+    # a call (H200, 8B seed experiment 2, docs/benchmarks.md) for a few hundred entries.
+    ends = torch.cumsum(per, 0)
+    marks = torch.zeros(total + 1, dtype=torch.int64)
+    marks.index_add_(0, ends, torch.ones_like(ends))
+    seq = torch.cumsum(marks[:total], 0)
     tiles = torch.full((out.numel(),), -1, dtype=torch.int32)
-    tiles[:total] = (seq << 16 | (torch.arange(total) - first)).to(torch.int32)
+    tiles[:total] = (seq << 16 | (torch.arange(total) - (ends - per)[seq])).to(torch.int32)
     if out.device.type == "cpu":
         return out.copy_(tiles)
     return out.copy_(tiles.pin_memory(), non_blocking=True)

@@ -276,6 +276,12 @@ def test_paged_tiles_list():
     with pytest.raises(ValueError, match="1-D CPU integer tensor"):
         paged_tiles(torch.tensor([1.0]), 64, torch.empty(4, dtype=torch.int32))
     assert paged_tiles(torch.tensor([], dtype=torch.int64), 64, torch.empty(2, dtype=torch.int32)).tolist() == [-1, -1]
+    rng = random.Random(0)
+    for _ in range(50):
+        q_lens = [rng.choice([0, 0, 1, 15, 16, 17, 100]) for _ in range(rng.randint(1, 40))]
+        want = [b << 16 | t for b, q in enumerate(q_lens) for t in range(-(-q // 16))]
+        got = paged_tiles(torch.tensor(q_lens), 16, torch.empty(len(want) + 3, dtype=torch.int32)).tolist()
+        assert got == want + [-1] * 3, q_lens
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
