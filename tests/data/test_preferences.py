@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rlhf_exact.data import SyntheticTask
-from rlhf_exact.data.preferences import load_preference_pairs, synthetic_pairs, write_pairs_jsonl
+from rlhf_exact.data.preferences import MIN_REWARD_GAP, load_preference_pairs, synthetic_pairs, write_pairs_jsonl
 from rlhf_exact.models.tiny import CHAT_TEMPLATE, train_tokenizer
 
 
@@ -62,15 +62,24 @@ def test_bad_line_is_one_line_naming_file_and_line(tmp_path, tok, line, words):
 
 
 def test_synthetic_pairs_prefer_more_target_tokens(tmp_path, tok):
-    task = SyntheticTask(seed=0, num_target_sets=2)
+    task = SyntheticTask(seed=0, num_target_sets=2, reserved_ids=(0, 1, 2))
     pairs = synthetic_pairs(task, 200, 0, 8)
     assert pairs == synthetic_pairs(task, 200, 0, 8)  # deterministic
     assert [p["row_id"] for p in synthetic_pairs(task, 3, 200, 8)] == [f"synthetic_pairs:{i}" for i in (200, 201, 202)]
-    for p, row in zip(pairs, task.rows(200)):
-        targets = set(row["answer"])
-        count = lambda ids: sum(t in targets for t in ids)  # noqa: E731
-        assert p["prompt_ids"] == row["prompt_ids"] and len(p["chosen_ids"]) == len(p["rejected_ids"]) == 8
-        assert count(p["chosen_ids"]) > count(p["rejected_ids"])
+    rows = task.rows(200)
+    for p, row in zip(pairs, rows):
+        rule = lambda ids: sum(t in row["answer"] for t in ids) / len(ids)  # noqa: E731  (the synthetic reward)
+        assert p["prompt_ids"] == row["prompt_ids"]
+        assert rule(p["chosen_ids"]) >= rule(p["rejected_ids"]) + MIN_REWARD_GAP
+    # What a policy can do is covered: every length 1..8, completions that end in a stop
+    # id, and the other set's targets among the misses ("any target token" does not rank them).
+    completions = [c for p in pairs for c in (p["chosen_ids"], p["rejected_ids"])]
+    assert {len(c) for c in completions} == set(range(1, 9))
+    assert 0.3 < sum(c[-1] in task.reserved_ids for c in completions) / len(completions) < 0.7
+    other = set(task.target_sets[0]) | set(task.target_sets[1])
+    misses = [t for p, row in zip(pairs, rows) for t in p["chosen_ids"][:-1] + p["rejected_ids"][:-1]
+              if t not in row["answer"] and t not in task.reserved_ids]
+    assert 0.3 < sum(t in other for t in misses) / len(misses) < 0.7
     rows, _ = _load(write_pairs_jsonl(pairs, tmp_path / "syn.jsonl"), tok)
     assert [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in rows] == \
         [{k: p[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for p in pairs]
