@@ -516,9 +516,11 @@ class SamplerConfig:
     kv_cache_bytes: int | None = None  # KV cache per engine in bytes; null: from gpu_memory_utilization
     # on CUDA, 64 MiB on CPU; >= 1 MiB
     gpu_memory_utilization: float = 0.5  # CUDA: fraction of the GPU's memory vLLM may take; in (0, 1]
-    cuda_graphs: bool = True  # CUDA: replay decode steps from CUDA graphs (kernels=exact: whole uniform
-    # decode batches, no torch.compile; kernels=default: vLLM's compile + graphs); false: every step
-    # eager. CPU engines run eager
+    cuda_graphs: bool | str = True  # CUDA: replay steps from CUDA graphs. kernels=exact: true, whole
+    # uniform decode batches (no torch.compile); "mixed", whole steps of any prefill/decode mix up to
+    # 1024 tokens (docs/benchmarks.md: 8B seed experiment 2 at 0.97-1.07x stock, against 1.53x with
+    # true). kernels=default: vLLM's compile + graphs for true and "mixed". false: every step eager.
+    # CPU engines run eager
     deadline_s: float = 600.0  # a sampling call's deadline: these seconds plus its tokens at
     # deadline_tokens_per_s; past it the engine is taken for dead and its actor restarted; > 0
     deadline_tokens_per_s: float = 20.0  # the slowest sampling rate (generated tokens per second, per engine)
@@ -539,6 +541,8 @@ class SamplerConfig:
         if self.kv_cache_bytes is not None:
             _int(f"{p}.kv_cache_bytes", self.kv_cache_bytes, 1 << 20)
         _num(f"{p}.gpu_memory_utilization", self.gpu_memory_utilization, 0, lo_open=True, hi=1)
+        if not (isinstance(self.cuda_graphs, bool) or self.cuda_graphs == "mixed"):
+            _fail(f"{p}.cuda_graphs", self.cuda_graphs, "true, false or 'mixed'")
         _num(f"{p}.deadline_s", self.deadline_s, 0, lo_open=True)
         _num(f"{p}.deadline_tokens_per_s", self.deadline_tokens_per_s, 0, lo_open=True)
         _num(f"{p}.deadline_mb_per_s", self.deadline_mb_per_s, 0, lo_open=True)

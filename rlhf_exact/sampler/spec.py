@@ -31,7 +31,7 @@ class EngineSpec:
     exact: bool = True  # the exact plugin (False: stock vLLM, kernels=default)
     kv_cache_memory_bytes: int | None = 64 << 20  # None: vLLM sizes it from gpu_memory_utilization
     gpu_memory_utilization: float | None = None  # CUDA: the fraction of the GPU vLLM may take; None: not passed
-    cuda_graphs: bool | None = None  # vLLM on CUDA: decode steps from CUDA graphs; None: not passed
+    cuda_graphs: bool | str | None = None  # vLLM on CUDA: True, False or "mixed" (Sampler); None: not passed
 
     def kwargs(self) -> dict:
         """The constructor keywords; the CUDA-only ones when set."""

@@ -329,3 +329,13 @@ def test_tiny_parameter_count_in_the_recipe_is_true():
     for f in (recipes_dir() / "grpo_qwen3_tiny.yaml", configs_dir() / "model" / "tiny.yaml"):
         stated = re.findall(r"(\d+)k parameters", f.read_text())
         assert stated and all(int(s) == round(count / 1000) for s in stated), (f, stated, count)
+
+
+def test_sampler_cuda_graphs_modes():
+    """sampler.cuda_graphs takes true, false or "mixed" from the command line (kept as the
+    bool or the string the sampler's constructor takes); anything else is one clear error."""
+    assert load_config(["sampler.cuda_graphs=mixed"]).sampler.cuda_graphs == "mixed"
+    assert load_config(["sampler.cuda_graphs=false"]).sampler.cuda_graphs is False
+    assert load_config([]).sampler.cuda_graphs is True
+    with pytest.raises(ConfigError, match=r"sampler.cuda_graphs must be true, false or 'mixed', got 'on'"):
+        load_config(["sampler.cuda_graphs=on"])
