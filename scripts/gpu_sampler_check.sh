@@ -7,6 +7,8 @@
 #   bash scripts/gpu_sampler_check.sh seed OUT_DIR [SHAPE] [MODE]  # seed experiment 2 (default 8b),
 #                                   # profiled: stock (graphs on) and/or exact (graphs on, mixed);
 #                                   # MODE stock, exact or both (default; at 8b over 10 minutes)
+#   environment for seed: EXPERIMENTS (default 2; "1,2" adds the many-small-calls experiment),
+#   EXACT_GRAPHS (default on,mixed), PROFILE (default --profile; empty: unprofiled, faster)
 #
 # tests: the sampler's fused q/k/v and gate/up against separate linears, the tile-list
 # attention against one packed prefill, and the engine's parity with decode graphs and
@@ -19,6 +21,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what="${1:?tests or seed}"; out="${2:?OUT_DIR}"; shape="${3:-8b}"; modes="${4:-both}"
+experiments="${EXPERIMENTS:-2}"; exact_graphs="${EXACT_GRAPHS:-on,mixed}"; profile="${PROFILE---profile}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
 case "$what" in
@@ -40,13 +43,13 @@ case "$what" in
     model="${MODEL_ROOT:-/tmp/seed_models}/model-$shape"
     case "$modes" in stock|exact|both) ;; *) echo "MODE: stock, exact or both, not $modes" >&2; exit 2 ;; esac
     if [ "$modes" != exact ]; then
-      python3 scripts/seed_experiments.py "$out/stock" --device cuda --shape "$shape" --experiments 2 --profile \
+      python3 scripts/seed_experiments.py "$out/stock" --device cuda --shape "$shape" --experiments "$experiments" $profile \
         --modes stock --graphs on --model-dir "$model" --timeout 280 > "$out/stock.log" 2>&1 \
         || echo "stock: exit $? (see $out/stock.log)"
     fi
     if [ "$modes" != stock ]; then
-      python3 scripts/seed_experiments.py "$out/exact" --device cuda --shape "$shape" --experiments 2 --profile \
-        --modes exact --graphs on,mixed --model-dir "$model" --timeout 280 > "$out/exact.log" 2>&1 \
+      python3 scripts/seed_experiments.py "$out/exact" --device cuda --shape "$shape" --experiments "$experiments" $profile \
+        --modes exact --graphs "$exact_graphs" --model-dir "$model" --timeout 280 > "$out/exact.log" 2>&1 \
         || echo "exact: exit $? (see $out/exact.log)"
     fi
     for f in "$out/stock.log" "$out/exact.log"; do [ -f "$f" ] && tail -n 14 "$f"; done
