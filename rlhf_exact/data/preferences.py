@@ -23,14 +23,9 @@ Synthetic pairs (`synthetic_pairs`): the prompts of the synthetic token task
 (data/synthetic.py) and two completions drawn from the prompt's target set and the
 other ids; the chosen one has the higher synthetic rule reward (the fraction of target
 tokens), so a reward model that learns it ranks completions the way that rule does.
-The pairs cover what a policy can do against the model, or the policy finds the gap:
-- Half the misses come from the other prompts' target sets. With fillers alone, "any
-  target token" ranks every pair right, and a policy trained against such a model (H200,
-  2026-12-04, scripts/gpu_rm_check.py) filled its completions with one token of the
-  other set, at reward model score 8.8 and rule reward 0.
-- Lengths run from 1 to completion_len, and half the completions end in a stop id. With
-  fixed-length pairs, the next policy (CPU, same day) learned to stop at once: the model
-  had never scored an empty completion, and scored it above a random one.
+The pairs cover what a policy can do against the model: misses from the other prompts'
+target sets, lengths 1 .. completion_len, stop-id endings (docs/training.md, "What the
+synthetic pairs must cover": each gap was found by a policy that exploited it).
 """
 from __future__ import annotations
 
@@ -43,6 +38,7 @@ from collections.abc import Sequence
 
 from .loader import render_chat_prompt
 from .prompts import _jsonl_rows, _nearest
+from ..rewards.synthetic import synthetic_reward
 from .synthetic import SyntheticTask
 
 logger = logging.getLogger(__name__)
@@ -122,39 +118,41 @@ def synthetic_pairs(task: SyntheticTask, n: int, offset: int, completion_len: in
     """Pairs offset .. offset+n-1 on the task's prompts (pair i depends only on the task,
     i and completion_len). Each completion has 1 .. completion_len tokens and, half the
     time, ends in one of the task's reserved (stop) ids, as a sampled completion does; the
-    chosen one has the synthetic rule reward (the fraction of the prompt's target tokens, a
-    stop token counting as a miss) higher by at least MIN_REWARD_GAP. Deterministic."""
+    chosen one's synthetic rule reward (`synthetic_reward`) is higher by at least
+    MIN_REWARD_GAP. Deterministic."""
     if completion_len < 1:
         raise ValueError(f"synthetic_pairs: completion_len must be >= 1, got {completion_len}")
     out = []
     for i, row in enumerate(task.rows(n, offset=offset), start=offset):
         rng = random.Random(f"pairs/{task.seed}/{i}")
+        own = set(row["answer"])
+        others = [t for ts in task.target_sets if not own.intersection(ts) for t in ts]
         while True:
-            (a, fa), (b, fb) = (_synthetic_completion(task, row, completion_len, rng) for _ in range(2))
-            if abs(fa - fb) >= MIN_REWARD_GAP:
+            a, b = (_synthetic_completion(task, row["answer"], others, completion_len, rng) for _ in range(2))
+            ra, rb = (synthetic_reward("", c, row) for c in (a, b))
+            if abs(ra - rb) >= MIN_REWARD_GAP:
                 break
-        chosen, rejected = (a, b) if fa > fb else (b, a)
+        chosen, rejected = (a, b) if ra > rb else (b, a)
         out.append({"prompt_ids": row["prompt_ids"], "chosen_ids": chosen, "rejected_ids": rejected,
                     "row_id": f"synthetic_pairs:{i}"})
     return out
 
 
-def _synthetic_completion(task: SyntheticTask, row: dict, max_len: int, rng: random.Random) -> tuple[list[int], float]:
-    """(completion ids, its rule reward): k of the prompt's target tokens among misses, half
-    of them from the other prompts' target sets, then, half the time, a stop id."""
-    own = set(row["answer"])
-    others = [t for ts in task.target_sets if not own.intersection(ts) for t in ts]
+def _synthetic_completion(task: SyntheticTask, targets: Sequence[int], others: Sequence[int], max_len: int,
+                          rng: random.Random) -> list[int]:
+    """1 .. max_len ids: some of the prompt's targets among misses (half of them from the
+    other prompts' target sets, `others`), then, half the time, a stop id."""
     length = rng.randint(1, max_len)
     stops = bool(task.reserved_ids) and rng.random() < 0.5
     body = length - stops
     k = rng.randint(0, body)
-    toks = [rng.choice(row["answer"]) for _ in range(k)]
+    toks = [rng.choice(targets) for _ in range(k)]
     toks += [rng.choice(others) if others and rng.random() < 0.5 else rng.choice(task.filler_ids)
              for _ in range(body - k)]
     rng.shuffle(toks)
     if stops:
         toks.append(rng.choice(task.reserved_ids))
-    return toks, k / length
+    return toks
 
 
 def write_pairs_jsonl(rows: Sequence[dict], path: str | os.PathLike) -> pathlib.Path:

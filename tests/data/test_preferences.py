@@ -9,6 +9,7 @@ import pytest
 from rlhf_exact.data import SyntheticTask
 from rlhf_exact.data.preferences import MIN_REWARD_GAP, load_preference_pairs, synthetic_pairs, write_pairs_jsonl
 from rlhf_exact.models.tiny import CHAT_TEMPLATE, train_tokenizer
+from rlhf_exact.rewards.synthetic import synthetic_reward
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +69,9 @@ def test_synthetic_pairs_prefer_more_target_tokens(tmp_path, tok):
     assert [p["row_id"] for p in synthetic_pairs(task, 3, 200, 8)] == [f"synthetic_pairs:{i}" for i in (200, 201, 202)]
     rows = task.rows(200)
     for p, row in zip(pairs, rows):
-        rule = lambda ids: sum(t in row["answer"] for t in ids) / len(ids)  # noqa: E731  (the synthetic reward)
         assert p["prompt_ids"] == row["prompt_ids"]
-        assert rule(p["chosen_ids"]) >= rule(p["rejected_ids"]) + MIN_REWARD_GAP
+        rule = [synthetic_reward("", p[k], row) for k in ("chosen_ids", "rejected_ids")]
+        assert rule[0] >= rule[1] + MIN_REWARD_GAP
     # What a policy can do is covered: every length 1..8, completions that end in a stop
     # id, and the other set's targets among the misses ("any target token" does not rank them).
     completions = [c for p in pairs for c in (p["chosen_ids"], p["rejected_ids"])]
