@@ -167,6 +167,12 @@ CANDIDATES = {  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages[, tma[, pers
             (32, 64, 64, 4, 6), (32, 128, 64, 4, 5), (16, 64, 128, 4, 5)],
     "m128": [(64, 64, 128, 4, 4), (64, 128, 64, 4, 4), (64, 128, 128, 4, 3), (128, 64, 64, 4, 4),
              (128, 128, 64, 8, 3), (64, 256, 64, 4, 4), (64, 64, 64, 4, 6)],
+    # M 33-128 is bandwidth bound: a weight of N = 4096 in 64-wide tiles is 64 programs on
+    # 132 SMs. Narrower tiles (more programs) and TMA loads at BLOCK_M 64.
+    "thin": [(64, 32, 128, 4, 4), (64, 32, 256, 4, 3), (64, 16, 256, 4, 4), (64, 32, 64, 4, 8),
+             (64, 64, 256, 4, 3), (32, 32, 256, 4, 4), (128, 32, 128, 4, 4), (64, 16, 128, 4, 6),
+             (64, 32, 128, 4, 5, True), (64, 64, 128, 4, 4, True), (64, 128, 64, 4, 4, True),
+             (128, 64, 64, 4, 4, True)],
     "tma": [(128, 256, 64, 8, 3, True), (128, 256, 64, 8, 4, True), (256, 128, 64, 8, 3, True),
             (128, 128, 64, 8, 4, True), (128, 128, 64, 4, 4, True), (128, 256, 64, 8, 3, True, True),
             (128, 128, 64, 8, 4, True, True), (256, 128, 64, 8, 3, True, True), (128, 128, 128, 8, 3, True, True),
@@ -174,8 +180,13 @@ CANDIDATES = {  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages[, tma[, pers
     "large": [(128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (256, 128, 64, 8, 3),
               (128, 256, 64, 8, 4), (128, 128, 128, 8, 3), (128, 256, 64, 4, 3), (128, 128, 64, 4, 5)],
 }
-GROUPS_FOR_M = {1: ["small"], 8: ["small"], 32: ["mid", "small"], 128: ["m128", "mid", "tma"],
-                512: ["large", "m128", "tma"], 2048: ["large", "tma"], 8192: ["large", "tma"]}
+GROUPS_FOR_M = ((16, ["small"]), (32, ["mid", "small"]), (128, ["thin", "m128", "mid", "tma"]),
+                (512, ["large", "m128", "tma"]), (1 << 62, ["large", "tma"]))  # (largest M, groups)
+
+
+def groups_for(m: int) -> list[str]:
+    """The candidate groups timed at M (any M: the first bucket that holds it)."""
+    return next(g for max_m, g in GROUPS_FOR_M if m <= max_m)
 
 
 def _mmconfig(c: tuple):
@@ -246,7 +257,7 @@ def sweep(path: str, quick: bool, groups: list[str], ms: list[int], bits_groups:
             x = torch.randn(1, M, K, device="cuda", dtype=torch.bfloat16, generator=gen)
             row = {"cublas": tt.do_bench_cudagraph(lambda: torch.nn.functional.linear(x[0], w[0]), rep=15,
                                                    return_mode="median") * 1e3}
-            for g in [g for g in GROUPS_FOR_M[M] if g in sweep_groups]:
+            for g in [g for g in groups_for(M) if g in sweep_groups]:
                 for c in CANDIDATES[g]:
                     cfg = _mmconfig(c)
                     try:
