@@ -16,25 +16,47 @@ The contract (docs/design.md, "One attention algorithm"): a query row gets the s
 from `varlen_attention` and from `paged_attention`, whatever the batch, block table
 or chunking. Both reduce over keys in the same order:
 
-CUDA (Triton): ONE forward kernel, `_attn_fwd_kernel`, with a constexpr PAGED flag
-that changes only how K/V addresses are formed (packed offset vs block-table
-gather). Both paths run with the same BLOCK_M / BLOCK_N / num_warps / num_stages
-(`_fwd_config`, chosen from dtype and head_dim only), so the MMA instructions and the
-register layouts (which decide the tree order of tl.max / tl.sum) are the same.
+CUDA (Triton): ONE per-split body, `_attn_split`, and ONE merge, `_attn_merge`, run by
+every forward launch; a constexpr PAGED flag changes only how K/V addresses are formed
+(packed offset vs block-table gather). Every launch uses the same BLOCK_M / BLOCK_N /
+SPLIT / num_warps / num_stages (`_fwd_config`, chosen from dtype and head_dim only), so
+the MMA instructions and the register layouts (which decide the tree order of tl.max /
+tl.sum) are the same.
+  * Split-KV with a FIXED split size (_SPLIT = 256 keys, a multiple of BLOCK_N): a
+    row's keys 0 .. pos are cut at the absolute positions 0, SPLIT, 2 * SPLIT, ...;
+    each split is an online softmax from a fresh state (m = -inf, l = 0, acc = 0), and
+    the splits are merged into a running state in split order 0, 1, 2, ..., split 0
+    being the running state itself (so a sequence of <= SPLIT keys gets the bits of
+    the unsplit kernel). The split size depends on nothing (not the batch, the query
+    length or the form below), so the reduction tree of a row is fixed by its length.
+  * Two forms of the same computation. Serial (`_attn_fwd_kernel`; varlen prefill and
+    paged prefill / chunks): one program per (query tile, kv head) walks the splits and
+    merges them in registers. Split-parallel (`_attn_fwd_split_kernel` then
+    `_attn_combine_kernel`; paged steps whose sequences each fit one query tile, i.e.
+    decode, see `kv_splits`): one program per (query tile, kv head, split) writes the
+    split's fp32 (m, l, acc) to a scratch buffer, and the combine merges them in split
+    order with the same `_attn_merge`. fp32 through memory is exact, so the forms give
+    the same bits; the choice is speed only (decode at batch 1 had B x Hkv programs).
+    The scratch is sized from host-known shapes (tokens x heads x the block table's
+    width / SPLIT), no device read, so a CUDA graph can capture it.
   * A program owns one kv head of one sequence and a tile of BLOCK_M query rows:
     TOK_M = BLOCK_M // GP tokens x GP heads of the GQA group (GP = next power of two
     of the group size; pad rows are independent rows whose results are dropped). So
     decode (one token) still fills GP rows of the tile.
   * KV tiles of BLOCK_N keys start at key 0 of the sequence (never a packed-buffer
-    offset); online softmax in base 2, updated tile by tile in key order.
+    offset); online softmax in base 2, updated tile by tile in key order within a split.
   * A row's last tiles may be fully masked (the tile's other rows reach further):
     those updates are exact no-ops (max unchanged, alpha = exp2(0) = 1, p = 0), so the
-    number of tiles a row visits does not change its bits.
-  * No split-KV (no flash-decoding): decode walks the whole context in one program.
+    number of tiles a row visits does not change its bits. Likewise a whole split the
+    row does not see (its tile reaches further): inside it the row's max stays -inf
+    (subtracting 0 keeps p = alpha = 0, not NaN), and merging it is exact (a = 1,
+    c = exp2(-inf) = 0), so a decode row (1-token tile) and the same row in a 16-token
+    prefill tile merge different numbers of splits and agree.
 
 CPU (C++, csrc/attention.cpp): one templated routine per query row with a key
 accessor (packed or paged): scores over head_dim in a fixed 8-lane order, then an
-exact two-pass softmax and the weighted sum in key order 0..pos. OpenMP over rows.
+exact two-pass softmax and the weighted sum in key order 0..pos. OpenMP over rows. No
+splits: one thread per row has no idle hardware to fill, and CPU never equals GPU.
 
 Backward (varlen only; the sampler never differentiates):
   CUDA: FA2-style, no atomics. `_attn_bwd_dkdv_kernel`: one program per (KV tile,
@@ -49,9 +71,11 @@ Backward (varlen only; the sampler never differentiates):
   Gradients are deterministic run to run; they are not claimed batch-invariant
   (GPU tile packing does not change a row's arithmetic, but nothing tests it).
 
-Departures from FlashAttention-2: no split-KV decode, one tile config for prefill
-and decode (decode wastes the pad rows of its tile), the GQA group packed into the
-query tile. Inputs are validated on the host (values of cu_seqlens / seq_lens /
+Departures from FlashAttention-2 / flash-decoding: the split size is fixed (flash-
+decoding picks the number of splits from the batch, which changes the bits), prefill
+splits and merges too (one extra accumulator and one merge per SPLIT keys), one tile
+config for prefill and decode (decode wastes the pad rows of its tile), the GQA group
+packed into the query tile. Inputs are validated on the host (values of cu_seqlens / seq_lens /
 block table are read, i.e. one device sync per call).
 
 Run the tests: python -m pytest tests/kernels/test_attention.py -q
@@ -79,41 +103,30 @@ _LOG2E = 1.4426950408889634
 if triton is not None:
 
     @triton.jit
-    def _attn_fwd_kernel(
-        Q, K, V, O, LSE,
-        CU_Q, SEQ_LENS, BLOCK_TABLE, TILES,
-        stride_qt, stride_qh,
-        stride_kb, stride_ks, stride_kh,
-        stride_vb, stride_vs, stride_vh,
-        stride_ot, stride_oh,
-        stride_bt,
-        qk_scale, Hq,
-        G: tl.constexpr, GP: tl.constexpr, TOK_M: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        PAGE: tl.constexpr, PAGED: tl.constexpr, WRITE_LSE: tl.constexpr, DOT_PREC: tl.constexpr,
-        SCHED: tl.constexpr,
-    ):
-        # Grid: (query tile, kv head, sequence). Varlen: keys share the queries' packed
-        # rows (stride_kb unused). Paged: key j of sequence b is slot j % PAGE of
-        # physical block BLOCK_TABLE[b, j // PAGE]. Nothing else differs.
-        # SCHED: grid (entry, kv head, 1) over a tile list (`paged_tiles`): entry e holds
-        # (b << 16) | query tile, or -1 (nothing to do). A tile computes the same rows
-        # the same way whichever program runs it, so the bits do not change; the grid
-        # then depends on the list's length only (a CUDA graph of mixed steps).
-        kvh = tl.program_id(1)
+    def _tile_coords(TILES, NUM_M, SCHED: tl.constexpr):
+        # Axis 0 of every forward launch names one query tile: entry e of a tile list
+        # (SCHED, `paged_tiles`: (b << 16) | tile, or -1 for nothing to do) or
+        # b * NUM_M + tile. A tile computes the same rows the same way whichever program
+        # runs it, so the bits do not depend on the grid; with a list the grid depends
+        # on its length only (a CUDA graph of mixed steps). b = -1: nothing to do.
         if SCHED:
             e = tl.load(TILES + tl.program_id(0))
-            if e < 0:
-                return
-            b = e >> 16
+            b = tl.where(e < 0, -1, e >> 16)
             pid_m = e & 0xFFFF
         else:
-            pid_m = tl.program_id(0)
-            b = tl.program_id(2)
+            b = tl.program_id(0) // NUM_M
+            pid_m = tl.program_id(0) % NUM_M
+        return b, pid_m
+
+    @triton.jit
+    def _tile_rows(CU_Q, SEQ_LENS, b, pid_m, kvh,
+                   PAGED: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, TOK_M: tl.constexpr,
+                   BLOCK_M: tl.constexpr):
+        # Row r of the tile is token pid_m * TOK_M + r // GP of sequence b, query head
+        # kvh * G + r % GP (pad rows, r % GP >= G or past q_len, are computed and dropped).
+        # hi: the tile's last row's position + 1, how far its keys reach.
         q_start = tl.load(CU_Q + b)
         q_len = tl.load(CU_Q + b + 1) - q_start
-        if pid_m * TOK_M >= q_len:
-            return
         if PAGED:
             n = tl.load(SEQ_LENS + b)
         else:
@@ -122,18 +135,31 @@ if triton is not None:
         tok = pid_m * TOK_M + rows // GP
         hg = rows % GP
         row_ok = (tok < q_len) & (hg < G)
-        head = kvh * G + hg
         pos = n - q_len + tok
-        offs_d = tl.arange(0, HEAD_DIM)
-        q_rows = (q_start + tok).to(tl.int64)
-        q = tl.load(Q + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
+        hi = n - q_len + tl.minimum((pid_m + 1) * TOK_M, q_len)
+        return q_start, q_len, n, kvh * G + hg, row_ok, pos, hi, (q_start + tok).to(tl.int64)
 
+    @triton.jit
+    def _load_q(Q, q_rows, head, row_ok, stride_qt, stride_qh, HEAD_DIM: tl.constexpr):
+        offs_d = tl.arange(0, HEAD_DIM)
+        return tl.load(Q + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                       mask=row_ok[:, None], other=0.0)
+
+    @triton.jit
+    def _attn_split(q, K, V, BLOCK_TABLE, b, kvh, q_start, n, pos, lo, hi,
+                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt, qk_scale,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    PAGE: tl.constexpr, PAGED: tl.constexpr, DOT_PREC: tl.constexpr):
+        # One split: online softmax in base 2 over keys lo .. hi-1 (lo a multiple of SPLIT,
+        # so of BLOCK_N) from a fresh state, KV tile by KV tile in key order. Returns
+        # (m, l, acc) unnormalised. The one body every forward path runs per (tile, split).
+        # Varlen: keys share the queries' packed rows (stride_kb unused). Paged: key j of
+        # sequence b is slot j % PAGE of physical block BLOCK_TABLE[b, j // PAGE].
+        offs_d = tl.arange(0, HEAD_DIM)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-        hi = n - q_len + tl.minimum((pid_m + 1) * TOK_M, q_len)  # last row's pos + 1
-        for start_n in range(0, hi, BLOCK_N):
+        for start_n in range(lo, hi, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             key_ok = offs_n < n
             if PAGED:
@@ -150,18 +176,147 @@ if triton is not None:
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
             qk = tl.where(offs_n[None, :] <= pos[:, None], qk * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1))
-            p = tl.exp2(qk - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
+            # A row of a tile that straddles the split's start may see no key of the
+            # split (causal: then none of its tiles): its max stays -inf, and
+            # subtracting 0 instead keeps p = alpha = 0 where -inf - -inf is NaN. Rows
+            # with a finite max subtract it unchanged.
+            m_off = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(qk - m_off[:, None])
+            alpha = tl.exp2(m_i - m_off)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
             m_i = m_new
+        return m_i, l_i, acc
 
+    @triton.jit
+    def _attn_merge(m_i, l_i, acc, m_s, l_s, acc_s):
+        # Running state (m_i, l_i, acc) += split (m_s, l_s, acc_s): THE merge of every
+        # path, fp32, the fused multiply-adds spelled out so that no compiler picks which
+        # product to contract. m_i is finite (every row sees key 0 in split 0); a split
+        # the row does not see (m_s = -inf, l_s = 0, acc_s = 0) is an exact no-op:
+        # a = exp2(0) = 1, c = 0.
+        m = tl.maximum(m_i, m_s)
+        a = tl.exp2(m_i - m)
+        c = tl.exp2(m_s - m)
+        return m, tl.fma(l_i, a, l_s * c), tl.fma(acc, a[:, None], acc_s * c[:, None])
+
+    @triton.jit
+    def _attn_finish(O, LSE, m_i, l_i, acc, q_rows, head, row_ok, stride_ot, stride_oh, Hq,
+                     HEAD_DIM: tl.constexpr, WRITE_LSE: tl.constexpr):
+        offs_d = tl.arange(0, HEAD_DIM)
         out = acc / l_i[:, None]
         tl.store(O + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
                  out.to(O.dtype.element_ty), mask=row_ok[:, None])
         if WRITE_LSE:  # base-2 log-sum-exp of the scaled scores, for the backward
             tl.store(LSE + q_rows * Hq + head, m_i + tl.log2(l_i), mask=row_ok)
+
+    @triton.jit
+    def _attn_fwd_kernel(
+        Q, K, V, O, LSE,
+        CU_Q, SEQ_LENS, BLOCK_TABLE, TILES,
+        stride_qt, stride_qh,
+        stride_kb, stride_ks, stride_kh,
+        stride_vb, stride_vs, stride_vh,
+        stride_ot, stride_oh,
+        stride_bt,
+        qk_scale, Hq, NUM_M,
+        G: tl.constexpr, GP: tl.constexpr, TOK_M: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr,
+        PAGE: tl.constexpr, PAGED: tl.constexpr, WRITE_LSE: tl.constexpr, DOT_PREC: tl.constexpr,
+        SCHED: tl.constexpr,
+    ):
+        # Serial form, grid (query tile, kv head): the tile's splits one after the other
+        # in this program, each merged into the running state in split order. Split 0
+        # is the running state itself (no merge), so a sequence of <= SPLIT keys gets
+        # the bits of the single online softmax this kernel ran before splits.
+        kvh = tl.program_id(1)
+        b, pid_m = _tile_coords(TILES, NUM_M, SCHED)
+        if b < 0:
+            return
+        q_start, q_len, n, head, row_ok, pos, hi, q_rows = _tile_rows(CU_Q, SEQ_LENS, b, pid_m, kvh,
+                                                                     PAGED, G, GP, TOK_M, BLOCK_M)
+        if pid_m * TOK_M >= q_len:
+            return
+        q = _load_q(Q, q_rows, head, row_ok, stride_qt, stride_qh, HEAD_DIM)
+        m_i, l_i, acc = _attn_split(q, K, V, BLOCK_TABLE, b, kvh, q_start, n, pos, 0, tl.minimum(hi, SPLIT),
+                                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+                                    qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, PAGE, PAGED, DOT_PREC)
+        for lo in range(SPLIT, hi, SPLIT):
+            m_s, l_s, acc_s = _attn_split(q, K, V, BLOCK_TABLE, b, kvh, q_start, n, pos, lo,
+                                          tl.minimum(hi, lo + SPLIT),
+                                          stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                                          stride_bt, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, PAGE, PAGED, DOT_PREC)
+            m_i, l_i, acc = _attn_merge(m_i, l_i, acc, m_s, l_s, acc_s)
+        _attn_finish(O, LSE, m_i, l_i, acc, q_rows, head, row_ok, stride_ot, stride_oh, Hq, HEAD_DIM, WRITE_LSE)
+
+    @triton.jit
+    def _attn_fwd_split_kernel(
+        Q, K, V, M_S, L_S, ACC_S,
+        CU_Q, SEQ_LENS, BLOCK_TABLE, TILES,
+        stride_qt, stride_qh,
+        stride_kb, stride_ks, stride_kh,
+        stride_vb, stride_vs, stride_vh,
+        stride_bt,
+        qk_scale, Hq, NUM_M, T,
+        G: tl.constexpr, GP: tl.constexpr, TOK_M: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr,
+        PAGE: tl.constexpr, PAGED: tl.constexpr, DOT_PREC: tl.constexpr, SCHED: tl.constexpr,
+    ):
+        # Split-parallel form (flash-decoding), grid (query tile, kv head, split s): the
+        # serial kernel's split s of the same tile, computed by `_attn_split` on the same
+        # keys, written unnormalised to the fp32 scratch M_S/L_S [splits, T, Hq] and
+        # ACC_S [splits, T, Hq, D]; `_attn_combine_kernel` merges them in split order.
+        kvh = tl.program_id(1)
+        lo = tl.program_id(2) * SPLIT
+        b, pid_m = _tile_coords(TILES, NUM_M, SCHED)
+        if b < 0:
+            return
+        q_start, q_len, n, head, row_ok, pos, hi, q_rows = _tile_rows(CU_Q, SEQ_LENS, b, pid_m, kvh,
+                                                                     PAGED, G, GP, TOK_M, BLOCK_M)
+        if pid_m * TOK_M >= q_len or lo >= hi:
+            return
+        q = _load_q(Q, q_rows, head, row_ok, stride_qt, stride_qh, HEAD_DIM)
+        m_s, l_s, acc_s = _attn_split(q, K, V, BLOCK_TABLE, b, kvh, q_start, n, pos, lo, tl.minimum(hi, lo + SPLIT),
+                                      stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+                                      qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, PAGE, PAGED, DOT_PREC)
+        r = (tl.program_id(2) * T + q_rows) * Hq + head
+        tl.store(M_S + r, m_s, mask=row_ok)
+        tl.store(L_S + r, l_s, mask=row_ok)
+        tl.store(ACC_S + r[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], acc_s, mask=row_ok[:, None])
+
+    @triton.jit
+    def _load_split(M_S, L_S, ACC_S, s, T, q_rows, head, row_ok, Hq, HEAD_DIM: tl.constexpr):
+        r = (s * T + q_rows) * Hq + head
+        acc = tl.load(ACC_S + r[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], mask=row_ok[:, None],
+                      other=0.0)
+        return tl.load(M_S + r, mask=row_ok, other=0.0), tl.load(L_S + r, mask=row_ok, other=1.0), acc
+
+    @triton.jit
+    def _attn_combine_kernel(
+        O, LSE, M_S, L_S, ACC_S,
+        CU_Q, SEQ_LENS, TILES,
+        stride_ot, stride_oh, Hq, NUM_M, T,
+        G: tl.constexpr, GP: tl.constexpr, TOK_M: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+        SPLIT: tl.constexpr, PAGED: tl.constexpr, WRITE_LSE: tl.constexpr, SCHED: tl.constexpr,
+    ):
+        # Grid (query tile, kv head) as the serial kernel's: the same tiles, the same
+        # splits 0 .. cdiv(hi, SPLIT) - 1, split 0 as the running state and the others
+        # merged by `_attn_merge` in split order, then `_attn_finish`. The scratch holds
+        # fp32 exactly as the serial kernel's registers did, so the bits are the same.
+        kvh = tl.program_id(1)
+        b, pid_m = _tile_coords(TILES, NUM_M, SCHED)
+        if b < 0:
+            return
+        q_start, q_len, n, head, row_ok, pos, hi, q_rows = _tile_rows(CU_Q, SEQ_LENS, b, pid_m, kvh,
+                                                                     PAGED, G, GP, TOK_M, BLOCK_M)
+        if pid_m * TOK_M >= q_len:
+            return
+        m_i, l_i, acc = _load_split(M_S, L_S, ACC_S, 0, T, q_rows, head, row_ok, Hq, HEAD_DIM)
+        for s in range(1, tl.cdiv(hi, SPLIT)):
+            m_s, l_s, acc_s = _load_split(M_S, L_S, ACC_S, s, T, q_rows, head, row_ok, Hq, HEAD_DIM)
+            m_i, l_i, acc = _attn_merge(m_i, l_i, acc, m_s, l_s, acc_s)
+        _attn_finish(O, LSE, m_i, l_i, acc, q_rows, head, row_ok, stride_ot, stride_oh, Hq, HEAD_DIM, WRITE_LSE)
 
     @triton.jit
     def _attn_bwd_delta_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr):
@@ -288,13 +443,25 @@ if triton is not None:
         tl.store(VC + blk * stride_vcb + off * stride_vcs + h[:, None] * stride_vch + d[None, :], v, mask=ok)
 
 
+# Keys per KV split, on every path: a row's keys are cut at 0, SPLIT, 2 * SPLIT, ...
+# whatever the batch, the query length or the kernel form (serial or split-parallel).
+# A multiple of every BLOCK_N. 256: at decode, batch 1, ctx 1k, Qwen3-8B (8 kv heads)
+# that is 32 programs instead of 8; at 4k, 128. Changing it changes the bits of every
+# sequence longer than the old or new value (trainer and sampler together).
+_SPLIT = 256
+# Most fp32 scratch (m, l, acc of every split of every query row) a split-parallel call
+# may take; above it the serial kernel runs (same bits). 32 MiB: Qwen3-8B (32 heads x
+# 128) at max_model_len 4096 (16 splits) splits decode steps of up to 120 tokens.
+_SPLIT_SCRATCH_BYTES = 32 << 20
+
+
 def _fwd_config(dtype: torch.dtype, head_dim: int) -> dict:
     """Forward tile config, a function of dtype and head_dim ONLY: the varlen and the
-    paged launches must use the same one (it fixes the MMA shape and the layouts
-    behind the tl.max / tl.sum trees)."""
+    paged launches, serial and split-parallel, must use the same one (it fixes the MMA
+    shape and the layouts behind the tl.max / tl.sum trees)."""
     if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+        return dict(BLOCK_M=64, BLOCK_N=32, SPLIT=_SPLIT, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=64, SPLIT=_SPLIT, num_warps=4, num_stages=2)
 
 
 def _bwd_config(dtype: torch.dtype, head_dim: int, max_seqlen: int) -> dict:
@@ -362,7 +529,25 @@ def paged_tiles(q_lens: torch.Tensor, tok_m: int, out: torch.Tensor) -> torch.Te
     return out.copy_(tiles.pin_memory(), non_blocking=True)
 
 
-def _triton_fwd(op, q, k, v, cu_q, seq_lens, block_table, page, max_q, scale, paged, want_lse, tiles=None):
+def kv_splits(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor, max_q_len: int) -> int:
+    """Split slots for a split-parallel `paged_attention` launch, 0 for the serial kernel.
+    From host-known sizes only (no device read, so a CUDA graph captures one choice):
+    every sequence fits one query tile (max_q_len <= the tile's tokens: decode, short
+    extends), the block table's width bounds seq_len (vLLM's table is sized by
+    max_model_len), at least two splits, and the scratch within _SPLIT_SCRATCH_BYTES.
+    Either kernel gives every row the same bits; this picks the faster one."""
+    T, Hq, D = q.shape
+    cfg = _fwd_config(q.dtype, D)
+    tok_m = _group_packing("paged_attention", Hq, k_cache.shape[-2], cfg["BLOCK_M"])[2]
+    splits = triton.cdiv(block_table.shape[1] * k_cache.shape[1], cfg["SPLIT"])
+    fits = splits * T * Hq * (D + 2) * 4 <= _SPLIT_SCRATCH_BYTES
+    return splits if max_q_len <= tok_m and splits >= 2 and fits else 0
+
+
+def _triton_fwd(op, q, k, v, cu_q, seq_lens, block_table, page, max_q, scale, paged, want_lse, tiles=None,
+                splits=0):
+    """The forward launch: serial (`_attn_fwd_kernel`) with splits=0, else split-parallel
+    over `splits` split slots (>= cdiv(every seq_len, SPLIT); from `kv_splits`)."""
     T, Hq, D = q.shape
     Hkv = k.shape[-2]
     B = cu_q.numel() - 1
@@ -373,22 +558,31 @@ def _triton_fwd(op, q, k, v, cu_q, seq_lens, block_table, page, max_q, scale, pa
     if T == 0 or B == 0:
         return out, lse
     if paged:
-        skb, sks, skh = k.stride(0), k.stride(1), k.stride(2)
-        svb, svs, svh = v.stride(0), v.stride(1), v.stride(2)
-        bt, sbt, sl = block_table, block_table.stride(0), seq_lens
+        kv = (k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), block_table.stride(0))
+        bt, sl = block_table, seq_lens
     else:
-        skb, sks, skh = 0, k.stride(0), k.stride(1)
-        svb, svs, svh = 0, v.stride(0), v.stride(1)
-        bt, sbt, sl = cu_q, 0, cu_q  # unused pointers
-    grid = (triton.cdiv(max_q, TOK_M), Hkv, B) if tiles is None else (tiles.numel(), Hkv, 1)
-    _attn_fwd_kernel[grid](
-        q, k, v, out, lse, cu_q, sl, bt, cu_q if tiles is None else tiles,
-        q.stride(0), q.stride(1), skb, sks, skh, svb, svs, svh, out.stride(0), out.stride(1), sbt,
-        scale * _LOG2E, Hq,
-        G=G, GP=GP, TOK_M=TOK_M, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], HEAD_DIM=D,
-        PAGE=page, PAGED=paged, WRITE_LSE=want_lse, DOT_PREC=_dot_prec(q.dtype), SCHED=tiles is not None,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
+        kv = (0, k.stride(0), k.stride(1), 0, v.stride(0), v.stride(1), 0)
+        bt, sl = cu_q, cu_q  # unused pointers
+    num_m = triton.cdiv(max_q, TOK_M)
+    tiles_ = cu_q if tiles is None else tiles
+    n_tiles = num_m * B if tiles is None else tiles.numel()
+    consts = dict(G=G, GP=GP, TOK_M=TOK_M, BLOCK_M=cfg["BLOCK_M"], HEAD_DIM=D, SPLIT=cfg["SPLIT"], PAGED=paged,
+                  SCHED=tiles is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    kern = dict(BLOCK_N=cfg["BLOCK_N"], PAGE=page, DOT_PREC=_dot_prec(q.dtype))
+    if not splits:
+        _attn_fwd_kernel[(n_tiles, Hkv)](
+            q, k, v, out, lse, cu_q, sl, bt, tiles_, q.stride(0), q.stride(1), *kv[:6], out.stride(0),
+            out.stride(1), kv[6], scale * _LOG2E, Hq, num_m, WRITE_LSE=want_lse, **consts, **kern)
+        return out, lse
+    m_s = torch.empty((splits, T, Hq), dtype=torch.float32, device=q.device)
+    l_s = torch.empty_like(m_s)
+    acc_s = torch.empty((splits, T, Hq, D), dtype=torch.float32, device=q.device)
+    _attn_fwd_split_kernel[(n_tiles, Hkv, splits)](
+        q, k, v, m_s, l_s, acc_s, cu_q, sl, bt, tiles_, q.stride(0), q.stride(1), *kv,
+        scale * _LOG2E, Hq, num_m, T, **consts, **kern)
+    _attn_combine_kernel[(n_tiles, Hkv)](
+        out, lse, m_s, l_s, acc_s, cu_q, sl, tiles_, out.stride(0), out.stride(1), Hq, num_m, T,
+        WRITE_LSE=want_lse, **consts)
     return out, lse
 
 
@@ -523,7 +717,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
             q_len): the caller has validated the metadata already (vLLM's metadata
             builder, once per step for all layers); nothing is read back, so the call
             is free of host syncs and can be captured in a CUDA graph. The bits do not
-            depend on which: max_q_len only sizes the grid.
+            depend on which: max_q_len only sizes the grid. On CUDA, a step whose
+            sequences each fit one query tile (decode) runs split-parallel over the KV
+            (`kv_splits`; module docstring), same bits.
         tiles: with max_q_len, on CUDA: the grid runs over this tile list (`paged_tiles`,
             int32 [capacity] on q's device) instead of (query tile, sequence), so its
             size depends on the capacity alone and a step of any mix of prefill and
@@ -548,7 +744,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
               f"{shapes(seq_lens=seq_lens, block_table=block_table)}")
         if q.is_cuda:
             out, _ = _triton_fwd(op, q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_table, page,
-                                 int(max_q_len), float(scale), paged=True, want_lse=False, tiles=tiles)
+                                 int(max_q_len), float(scale), paged=True, want_lse=False, tiles=tiles,
+                                 splits=kv_splits(q, k_cache, block_table, int(max_q_len)))
             return out
         return _cpu_ops().attn_paged_fwd(q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens, float(scale))
     cq = _check_cu(op, "cu_seqlens_q", cu_seqlens_q, q.shape[0])
@@ -574,8 +771,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         check(bool(((ids >= 0) & (ids < num_blocks)).all()), op,
               f"block_table holds block ids outside [0, {num_blocks}) within seq_lens")
     if q.is_cuda:
-        out, _ = _triton_fwd(op, q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_table, page,
-                             max(q_lens, default=0), float(scale), paged=True, want_lse=False)
+        max_q = max(q_lens, default=0)
+        out, _ = _triton_fwd(op, q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_table, page, max_q,
+                             float(scale), paged=True, want_lse=False,
+                             splits=kv_splits(q, k_cache, block_table, max_q))
         return out
     return _cpu_ops().attn_paged_fwd(q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens, float(scale))
 

@@ -265,6 +265,69 @@ def test_paged_tiles_interpreted_same_bits(tmp_path):
     assert run.returncode == 0 and "same bits" in run.stdout, run.stdout + run.stderr
 
 
+# ---------------------------------------------------------------------------- split-KV
+# The keys of every row are cut into splits of attention._SPLIT keys at absolute
+# positions; each split is one online softmax from a fresh state, the splits merged in
+# order by one formula, whether one program walks them (prefill) or one program per
+# split writes them out for a combine kernel (decode). The checks live in
+# split_kv_checks.py, a script, so that on a CPU the Triton kernels run interpreted.
+
+SPLIT_CHECKS = ["decode", "chunks", "reversed", "close", "backward"]
+
+
+def _split_kv_check(check: str, device: str) -> str:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("split_kv_checks.py")
+    run = subprocess.run([sys.executable, str(script), check, device], capture_output=True, text=True, timeout=900)
+    lines = run.stdout.strip().splitlines()
+    assert run.returncode == 0 and lines and lines[-1].startswith("ok"), run.stdout + run.stderr
+    return lines[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check", SPLIT_CHECKS)
+def test_split_kv_interpreted(check):
+    """CPU, the Triton interpreter, sequences of 1, S-1, S, S+1 and 3S+5 keys (S = the
+    split size), fp32 and fp16, all with torch.equal except `close` and `backward`:
+    decode: split-parallel decode == serial prefill row by row (lse too); the serial
+      decode kernel agrees; a row alone == in the batch == in a shuffled batch.
+    chunks: random chunked prefill through the cache, serial / split-parallel (forced, so
+      query tiles straddle split edges) / split-parallel over a tile list == prefill.
+    reversed: the negative control: merging the splits last to first changes bits that
+      the decode comparison sees (so that comparison can fail).
+    close: prefill and split decode within TOL of the fp32 references.
+    backward: the Triton backward on the merged lse within 1e-4 of the reference."""
+    _split_kv_check(check, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("check", SPLIT_CHECKS)
+def test_split_kv_cuda(check):
+    """The same checks compiled for the GPU (Qwen3-like heads, bf16 too): the claim at
+    the instruction level (the MMA layouts, exp2, the spelled-out fmas of the merge)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    _split_kv_check(check, "cuda")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_split_kv_sampler_equals_prefill_bitwise(device, gen, dtype):
+    """Sequences across split edges served like the sampler (random chunks, then decode
+    steps, which take the split-parallel kernel on CUDA) equal one packed prefill."""
+    from exact_kernels.attention import _SPLIT
+
+    hq, hkv, d = _heads(device)
+    lens = [1, _SPLIT - 1, _SPLIT, _SPLIT + 1, 3 * _SPLIT + 5]
+    q, k, v = _qkv(gen, sum(lens), hq, hkv, d, dtype, device)
+    with torch.no_grad():
+        prefill = varlen_attention(q, k, v, _cu(lens, device), max(lens), d ** -0.5)
+    served = _run_sampler(q, k, v, lens, 16, random.Random(7), gen)
+    assert torch.equal(served, prefill)
+
+
 def test_paged_tiles_list():
     """The tile list: sequence order, (b << 16) | tile, -1 after; clear errors."""
     out = paged_tiles(torch.tensor([1, 0, 130, 64]), 64, torch.empty(8, dtype=torch.int32))
