@@ -6,6 +6,9 @@ CUDA (default): Qwen3-8B attention shapes (32 q heads, 8 kv heads, head_dim 128,
     or repeated kv if that backend refuses it) on the same sequences as a batch;
   * decode: paged_attention with q_len 1 on a shuffled block table (block_size 16)
     vs SDPA on the KV already gathered into [B, Hkv, ctx, D] (the gather is not timed).
+    Two rows per shape: the kernels alone split-parallel (as paged_attention picks,
+    `kv_splits`: ctx / 256 splits and the combine) and serial (one program per
+    sequence and kv head, the form decode ran before split-KV); same bits.
   "ours" is the public op (host-side validation included: it reads cu_seqlens /
   seq_lens / block table, one sync); "kernel" is the Triton launch alone. The ratio
   is kernel / SDPA. Median of triton.testing.do_bench.
@@ -19,7 +22,11 @@ sampler/trainer parity is a forward property); the backward must stay determinis
 CPU (--device cpu): a small table (4 q heads, 2 kv heads, head_dim 64) against SDPA's
 CPU kernel; times are medians of repeated wall-clock runs.
 
-Run: python benchmarks/bench_attention.py [--device cpu]
+--decode: the decode rows alone at B = 1, 8 and ctx 1k, 4k (the split-KV acceptance table).
+
+Without CUDA, the default (cuda) run stops with a message; --device cpu runs the CPU table.
+
+Run: python benchmarks/bench_attention.py [--device cpu] [--decode]
 """
 from __future__ import annotations
 
@@ -118,11 +125,17 @@ def decode_rows(device, hq, hkv, d, dtype, batches, contexts, bs=16):
             vg = v_cache[table.long()].view(B, nblk * bs, hkv, d)[:, :ctx].transpose(1, 2).contiguous()
             sdpa, how = _sdpa(q.view(B, hq, 1, d), kg, vg, causal=False)
             ours = _bench(lambda: paged_attention(q, k_cache, v_cache, table, cu, seq_lens, scale), device)
-            kern = ours if device == "cpu" else _bench(
-                lambda: A._triton_fwd("bench", q, k_cache, v_cache, cu, seq_lens, table, bs, 1, scale,
-                                      paged=True, want_lse=False), device)
             ref = _bench(sdpa, device)
-            rows.append((f"decode B={B} ctx={ctx}", ours, kern, ref, how))
+            if device == "cpu":
+                rows.append((f"decode B={B} ctx={ctx}", ours, ours, ref, how))
+                continue
+            # The kernel alone, in both forms (same bits): split-parallel as paged_attention
+            # picks it (kv_splits), and the serial kernel that decode ran before splits.
+            for splits in dict.fromkeys((A.kv_splits(q, k_cache, table, 1), 0)):
+                kern = _bench(lambda: A._triton_fwd("bench", q, k_cache, v_cache, cu, seq_lens, table, bs, 1, scale,
+                                                    paged=True, want_lse=False, splits=splits), device)
+                form = f"{splits} splits" if splits else "serial"
+                rows.append((f"decode B={B} ctx={ctx} {form}", ours, kern, ref, how))
     return rows
 
 
@@ -185,7 +198,16 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--bwd-sweep", action="store_true", help="CUDA: the backward's tile configurations "
                     "(module docstring)")
+    ap.add_argument("--decode", action="store_true", help="decode rows only (B = 1, 8; ctx 1k, 4k): the "
+                    "split-parallel and the serial kernel against SDPA")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("no CUDA device: run with --device cpu (the Triton kernels need a GPU)")
+    if args.decode:
+        hq, hkv, d, dtype = (32, 8, 128, torch.bfloat16) if args.device == "cuda" else (4, 2, 64, torch.float32)
+        rows = decode_rows(args.device, hq, hkv, d, dtype, [1, 8], [1024, 4096])
+        _print_table(f"decode (Hq={hq}, Hkv={hkv}, D={d}, {dtype}) on {args.device}", rows)
+        return
     if args.bwd_sweep:
         if args.device != "cuda" or not torch.cuda.is_available():
             ap.error("--bwd-sweep needs CUDA")
@@ -201,6 +223,10 @@ def main() -> None:
         rows = prefill_rows("cpu", hq, hkv, d, dtype, [128, 512], seq=512)
         rows += decode_rows("cpu", hq, hkv, d, dtype, [1, 8], [512])
         title = f"CPU attention (Hq={hq}, Hkv={hkv}, D={d}, fp32), {torch.get_num_threads()} threads"
+    _print_table(title, rows)
+
+
+def _print_table(title, rows) -> None:
     print(title)
     print(f"| {'case':<34} | {'ours ms':>9} | {'kernel ms':>9} | {'SDPA ms':>9} | {'kernel/SDPA':>11} | SDPA GQA |")
     print(f"|{'-' * 36}|{'-' * 11}|{'-' * 11}|{'-' * 11}|{'-' * 13}|----------|")
