@@ -22,7 +22,9 @@ sampler/trainer parity is a forward property); the backward must stay determinis
 CPU (--device cpu): a small table (4 q heads, 2 kv heads, head_dim 64) against SDPA's
 CPU kernel; times are medians of repeated wall-clock runs.
 
---decode: the decode rows alone at B = 1, 8 and ctx 1k, 4k (the split-KV acceptance table).
+--decode: the decode rows alone at B = 1, 8 and ctx 1k, 4k (the split-KV acceptance table);
+on CUDA also two prefill rows (the serial kernel pays one merge per 256 keys) and the
+registers / spills of every compiled forward kernel.
 
 Without CUDA, the default (cuda) run stops with a message; --device cpu runs the CPU table.
 
@@ -207,6 +209,10 @@ def main() -> None:
         hq, hkv, d, dtype = (32, 8, 128, torch.bfloat16) if args.device == "cuda" else (4, 2, 64, torch.float32)
         rows = decode_rows(args.device, hq, hkv, d, dtype, [1, 8], [1024, 4096])
         _print_table(f"decode (Hq={hq}, Hkv={hkv}, D={d}, {dtype}) on {args.device}", rows)
+        if args.device == "cuda":
+            rows = prefill_rows("cuda", hq, hkv, d, dtype, [2048, 8192], seq=2048)
+            _print_table("prefill (the serial kernel, SPLIT-key splits merged in registers)", rows)
+            _print_registers()
         return
     if args.bwd_sweep:
         if args.device != "cuda" or not torch.cuda.is_available():
@@ -224,6 +230,17 @@ def main() -> None:
         rows += decode_rows("cpu", hq, hkv, d, dtype, [1, 8], [512])
         title = f"CPU attention (Hq={hq}, Hkv={hkv}, D={d}, fp32), {torch.get_num_threads()} threads"
     _print_table(title, rows)
+
+
+def _print_registers() -> None:
+    """Registers, spills and shared memory of every compiled forward variant (split-KV
+    keeps a second fp32 accumulator live in the serial kernel: a spill shows here)."""
+    for fn in (A._attn_fwd_kernel, A._attn_fwd_split_kernel, A._attn_combine_kernel):
+        for cache in fn.device_caches.values():
+            for kernel in cache[0].values():  # the compiled variants (dtype, PAGED, ... differ)
+                kernel._init_handles()
+                print(f"{fn.fn.__name__}: {kernel.n_regs} registers, {kernel.n_spills} spilled, "
+                      f"{kernel.metadata.shared} B shared, {kernel.metadata.num_warps} warps")
 
 
 def _print_table(title, rows) -> None:
