@@ -451,7 +451,7 @@ if triton is not None:
 _SPLIT = 256
 # Most fp32 scratch (m, l, acc of every split of every query row) a split-parallel call
 # may take; above it the serial kernel runs (same bits). 32 MiB: Qwen3-8B (32 heads x
-# 128) at max_model_len 4096 (16 splits) splits decode steps of up to 120 tokens.
+# 128) at max_model_len 4096 (16 splits) splits decode steps of up to 126 tokens.
 _SPLIT_SCRATCH_BYTES = 32 << 20
 
 
