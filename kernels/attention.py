@@ -534,14 +534,33 @@ def kv_splits(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
     From host-known sizes only (no device read, so a CUDA graph captures one choice):
     every sequence fits one query tile (max_q_len <= the tile's tokens: decode, short
     extends), the block table's width bounds seq_len (vLLM's table is sized by
-    max_model_len), at least two splits, and the scratch within _SPLIT_SCRATCH_BYTES.
+    max_model_len), at least two splits, the scratch within _SPLIT_SCRATCH_BYTES, and
+    fewer serial programs (sequences x kv heads) than the device has SMs: a batch that
+    fills the SMs already would pay the empty split programs and the combine for nothing
+    (8B decode at batch 64 and 140 keys: 512 serial programs, 4096 split slots).
     Either kernel gives every row the same bits; this picks the faster one."""
     T, Hq, D = q.shape
+    Hkv = k_cache.shape[-2]
     cfg = _fwd_config(q.dtype, D)
-    tok_m = _group_packing("paged_attention", Hq, k_cache.shape[-2], cfg["BLOCK_M"])[2]
+    tok_m = _group_packing("paged_attention", Hq, Hkv, cfg["BLOCK_M"])[2]
     splits = triton.cdiv(block_table.shape[1] * k_cache.shape[1], cfg["SPLIT"])
     fits = splits * T * Hq * (D + 2) * 4 <= _SPLIT_SCRATCH_BYTES
-    return splits if max_q_len <= tok_m and splits >= 2 and fits else 0
+    idle = block_table.shape[0] * Hkv < _sm_count(q.device)
+    return splits if max_q_len <= tok_m and splits >= 2 and fits and idle else 0
+
+
+_SMS: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached); off CUDA (the Triton
+    interpreter) no limit."""
+    if device.type != "cuda":
+        return 1 << 30
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SMS:
+        _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SMS[idx]
 
 
 def _triton_fwd(op, q, k, v, cu_q, seq_lens, block_table, page, max_q, scale, paged, want_lse, tiles=None,
