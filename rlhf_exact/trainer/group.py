@@ -63,6 +63,7 @@ class TrainerGroup:
         config = read_config(spec.model_path, spec.architecture)
         params = sum(math.prod(shape) for shape in expected_tensors(config, spec.architecture).values())
         self.state_bytes = 3 * 4 * params
+        self.vocab_size = config.vocab_size
         bundle = {"CPU": cpus_per_rank} | ({"GPU": gpus_per_rank} if device == "cuda" else {})
         self.pg = placement_group([bundle] * world_size, strategy="PACK")
         self._placed(bundle)
@@ -137,6 +138,7 @@ class TrainerGroup:
         return PairResult.merge(ranks, planner.gather(p, [r.scores for r in ranks], len(pairs)))
 
     def _plan(self, seqs: Sequence[TrainSeq] | Sequence[PreferencePair]) -> list[list[list[int]]]:
+        check_token_ids(seqs, self.vocab_size)  # before any rank sees a part (a raising rank strands the rest)
         return planner.plan([s.num_tokens for s in seqs], self.world_size, self.micro_batch_tokens)
 
     def _tokens(self, parts: list) -> float:
@@ -239,6 +241,23 @@ class TrainerGroup:
 
         for a in self.actors:
             ray.kill(a)
+
+
+def check_token_ids(items: Sequence[TrainSeq] | Sequence[PreferencePair], vocab_size: int) -> None:
+    """Every token of every item in [0, vocab_size), else a ValueError naming the item,
+    the field, the position and the id. On the host, before the call reaches a rank: on
+    CUDA an out-of-range id fails the embedding with a device-side assert (the rank's
+    CUDA context is lost) and gives a NaN logprob as a target; and one rank raising would
+    leave the others waiting in a collective."""
+    fields = ("prompt", "chosen", "rejected") if items and isinstance(items[0], PreferencePair) \
+        else ("prompt", "completion")
+    for i, item in enumerate(items):
+        for name in fields:
+            t = getattr(item, name)
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= vocab_size):
+                j = int(((t < 0) | (t >= vocab_size)).nonzero()[0])
+                raise ValueError(f"trainer: sequence {i} ({name}), position {j}: token id {int(t[j])} outside "
+                                 f"the vocabulary [0, {vocab_size})")
 
 
 def _death_behind(error: Exception, pending: list, wait_s: float = 10.0):

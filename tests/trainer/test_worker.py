@@ -4,12 +4,14 @@ groups, a tiny checkpoint written to disk.
   - recompute logprobs: 1 rank == 2 ranks == the plain bf16 model (torch.equal), and
     the training forward equals the recompute bit for bit (the ratio is exactly 1);
   - a non-finite loss skips the step on every rank, and every rank reports it: weights
-    unchanged, bitwise;
+    unchanged, bitwise; a token id outside the vocabulary is refused before any rank;
   - KL-to-reference and entropy terms run and enter the loss;
   - bf16 master weights (trainer.param_dtype): the forward is the plain bf16 model's;
   - state() / load_state() restores a step exactly: the same next step gives the same
     weights, bitwise.
 """
+import dataclasses
+
 import pytest
 import torch
 
@@ -100,6 +102,10 @@ def test_nonfinite_loss_skips_step_and_kl_entropy_terms(model_dir):
     try:
         before = g.full_weights(None)
         old = recompute(g)
+        bad = seqs(old_logprobs=lambda i: old[i])
+        bad[2] = dataclasses.replace(bad[2], completion=torch.tensor([4, 10 ** 6, 6]))
+        with pytest.raises(ValueError, match=r"sequence 2 \(completion\), position 1: token id 1000000 outside"):
+            g.train_minibatch(bad, NORM)  # refused before any rank: the weights checks below cover it
         ref = recompute(g, reference=True)
         out = train(g, old, adv=lambda i: float("nan"), ref_logprobs=lambda i: ref[i])
         assert out.nonfinite_ranks == 2, "every rank reports the skipped step"
