@@ -7,9 +7,10 @@ CUDA (default): Qwen3-8B attention shapes (32 q heads, 8 kv heads, head_dim 128,
   * decode: paged_attention with q_len 1 on a shuffled block table (block_size 16)
     vs SDPA on the KV already gathered into [B, Hkv, ctx, D] (the gather is not timed).
     On CUDA "kernel" and "SDPA" are replayed from a CUDA graph (how the sampler's decode
-    runs them: no Python launch in the time). Two rows per shape: the kernels alone split-parallel (as paged_attention picks,
-    `kv_splits`: ctx / 256 splits and the combine) and serial (one program per
-    sequence and kv head, the form decode ran before split-KV); same bits.
+    runs them: no Python launch in the time). Two rows per shape: the kernels alone
+    split-parallel (as paged_attention picks, `kv_splits`: ctx / 256 splits and the
+    combine) and serial (one program per sequence and kv head, the form decode ran
+    before split-KV); same bits.
   "ours" is the public op (host-side validation included: it reads cu_seqlens /
   seq_lens / block table, one sync); "kernel" is the Triton launch alone. The ratio
   is kernel / SDPA. Median of triton.testing.do_bench.
@@ -29,7 +30,10 @@ registers / spills of every compiled forward kernel.
 
 Without CUDA, the default (cuda) run stops with a message; --device cpu runs the CPU table.
 
-Run: python benchmarks/bench_attention.py [--device cpu] [--decode]
+--split-stages (CUDA): the split-parallel kernel's pipelining depth at the --decode shapes
+under graphs, each depth's output checked against the serial kernel with torch.equal.
+
+Run: python benchmarks/bench_attention.py [--device cpu] [--decode] [--split-stages]
 """
 from __future__ import annotations
 
@@ -119,23 +123,31 @@ def prefill_rows(device, hq, hkv, d, dtype, totals, seq):
     return rows
 
 
+def _decode_inputs(device, hq, hkv, d, dtype, B, ctx, bs, gen):
+    """One decode step: q [B, Hq, D], a paged cache of shuffled blocks, and SDPA on the
+    same keys gathered to [B, Hkv, ctx, D] (the gather is not timed)."""
+    nblk = (ctx + bs - 1) // bs
+    num_blocks = B * nblk
+    k_cache = torch.randn(num_blocks, bs, hkv, d, device=device, dtype=dtype)
+    v_cache = torch.randn(num_blocks, bs, hkv, d, device=device, dtype=dtype)
+    table = torch.randperm(num_blocks, generator=gen).view(B, nblk).to(torch.int32).to(device)
+    seq_lens = torch.full((B,), ctx, dtype=torch.int32, device=device)
+    cu = torch.arange(B + 1, dtype=torch.int32, device=device)
+    q = torch.randn(B, hq, d, device=device, dtype=dtype)
+    kg = k_cache[table.long()].view(B, nblk * bs, hkv, d)[:, :ctx].transpose(1, 2).contiguous()
+    vg = v_cache[table.long()].view(B, nblk * bs, hkv, d)[:, :ctx].transpose(1, 2).contiguous()
+    sdpa, how = _sdpa(q.view(B, hq, 1, d), kg, vg, causal=False)
+    return q, k_cache, v_cache, table, seq_lens, cu, sdpa, how
+
+
 def decode_rows(device, hq, hkv, d, dtype, batches, contexts, bs=16):
     rows = []
     gen = torch.Generator().manual_seed(0)
     for B in batches:
         for ctx in contexts:
-            nblk = (ctx + bs - 1) // bs
-            num_blocks = B * nblk
-            k_cache = torch.randn(num_blocks, bs, hkv, d, device=device, dtype=dtype)
-            v_cache = torch.randn(num_blocks, bs, hkv, d, device=device, dtype=dtype)
-            table = torch.randperm(num_blocks, generator=gen).view(B, nblk).to(torch.int32).to(device)
-            seq_lens = torch.full((B,), ctx, dtype=torch.int32, device=device)
-            cu = torch.arange(B + 1, dtype=torch.int32, device=device)
-            q = torch.randn(B, hq, d, device=device, dtype=dtype)
+            q, k_cache, v_cache, table, seq_lens, cu, sdpa, how = _decode_inputs(device, hq, hkv, d, dtype, B, ctx,
+                                                                                 bs, gen)
             scale = d ** -0.5
-            kg = k_cache[table.long()].view(B, nblk * bs, hkv, d)[:, :ctx].transpose(1, 2).contiguous()
-            vg = v_cache[table.long()].view(B, nblk * bs, hkv, d)[:, :ctx].transpose(1, 2).contiguous()
-            sdpa, how = _sdpa(q.view(B, hq, 1, d), kg, vg, causal=False)
             ours = _bench(lambda: paged_attention(q, k_cache, v_cache, table, cu, seq_lens, scale), device)
             if device == "cpu":
                 rows.append((f"decode B={B} ctx={ctx}", ours, ours, _bench(sdpa, device), how))
@@ -149,6 +161,43 @@ def decode_rows(device, hq, hkv, d, dtype, batches, contexts, bs=16):
                 form = f"{splits} splits" if splits else "serial"
                 rows.append((f"decode B={B} ctx={ctx} {form}", ours, kern, ref, how))
     return rows
+
+
+def split_stages_sweep(hq=32, hkv=8, d=128, dtype=torch.bfloat16, bs=16, stages=(1, 2, 3, 4, 5)) -> None:
+    """The split-parallel kernel's pipelining depth (`_fwd_config`'s split_stages) at the
+    decode acceptance shapes, under CUDA graphs, each checked bit for bit (torch.equal)
+    against the serial kernel (the bits must not depend on it)."""
+    from triton.errors import TritonError
+
+    current = A._fwd_config
+    print(f"split-parallel decode, split_stages sweep, Hq={hq}, Hkv={hkv}, D={d}, {dtype}; "
+          f"current {current(dtype, d)['split_stages']}")
+    print(f"| {'case':<22} | {'SDPA ms':>8} | " + " | ".join(f"{'st ' + str(st):>12}" for st in stages) + " |")
+    gen = torch.Generator().manual_seed(0)
+    for B, ctx in ((1, 1024), (1, 4096), (8, 1024), (8, 4096)):
+        q, kc, vc, table, seq_lens, cu, sdpa, _ = _decode_inputs("cuda", hq, hkv, d, dtype, B, ctx, bs, gen)
+        splits = A.kv_splits(q, kc, table, 1)
+
+        def run(n):
+            return A._triton_fwd("bench", q, kc, vc, cu, seq_lens, table, bs, 1, d ** -0.5, paged=True,
+                                 want_lse=True, splits=n)
+        serial = run(0)
+        ref = _bench_graph(sdpa)
+        cells = []
+        try:
+            for st in stages:
+                A._fwd_config = lambda dt, hd, st=st: {**current(dt, hd), "split_stages": st}
+                try:
+                    out = run(splits)
+                    same = all(torch.equal(a, b) for a, b in zip(out, serial))
+                    ms = _bench_graph(lambda: run(splits))
+                except (RuntimeError, TritonError) as e:
+                    cells.append(f"{type(e).__name__[:12]:>12}")
+                    continue
+                cells.append(f"{ms / ref:5.2f}x {'same' if same else 'DIFF':>4}")
+        finally:
+            A._fwd_config = current
+        print(f"| {f'B={B} ctx={ctx} ({splits} sp)':<22} | {ref:8.4f} | " + " | ".join(cells) + " |")
 
 
 BWD_CONFIGS = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)
@@ -210,6 +259,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--bwd-sweep", action="store_true", help="CUDA: the backward's tile configurations "
                     "(module docstring)")
+    ap.add_argument("--split-stages", action="store_true", help="CUDA: the split-parallel decode kernel's "
+                    "pipelining depth against SDPA under graphs, each checked bitwise against the serial kernel")
     ap.add_argument("--decode", action="store_true", help="decode rows only (B = 1, 8; ctx 1k, 4k): the "
                     "split-parallel and the serial kernel against SDPA")
     args = ap.parse_args()
@@ -223,6 +274,11 @@ def main() -> None:
             rows = prefill_rows("cuda", hq, hkv, d, dtype, [2048, 8192], seq=2048)
             _print_table("prefill (the serial kernel, SPLIT-key splits merged in registers)", rows)
             _print_registers()
+        return
+    if args.split_stages:
+        if args.device != "cuda":
+            ap.error("--split-stages needs CUDA")
+        split_stages_sweep()
         return
     if args.bwd_sweep:
         if args.device != "cuda" or not torch.cuda.is_available():

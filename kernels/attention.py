@@ -459,9 +459,12 @@ def _fwd_config(dtype: torch.dtype, head_dim: int) -> dict:
     """Forward tile config, a function of dtype and head_dim ONLY: the varlen and the
     paged launches, serial and split-parallel, must use the same one (it fixes the MMA
     shape and the layouts behind the tl.max / tl.sum trees)."""
+    # split_stages: the split-parallel kernel's software pipelining depth. It schedules
+    # the loads only (the arithmetic and its layouts are num_warps' and the tiles'), so it
+    # may differ from the serial kernel's; test_split_kv_cuda checks the bits.
     if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=32, SPLIT=_SPLIT, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=64, BLOCK_N=64, SPLIT=_SPLIT, num_warps=4, num_stages=2)
+        return dict(BLOCK_M=64, BLOCK_N=32, SPLIT=_SPLIT, num_warps=4, num_stages=2, split_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=64, SPLIT=_SPLIT, num_warps=4, num_stages=2, split_stages=2)
 
 
 def _bwd_config(dtype: torch.dtype, head_dim: int, max_seqlen: int) -> dict:
@@ -586,22 +589,23 @@ def _triton_fwd(op, q, k, v, cu_q, seq_lens, block_table, page, max_q, scale, pa
     tiles_ = cu_q if tiles is None else tiles
     n_tiles = num_m * B if tiles is None else tiles.numel()
     consts = dict(G=G, GP=GP, TOK_M=TOK_M, BLOCK_M=cfg["BLOCK_M"], HEAD_DIM=D, SPLIT=cfg["SPLIT"], PAGED=paged,
-                  SCHED=tiles is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                  SCHED=tiles is not None, num_warps=cfg["num_warps"])
     kern = dict(BLOCK_N=cfg["BLOCK_N"], PAGE=page, DOT_PREC=_dot_prec(q.dtype))
     if not splits:
         _attn_fwd_kernel[(n_tiles, Hkv)](
             q, k, v, out, lse, cu_q, sl, bt, tiles_, q.stride(0), q.stride(1), *kv[:6], out.stride(0),
-            out.stride(1), kv[6], scale * _LOG2E, Hq, num_m, WRITE_LSE=want_lse, **consts, **kern)
+            out.stride(1), kv[6], scale * _LOG2E, Hq, num_m, WRITE_LSE=want_lse, num_stages=cfg["num_stages"],
+            **consts, **kern)
         return out, lse
     m_s = torch.empty((splits, T, Hq), dtype=torch.float32, device=q.device)
     l_s = torch.empty_like(m_s)
     acc_s = torch.empty((splits, T, Hq, D), dtype=torch.float32, device=q.device)
     _attn_fwd_split_kernel[(n_tiles, Hkv, splits)](
         q, k, v, m_s, l_s, acc_s, cu_q, sl, bt, tiles_, q.stride(0), q.stride(1), *kv,
-        scale * _LOG2E, Hq, num_m, T, **consts, **kern)
+        scale * _LOG2E, Hq, num_m, T, num_stages=cfg["split_stages"], **consts, **kern)
     _attn_combine_kernel[(n_tiles, Hkv)](
         out, lse, m_s, l_s, acc_s, cu_q, sl, tiles_, out.stride(0), out.stride(1), Hq, num_m, T,
-        WRITE_LSE=want_lse, **consts)
+        WRITE_LSE=want_lse, num_stages=cfg["num_stages"], **consts)
     return out, lse
 
 
