@@ -23,7 +23,8 @@ easily).
 Experiment 2 (speed, cuda only): N sequences of 20-60 prompt tokens and 90-110 new
 tokens (EOS ignored), all sent at once; wall time of the `Sampler.sample` call. Then
 decode tokens/s at fixed batch sizes: B requests of 40 + 100 tokens sent alone (the
-engine allows 256), for B in 1, 8, 64, 256.
+engine allows 256), for B in 1, 8, 64, 256, in `--reps` interleaved rounds (default 3;
+the median per B is reported: one call of 100 tokens takes 0.3-2 s and moves by 10%).
 
 Each (mode, CUDA graphs) pair runs in its own process (vLLM loads plugins per process;
 stock runs with VLLM_PLUGINS=none): stock = vLLM's own Qwen3 and kernels (cuda, with
@@ -50,6 +51,7 @@ import json
 import os
 import pathlib
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,7 +171,10 @@ def workload2(rng: random.Random, n: int, vocab: int) -> tuple[list, list]:
     return prompts, params
 
 
-def experiment2(sampler, n: int) -> dict:
+def experiment2(sampler, n: int, reps: int = 3, batches=(1, 8, 64, 256), new_tokens: int = 100) -> dict:
+    """The timed call, then decode tokens/s at each batch size: `reps` rounds over the
+    batch sizes (interleaved, so a slow stretch of the machine hits every size), the
+    median per size in tokens_per_s_by_batch and every round in ..._runs."""
     from rlhf_exact.sampler.engine import RequestParams
 
     rng = random.Random(1)
@@ -177,15 +182,18 @@ def experiment2(sampler, n: int) -> dict:
     t0 = time.perf_counter()
     res = sampler.sample(prompts, params=params)
     seconds = time.perf_counter() - t0
-    new_tokens = sum(len(r.completions[0].token_ids) for r in res)
-    by_batch = {}
-    for b in (1, 8, 64, 256):
-        ps = [[rng.randrange(10, 100_000) for _ in range(40)] for _ in range(b)]
-        t0 = time.perf_counter()
-        out = sampler.sample(ps, params=RequestParams(max_tokens=100, temperature=0, ignore_eos=True))
-        dt = time.perf_counter() - t0
-        by_batch[b] = sum(len(r.completions[0].token_ids) for r in out) / dt
-    return {"sequences": n, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s_by_batch": by_batch}
+    generated = sum(len(r.completions[0].token_ids) for r in res)
+    runs = {b: [] for b in batches}
+    for _ in range(reps):
+        for b in batches:
+            ps = [[rng.randrange(10, min(100_000, sampler.vocab_size)) for _ in range(40)] for _ in range(b)]
+            t0 = time.perf_counter()
+            out = sampler.sample(ps, params=RequestParams(max_tokens=new_tokens, temperature=0, ignore_eos=True))
+            dt = time.perf_counter() - t0
+            runs[b].append(sum(len(r.completions[0].token_ids) for r in out) / dt)
+    return {"sequences": n, "new_tokens": generated, "seconds": seconds,
+            "tokens_per_s_by_batch": {b: statistics.median(v) for b, v in runs.items()},
+            "tokens_per_s_by_batch_runs": runs}
 
 
 def profile2(sampler, n: int) -> dict:
@@ -226,7 +234,7 @@ def child(args, mode: str, graphs: bool | str) -> dict:
         calls = crowds_cuda(args.n) if args.device == "cuda" else crowds_cpu(args.n, args.max_tokens)
         row["exp1"] = experiment1(sampler, calls)
     if 2 in args.experiments:
-        row["exp2"] = experiment2(sampler, args.n)
+        row["exp2"] = experiment2(sampler, args.n, args.reps)
     if args.profile:
         row["profile"] = profile2(sampler, args.n)
     sampler.shutdown()
@@ -240,7 +248,8 @@ def run_child(args, out: pathlib.Path, mode: str, graphs: str) -> dict:
         env["VLLM_PLUGINS"] = "none"  # vLLM loads no general plugin: its own Qwen3 and kernels
     cmd = [sys.executable, __file__, str(out), "--device", args.device, "--shape", args.shape, "--graphs", graphs,
            "--experiments", ",".join(map(str, args.experiments)), "--n", str(args.n),
-           "--max-tokens", str(args.max_tokens), "--dtype", args.dtype, "--model-dir", args.model_dir,
+           "--max-tokens", str(args.max_tokens), "--reps", str(args.reps), "--dtype", args.dtype,
+           "--model-dir", args.model_dir,
            *(["--profile"] if args.profile else []), "--child", mode, graphs]
     log = out / f"seed_{args.shape}_{mode}_graphs-{graphs}.log"
     try:
@@ -308,6 +317,8 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--n", type=int, help="copies (experiment 1) and sequences (experiment 2); "
                     "default 200 on cpu, 1000 on cuda")
     ap.add_argument("--max-tokens", type=int, default=32, help="cpu: greedy tokens per copy (default 32; cuda: 100)")
+    ap.add_argument("--reps", type=int, default=3, help="experiment 2: rounds of the decode tokens/s "
+                    "measurement (the median per batch size is reported; default 3)")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--model-dir", help="the checkpoint (default: OUT/model-SHAPE); written there if absent")
     ap.add_argument("--profile", action="store_true", help="then experiment 2's call again, timed by engine"
@@ -322,8 +333,8 @@ def parse(argv) -> argparse.Namespace:
     if set(args.graphs.split(",")) - set(GRAPHS):
         ap.error(f"--graphs: comma list of {', '.join(GRAPHS)}, got {args.graphs!r}")
     args.experiments = [int(e) for e in (args.experiments or ("1,2" if cuda else "1")).split(",")]
-    if args.n < 1 or args.max_tokens < 1:
-        ap.error("--n and --max-tokens must be >= 1")
+    if args.n < 1 or args.max_tokens < 1 or args.reps < 1:
+        ap.error("--n, --max-tokens and --reps must be >= 1")
     if cuda and not args.out:
         ap.error("--device cuda needs the output folder OUT")
     if not cuda and (args.shape != "tiny" or 2 in args.experiments or args.graphs != "off"):
