@@ -60,6 +60,8 @@ class ScorerSpec:
     kernels: str = "exact"  # "exact" | "default": the actors' op table and exact-mode switch
     batch_tokens: int = 4096  # most tokens per forward (memory only: scores do not depend on it)
     deadline_s: float = 600.0  # a call's (and a start's) deadline: these seconds plus its tokens at the rate below
+    start_deadline_s: float | None = None  # an actor's start or restart (process, imports, model load) when it
+    # should differ from a call's (a short call deadline to catch hangs); None: deadline_s
     deadline_tokens_per_s: float = 20.0  # the slowest scoring rate (tokens per second, per actor) still alive
     max_restarts: int = MAX_RESTARTS  # per actor, by Ray; the group retries a call's share as often
 
@@ -210,11 +212,13 @@ class ScorerGroup:
     def _ready(self, i: int) -> dict:
         """Scorer i's facts (ScorerActor.ready) once it is up, waiting out a restart by Ray;
         RuntimeError naming it when its constructor failed (the model did not load) or it
-        is not up within deadline_s."""
+        is not up within the start deadline (start_deadline_s, else deadline_s)."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        end = time.monotonic() + self.spec.deadline_s
+        limit, name = ((self.spec.deadline_s, "reward.model.deadline_s") if self.spec.start_deadline_s is None
+                       else (self.spec.start_deadline_s, "its start deadline"))
+        end = time.monotonic() + limit
         while True:
             try:
                 return ray.get(self.actors[i].ready.remote(), timeout=max(0.0, end - time.monotonic()))
@@ -222,8 +226,8 @@ class ScorerGroup:
                 if isinstance(e, RayActorError) and e.actor_init_failed:
                     raise RuntimeError(f"reward model scorer {i} failed to start: {e}") from None
                 if time.monotonic() >= end:
-                    raise RuntimeError(f"reward model scorer {i} did not start (or restart) within "
-                                       f"reward.model.deadline_s={self.spec.deadline_s:g} s: {type(e).__name__}: "
+                    raise RuntimeError(f"reward model scorer {i} did not start (or restart) within {name}={limit:g} s: "
+                                       f"{type(e).__name__}: "
                                        f"{str(e).splitlines()[0] if str(e) else ''}") from e
                 time.sleep(0.5)
 

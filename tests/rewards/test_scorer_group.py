@@ -160,7 +160,7 @@ class HangGroup(ScorerGroup):
 
 def test_hung_actor_is_restarted_and_rescores(tmp_path, rm_dir, seqs, alone, caplog):
     group = HangOnceGroup(ScorerSpec(here(tmp_path, rm_dir), num_scorers=2, batch_tokens=200, deadline_s=10,
-                                     deadline_tokens_per_s=1e6))
+                                     deadline_tokens_per_s=1e6, start_deadline_s=120))
     caplog.set_level("WARNING", logger="rlhf_exact")
     try:
         idx = list(range(40))
@@ -175,7 +175,7 @@ def test_hung_actor_is_restarted_and_rescores(tmp_path, rm_dir, seqs, alone, cap
 
 def test_always_hung_actor_is_a_clear_error(tmp_path, rm_dir, seqs):
     group = HangGroup(ScorerSpec(here(tmp_path, rm_dir), num_scorers=1, deadline_s=10, deadline_tokens_per_s=1e6,
-                                 max_restarts=1))
+                                 start_deadline_s=120, max_restarts=1))
     try:
         with pytest.raises(RuntimeError) as e:
             group.score(seqs[:4])
