@@ -87,6 +87,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check, check_float, check_same_device, shapes
+from ._device import sm_count
 
 try:  # Triton is optional on CPU-only installs; CUDA tensors need it.
     import triton
@@ -548,22 +549,8 @@ def kv_splits(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
     tok_m = _group_packing("paged_attention", Hq, Hkv, cfg["BLOCK_M"])[2]
     splits = triton.cdiv(block_table.shape[1] * k_cache.shape[1], cfg["SPLIT"])
     fits = splits * T * Hq * (D + 2) * 4 <= _SPLIT_SCRATCH_BYTES
-    idle = block_table.shape[0] * Hkv < _sm_count(q.device)
+    idle = not q.is_cuda or block_table.shape[0] * Hkv < sm_count(q.get_device())  # off CUDA: the interpreter
     return splits if max_q_len <= tok_m and splits >= 2 and fits and idle else 0
-
-
-_SMS: dict[int, int] = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (cached); off CUDA (the Triton
-    interpreter) no limit."""
-    if device.type != "cuda":
-        return 1 << 30
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SMS:
-        _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SMS[idx]
 
 
 def _triton_fwd(op, q, k, v, cu_q, seq_lens, block_table, page, max_q, scale, paged, want_lse, tiles=None,

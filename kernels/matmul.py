@@ -52,6 +52,7 @@ import math
 import torch
 
 from ._checks import check, check_float, check_same_device, fail, shapes
+from ._device import sm_count
 
 try:
     import triton
@@ -246,7 +247,6 @@ if triton is not None:
             c_desc.store([off_m, off_n], acc.to(c_desc.dtype))
 
 
-_NUM_SMS: dict[int, int] = {}
 _I32 = 1 << 31
 
 # Launch cache. `kernel[grid](...)` costs tens of microseconds of Python per call
@@ -321,9 +321,7 @@ def _launch_tma(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: MMConf
     c_desc = TensorDescriptor.from_tensor(out, [cfg.block_m, cfg.block_n])
     tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n)
     dev = a.get_device()
-    if dev not in _NUM_SMS:
-        _NUM_SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
-    progs = min(tiles, _NUM_SMS[dev]) if cfg.persistent else tiles
+    progs = min(tiles, sm_count(dev)) if cfg.persistent else tiles
     # Descriptor shapes hold M: its class joins the key (whatever Triton makes of it).
     # A column-major a is stored with row stride >= M: like M, its class joins the key.
     a_stride = _ispec(a.stride(1)) if a_kmajor else a.stride(0)
