@@ -26,7 +26,9 @@ CPU kernel; times are medians of repeated wall-clock runs.
 
 --decode: the decode rows alone at B = 1, 8 and ctx 1k, 4k (the split-KV acceptance table);
 on CUDA also two prefill rows (the serial kernel pays one merge per 256 keys) and the
-registers / spills of every compiled forward kernel.
+registers / spills of every compiled forward kernel. --batches / --contexts pick other
+decode cells, e.g. the sampler's large batches, which run the serial kernel (sequences x
+kv heads fill the SMs): --decode --batches 64,256 --contexts 256,512.
 
 Without CUDA, the default (cuda) run stops with a message; --device cpu runs the CPU table.
 
@@ -263,12 +265,15 @@ def main() -> None:
                     "pipelining depth against SDPA under graphs, each checked bitwise against the serial kernel")
     ap.add_argument("--decode", action="store_true", help="decode rows only (B = 1, 8; ctx 1k, 4k): the "
                     "split-parallel and the serial kernel against SDPA")
+    ap.add_argument("--batches", default="1,8", help="--decode: batch sizes (comma-separated)")
+    ap.add_argument("--contexts", default="1024,4096", help="--decode: context lengths (comma-separated)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("no CUDA device: run with --device cpu (the Triton kernels need a GPU)")
     if args.decode:
         hq, hkv, d, dtype = (32, 8, 128, torch.bfloat16) if args.device == "cuda" else (4, 2, 64, torch.float32)
-        rows = decode_rows(args.device, hq, hkv, d, dtype, [1, 8], [1024, 4096])
+        rows = decode_rows(args.device, hq, hkv, d, dtype, [int(b) for b in args.batches.split(",")],
+                           [int(c) for c in args.contexts.split(",")])
         _print_table(f"decode (Hq={hq}, Hkv={hkv}, D={d}, {dtype}) on {args.device}", rows)
         if args.device == "cuda":
             rows = prefill_rows("cuda", hq, hkv, d, dtype, [2048, 8192], seq=2048)
