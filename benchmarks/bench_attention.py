@@ -24,8 +24,9 @@ sampler/trainer parity is a forward property); the backward must stay determinis
 CPU (--device cpu): a small table (4 q heads, 2 kv heads, head_dim 64) against SDPA's
 CPU kernel; times are medians of repeated wall-clock runs.
 
---decode: the decode rows alone at B = 1, 8 and ctx 1k, 4k (the split-KV acceptance table);
-on CUDA also two prefill rows (the serial kernel pays one merge per 256 keys) and the
+--decode: the decode rows alone at B = 1, 8 and ctx 1k, 4k (the split-KV acceptance table),
+with each form's device time per kernel (split kernel and combine apart); on CUDA also
+two prefill rows (the serial kernel pays one merge per 256 keys) and the
 registers / spills of every compiled forward kernel. --batches / --contexts pick other
 decode cells, e.g. the sampler's large batches, which run the serial kernel (sequences x
 kv heads fill the SMs): --decode --batches 64,256 --contexts 256,512.
@@ -71,6 +72,21 @@ def _bench_graph(fn) -> float:
     import triton
 
     return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+
+
+def _kernel_us(fn, n: int = 20) -> dict[str, float]:
+    """Device microseconds per call of each CUDA kernel fn launches (torch.profiler over n
+    eager calls): which of a launch's kernels the time goes to (split kernel or combine)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    return {e.key: e.self_device_time_total / n for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0}
 
 
 def _sdpa(q, k, v, causal):
@@ -142,7 +158,9 @@ def _decode_inputs(device, hq, hkv, d, dtype, B, ctx, bs, gen):
     return q, k_cache, v_cache, table, seq_lens, cu, sdpa, how
 
 
-def decode_rows(device, hq, hkv, d, dtype, batches, contexts, bs=16):
+def decode_rows(device, hq, hkv, d, dtype, batches, contexts, bs=16, breakdown=None):
+    """Table rows per (B, ctx); on CUDA, with a `breakdown` list, also one line per
+    split-parallel row: device µs per kernel (split kernel, combine), eager calls."""
     rows = []
     gen = torch.Generator().manual_seed(0)
     for B in batches:
@@ -162,6 +180,11 @@ def decode_rows(device, hq, hkv, d, dtype, batches, contexts, bs=16):
                                                           scale, paged=True, want_lse=False, splits=splits))
                 form = f"{splits} splits" if splits else "serial"
                 rows.append((f"decode B={B} ctx={ctx} {form}", ours, kern, ref, how))
+                if breakdown is not None:
+                    us = _kernel_us(lambda: A._triton_fwd("bench", q, k_cache, v_cache, cu, seq_lens, table, bs, 1,
+                                                          scale, paged=True, want_lse=False, splits=splits))
+                    breakdown.append(f"B={B} ctx={ctx} {form}: " + ", ".join(
+                        f"{name[:40]} {t:.1f} us" for name, t in sorted(us.items(), key=lambda kv: -kv[1])))
     return rows
 
 
@@ -272,9 +295,13 @@ def main() -> None:
         ap.error("no CUDA device: run with --device cpu (the Triton kernels need a GPU)")
     if args.decode:
         hq, hkv, d, dtype = (32, 8, 128, torch.bfloat16) if args.device == "cuda" else (4, 2, 64, torch.float32)
+        breakdown = [] if args.device == "cuda" else None
         rows = decode_rows(args.device, hq, hkv, d, dtype, [int(b) for b in args.batches.split(",")],
-                           [int(c) for c in args.contexts.split(",")])
+                           [int(c) for c in args.contexts.split(",")], breakdown=breakdown)
         _print_table(f"decode (Hq={hq}, Hkv={hkv}, D={d}, {dtype}) on {args.device}", rows)
+        if breakdown:
+            print("device time per kernel (torch.profiler, eager calls):")
+            print("\n".join(f"  {line}" for line in breakdown))
         if args.device == "cuda":
             rows = prefill_rows("cuda", hq, hkv, d, dtype, [2048, 8192], seq=2048)
             _print_table("prefill (the serial kernel, SPLIT-key splits merged in registers)", rows)
