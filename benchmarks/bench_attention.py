@@ -160,7 +160,8 @@ def _decode_inputs(device, hq, hkv, d, dtype, B, ctx, bs, gen):
 
 def decode_rows(device, hq, hkv, d, dtype, batches, contexts, bs=16, breakdown=None):
     """Table rows per (B, ctx); on CUDA, with a `breakdown` list, also one line per
-    split-parallel row: device µs per kernel (split kernel, combine), eager calls."""
+    kernel form (split-parallel, serial): device µs per kernel it launches (split
+    kernel and combine apart), eager calls."""
     rows = []
     gen = torch.Generator().manual_seed(0)
     for B in batches:
@@ -176,13 +177,14 @@ def decode_rows(device, hq, hkv, d, dtype, batches, contexts, bs=16, breakdown=N
             # The kernel alone, in both forms (same bits): split-parallel as paged_attention
             # picks it (kv_splits), and the serial kernel that decode ran before splits.
             for splits in dict.fromkeys((A.kv_splits(q, k_cache, table, 1), 0)):
-                kern = _bench_graph(lambda: A._triton_fwd("bench", q, k_cache, v_cache, cu, seq_lens, table, bs, 1,
-                                                          scale, paged=True, want_lse=False, splits=splits))
+                def launch(splits=splits):
+                    return A._triton_fwd("bench", q, k_cache, v_cache, cu, seq_lens, table, bs, 1, scale,
+                                         paged=True, want_lse=False, splits=splits)
+                kern = _bench_graph(launch)
                 form = f"{splits} splits" if splits else "serial"
                 rows.append((f"decode B={B} ctx={ctx} {form}", ours, kern, ref, how))
                 if breakdown is not None:
-                    us = _kernel_us(lambda: A._triton_fwd("bench", q, k_cache, v_cache, cu, seq_lens, table, bs, 1,
-                                                          scale, paged=True, want_lse=False, splits=splits))
+                    us = _kernel_us(launch)
                     breakdown.append(f"B={B} ctx={ctx} {form}: " + ", ".join(
                         f"{name[:40]} {t:.1f} us" for name, t in sorted(us.items(), key=lambda kv: -kv[1])))
     return rows
