@@ -521,6 +521,10 @@ class SamplerConfig:
     # 1024 tokens (docs/benchmarks.md: 8B seed experiment 2 at 0.97-1.07x stock, against 1.53x with
     # true). kernels=default: vLLM's compile + graphs for true and "mixed". false: every step eager.
     # CPU engines run eager
+    engine_process: str = "auto"  # where each engine runs: "separate" (vLLM's default: its engine core
+    # and its model worker in processes of their own, three processes per sampler), "inline" (both in the
+    # sampler actor's process: on a 2-core CPU an engine starts in 8 s instead of 21 s and the tiny recipe
+    # spends 40% less CPU, docs/benchmarks.md; CPU only), "auto": inline on CPU, separate on CUDA
     deadline_s: float = 600.0  # a sampling call's deadline: these seconds plus its tokens at
     # deadline_tokens_per_s; past it the engine is taken for dead and its actor restarted; > 0
     deadline_tokens_per_s: float = 20.0  # the slowest sampling rate (generated tokens per second, per engine)
@@ -531,6 +535,12 @@ class SamplerConfig:
     max_restarts: int = 3  # a sampler actor that dies, hangs past its deadline or loses its engine is
     # restarted (by Ray, the latest weights re-sent, its share of the call run again) at most this many
     # times; >= 0
+
+    def resolved_engine_process(self, cluster_device: str) -> str:
+        """engine_process with "auto" decided: inline on CPU, separate on CUDA."""
+        if self.engine_process != "auto":
+            return self.engine_process
+        return "separate" if cluster_device == "cuda" else "inline"
 
     def validate(self, p: str = "sampler") -> None:
         _int(f"{p}.num_samplers", self.num_samplers, 1)
@@ -543,6 +553,7 @@ class SamplerConfig:
         _num(f"{p}.gpu_memory_utilization", self.gpu_memory_utilization, 0, lo_open=True, hi=1)
         if not (isinstance(self.cuda_graphs, bool) or self.cuda_graphs == "mixed"):
             _fail(f"{p}.cuda_graphs", self.cuda_graphs, "true, false or 'mixed'")
+        _choice(f"{p}.engine_process", self.engine_process, ("auto", "inline", "separate"))
         _num(f"{p}.deadline_s", self.deadline_s, 0, lo_open=True)
         _num(f"{p}.deadline_tokens_per_s", self.deadline_tokens_per_s, 0, lo_open=True)
         _num(f"{p}.deadline_mb_per_s", self.deadline_mb_per_s, 0, lo_open=True)
@@ -742,6 +753,9 @@ class TrainConfig:
             _fail("model.tiny.max_position_embeddings", self.model.tiny.max_position_embeddings,
                   f">= sampler.max_model_len = {self.sampler.max_model_len}")
         c, m = self.cluster, self.reward.model
+        if self.sampler.engine_process == "inline" and c.device == "cuda":
+            _fail("sampler.engine_process", "inline", "'separate' or 'auto' with cluster.device=cuda (an inline "
+                  "engine has run on CPU only)")
         gpu_scorers = m.num_scorers if m.path and m.resolved_device(c.device) == "cuda" else 0
         if m.path and m.resolved_device(c.device) == "cuda" and c.device != "cuda":
             _fail("reward.model.device", m.device, "'cpu' or 'auto' with cluster.device=cpu (Ray gives the run no GPU)")

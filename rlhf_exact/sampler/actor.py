@@ -12,7 +12,11 @@ import path 'package.module:Class') in a Ray actor process. Plain Python: `Sampl
 
 Results are `engine.SampleResult` objects (token ids, fp32 logprob tensors, finish
 reasons, per-request errors); see engine.py for the exact definition of the logprobs.
-The vLLM engine starts its own worker processes (spawn) from the actor process.
+The vLLM engine runs where `SamplerSpec.engine_process` says (config
+sampler.engine_process): "separate" starts its engine core and model worker as processes
+of their own (spawn) from the actor process, vLLM's default and the CUDA one; "inline"
+runs both in the actor's process, which saves two interpreter starts and vLLM's polling
+between processes (the CPU default: docs/design.md, "Tests").
 
 A dead engine process is found in under a second, not at a call's deadline: a raw
 vLLM call on an engine whose core died can block until then, and an engine that dies
@@ -24,7 +28,9 @@ weights, so every call says which weights version it expects (`weights_version`,
 the updates): a call that reaches a restarted actor raises `StaleWeights` instead of
 sampling on the wrong weights, and the group revives it.
 
-A dead engine that the watchdog misses (an in-process backend, say) ends its actor at
+An inline engine has no process of its own to watch: an error raised inside one of
+its steps is its death (engine.engine_step_failed), and the call that meets it ends the
+actor as below. A dead engine that the watchdog misses (an in-process backend, say) ends its actor at
 the next call: vLLM does not restart an EngineCore process that died (it answers every
 later call with EngineDeadError), so a call that meets one (sample, update_weights,
 get_weights) makes the actor process exit the same way.
@@ -42,7 +48,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .backend import SamplerBackend, check_facts, load_backend
-from .engine import SampleResult, RequestParams
+from .engine import SampleResult, RequestParams, engine_step_failed
 
 
 log = logging.getLogger("rlhf_exact")
@@ -177,10 +183,10 @@ def _exit_on_dead_engine(call: str):
         while x is not None and x not in chain:
             chain.append(x)
             x = x.__cause__ or x.__context__
-        dead = next((x for x in chain if type(x).__name__ == DEAD), None)
+        dead = next((x for x in chain if type(x).__name__ == DEAD or engine_step_failed(x)), None)
         if dead is None:
             raise
-        _exit_for_restart(call, f"{DEAD}: {dead}")
+        _exit_for_restart(call, f"{type(dead).__name__}: {dead}")
 
 
 def _exit_for_restart(call: str, why: str) -> None:

@@ -88,6 +88,21 @@ class SampleResult:
     error: str | None = None
 
 
+def engine_step_failed(e: BaseException) -> bool:
+    """Whether `e` was raised inside an engine step (`EngineCore.step*`, in vLLM's
+    vllm/v1/engine/core.py) in this process: an inline engine's (actor.py). A separate
+    engine core dies of such an error, and its client gets EngineDeadError; an inline one
+    hands the exception up and keeps the unfinished requests of the failed step, which a
+    later call would run and return. So it is a dead engine too, never retried."""
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name.startswith("step") and code.co_filename.replace(os.sep, "/").endswith("vllm/v1/engine/core.py"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def exact_engine_kwargs(temperature: float, cuda_graphs: bool | str, graph_max_tokens: int) -> dict:
     """vLLM engine keywords of the exact plugin: our logprobs reported untouched, the
     engine's temperature, and the CUDA-graph mode. True: decode steps captured whole in
@@ -248,8 +263,8 @@ class Sampler:
             return []
         try:
             return self.llm.generate([j[1] for j in jobs], [j[2] for j in jobs], use_tqdm=False)
-        except Exception:
-            if len(jobs) == 1:
+        except Exception as e:
+            if len(jobs) == 1 or engine_step_failed(e):  # a dead inline engine is not asked again
                 raise
         # One request the checks above let through was refused by vLLM: run them one by
         # one so only that request fails (rare: costs the batching of this call).

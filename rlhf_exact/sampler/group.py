@@ -58,6 +58,9 @@ class SamplerGroup:
             opts["num_gpus"] = spec.gpus_per_actor
         env = {} if spec.engine.exact else {"VLLM_PLUGINS": "none"}  # kernels=default: vLLM's own model, kernels
         env |= {"OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+        # inline: vLLM's in-process engine core (and on CPU its one-process executor) in the
+        # actor's own process, which nothing else shares; separate: vLLM's default
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if spec.engine_process == "inline" else "1"
         opts["runtime_env"] = {"env_vars": env}
         self._check_placement()
         cls = ray.remote(num_cpus=spec.cpus_per_actor, **opts)(self.actor_class)
@@ -85,7 +88,8 @@ class SamplerGroup:
                                stop_token_ids=tuple(sp.stop_token_ids))
         return cls(SamplerSpec(model_path=str(model_path), num_samplers=s.num_samplers, backend=s.backend,
                                device=c.device, gpus_per_actor=c.gpus_per_actor("sampler"),
-                               cpus_per_actor=c.cpus_per_actor(), engine=engine,
+                               cpus_per_actor=c.cpus_per_actor(), engine_process=s.resolved_engine_process(c.device),
+                               engine=engine,
                                params=params, bucket_bytes=c.weight_sync_bucket_mb << 20, deadline_s=s.deadline_s,
                                deadline_tokens_per_s=s.deadline_tokens_per_s, deadline_mb_per_s=s.deadline_mb_per_s,
                                max_restarts=s.max_restarts))

@@ -55,6 +55,8 @@ class SamplerSpec:
     device: str = "cpu"  # "cpu" | "cuda"
     gpus_per_actor: float = 1.0  # CUDA: the GPU share each actor reserves (colocated: what the trainer leaves)
     cpus_per_actor: float = 0.5  # the CPUs each actor reserves in Ray
+    engine_process: str = "separate"  # "separate": vLLM's engine core and worker in processes of their own;
+    # "inline": both in the actor's process (config sampler.engine_process; group.py)
     engine: EngineSpec = EngineSpec()
     params: RequestParams = RequestParams()  # the default per-request sampling parameters
     bucket_bytes: int = 64 << 20  # weight updates through the host go in buckets of this size

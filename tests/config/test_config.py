@@ -339,3 +339,18 @@ def test_sampler_cuda_graphs_modes():
     assert load_config([]).sampler.cuda_graphs is True
     with pytest.raises(ConfigError, match=r"sampler.cuda_graphs must be true, false or 'mixed', got 'on'"):
         load_config(["sampler.cuda_graphs=on"])
+
+
+def test_sampler_engine_process():
+    """sampler.engine_process: auto is inline on CPU and separate on CUDA; inline on CUDA is
+    an error (it has run on CPU only); another word is one clear error."""
+    cpu = load_config([]).sampler
+    assert cpu.engine_process == "auto" and cpu.resolved_engine_process("cpu") == "inline"
+    assert cpu.resolved_engine_process("cuda") == "separate"
+    assert load_config(["sampler.engine_process=separate"]).sampler.resolved_engine_process("cpu") == "separate"
+    with pytest.raises(ConfigError, match=r"sampler.engine_process must be one of 'auto', 'inline', 'separate', "
+                                          r"got 'thread'"):
+        load_config(["sampler.engine_process=thread"])
+    with pytest.raises(ConfigError, match=r"sampler.engine_process must be 'separate' or 'auto' with "
+                                          r"cluster.device=cuda"):
+        load_config(["cluster=cuda", "sampler.engine_process=inline"])

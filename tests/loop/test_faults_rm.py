@@ -6,8 +6,11 @@
         (reward.model.num_scorers=0), and the same run scored by 1 scorer actor, SIGKILLed
         after step 2 and resumed (run.resume=auto) with 2 scorer actors. The SIGKILL of the
         driver mid-run: every process of its Ray (GCS, raylet, agents, actors, vLLM engine
-        processes, the scorer) is gone within seconds and its temp dir deleted. The
-        resumed run: reward/model_mean,
+        processes, the scorer) is gone within seconds and its temp dir deleted; that run's
+        engine runs in processes of its own (sampler.engine_process=separate, the CUDA
+        default) so that they are among those; the first run is inline (the CPU default),
+        and so is the resumed one (the command line changes the saved config's mode): the
+        modes give the same run too. The resumed run: reward/model_mean,
         reward/synthetic_mean and every other metric equal at every step, final weights
         bitwise equal; nothing of the killed run's Ray (its scorer actor included) left.
 
@@ -37,7 +40,7 @@ def test_killed_rm_run_resumes_with_the_same_scores(tmp_path, rm_dir):
     whole = launch(tmp_path, "driver", *rm, "reward.model.num_scorers=0", steps=4)
     assert finish(whole) == 0, (tmp_path / "driver.err").read_text()[-3000:]
 
-    run = launch(tmp_path, "actors", *rm, "reward.model.num_scorers=1", steps=4)
+    run = launch(tmp_path, "actors", *rm, "reward.model.num_scorers=1", "sampler.engine_process=separate", steps=4)
     wait_for_step(tmp_path / "actors", run, 2)
     procs, temp_dir = ray_of(run)
     assert sum("ScorerActor" in " ".join(_cmd(p)) for p in procs) == 1
@@ -48,9 +51,10 @@ def test_killed_rm_run_resumes_with_the_same_scores(tmp_path, rm_dir):
 
     # 2 scorers: 2.5 CPUs reserved on this 2-core machine, which Ray may share
     run = launch(tmp_path, "actors", *rm, "reward.model.num_scorers=2", "cluster.num_cpus=3", "run.resume=auto",
-                 steps=4)
+                 "sampler.engine_process=inline", steps=4)
     assert finish(run) == 0, (tmp_path / "actors.err").read_text()[-3000:]
-    assert "resumed from" in (tmp_path / "actors.err").read_text()
+    err = (tmp_path / "actors.err").read_text()
+    assert "resumed from" in err and "sampler.engine_process separate -> inline" in err, err[-3000:]
     a, b = metrics(tmp_path / "driver"), metrics(tmp_path / "actors")
     assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3, 4]
     assert all("reward/model_mean" in m and "reward/synthetic_mean" in m for m in a)

@@ -6,7 +6,8 @@ the two modules can run side by side:
         by Ray after step 1 (restarted by Ray, sent the current weights), then its vLLM
         EngineCore process killed (SIGKILL) after step 2, with the default deadline: the
         actor's watchdog ends the actor at once (no wait for the deadline), it is
-        restarted and re-synced. Every step has KL 0.
+        restarted and re-synced. Every step has KL 0. The engine runs in processes of its
+        own (sampler.engine_process=separate, the CUDA default; CPU runs inline).
   test_hung_trainer_rank_restarts          a trainer rank that hangs in step 2
         (hang_once.py): the group's call hits its deadline (trainer.deadline_s), the loop
         restarts the group from the step-1 checkpoint like after a dead rank, and every
@@ -32,7 +33,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def test_sampler_and_engine_killed_mid_run(tmp_path, caplog):
-    run, run_dir = start(tmp_path, "kill", "run.steps=4", "run.save_every=0", "eval.every_steps=0")
+    run, run_dir = start(tmp_path, "kill", "run.steps=4", "run.save_every=0", "eval.every_steps=0",
+                         "sampler.engine_process=separate")
     caplog.set_level("INFO", logger="rlhf_exact")
 
     def kill_sampler():

@@ -5,7 +5,10 @@ weight-update deadline: an actor whose first update hangs (a subclass of the rea
 the group's actor_class) is restarted at the deadline and sent the weights again; and
 an engine process killed while idle, before a sampling call and before a weight update:
 the actor's watchdog ends it at once, and each call still gives the current weights'
-samples, without waiting for a deadline.
+samples, without waiting for a deadline. And an inline engine (engine_process="inline",
+the loop's CPU default): no engine process beside the actor, and a model forward that
+raises inside an engine step ends the actor, which is restarted and samples the
+trainer's logprobs bitwise.
 
     .venv/bin/python -m pytest -q tests/sampler/test_actor.py
 """
@@ -162,3 +165,60 @@ def test_hung_weight_update_restarts_the_sampler(local_ray, tmp_path, caplog):
     finally:
         group.shutdown()
 
+
+
+def _fail_once(worker, marker: str) -> None:
+    """In the engine's worker: its model's next forward raises, once over all restarts
+    (the file `marker` says it has)."""
+    model = worker.model_runner.model
+    forward = model.forward
+
+    def once(*args, **kwargs):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("injected: the model's forward failed")
+        return forward(*args, **kwargs)
+
+    model.forward = once
+
+
+class FailOnceActor(SamplerActor):
+    """Its engine's first model forward after the start raises (a file beside the model
+    marks that it did, so the restarted actor's engine runs normally)."""
+
+    def __init__(self, model: str, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.sampler.llm.collective_rpc(_fail_once, args=(str(pathlib.Path(model).parent / "failed_once"),))
+
+
+class FailOnceGroup(SamplerGroup):
+    actor_class = FailOnceActor
+
+
+def test_inline_engine_error_restarts_the_sampler(local_ray, tmp_path, caplog):
+    psutil = pytest.importorskip("psutil")
+    path = make_tiny_model_dir(tmp_path / "tiny", seed=5, std=0.05, norm_noise=0.1, num_hidden_layers=2)
+    group = FailOnceGroup(SamplerSpec(str(path), engine_process="inline",
+                                      engine=EngineSpec(temperature=1.0, max_model_len=128, max_num_seqs=8)))
+    caplog.set_level("WARNING", logger="rlhf_exact")
+    try:
+        pids, children = ray.get(group.actors[0].__ray_call__.remote(
+            lambda self: (self.engine_pids, [p.name() for p in psutil.Process().children(recursive=True)])), timeout=60)
+        assert pids == [] and not [n for n in children if n.startswith("VLLM::")], children  # one process
+        prompts, seeds = [[5, 6, 7, 8], [40, 41, 42]], [1, 2]
+        res = group.sample(prompts, 2, seeds, RequestParams(max_tokens=12))
+        assert (tmp_path / "failed_once").exists() and group.restarts == 1
+        warned = [r.getMessage() for r in caplog.records]
+        assert any(w.startswith("sampler 0 died during sampling") for w in warned), warned
+        model, _ = load_model(path, dtype=torch.bfloat16)
+        pairs = [(p, c) for p, r in zip(prompts, res) for c in r.completions]
+        assert len(pairs) == 4 and all(r.error is None for r in res)
+        batch = pack_sequences([p + c.token_ids for p, c in pairs])
+        with torch.no_grad():
+            lp = packed_logprobs(model, batch, 1.0)
+        cu = batch.cu_seqlens.tolist()
+        for k, (p, c) in enumerate(pairs):
+            start = cu[k] + len(p) - 1
+            assert torch.equal(c.logprobs, lp[start:start + len(c.token_ids)])
+    finally:
+        group.shutdown()

@@ -26,3 +26,28 @@ def test_builder_reads_the_mixed_graphs_switch():
     assert mixed_graphs(SimpleNamespace(additional_config=exact_engine_kwargs(1.0, "mixed", 64)["additional_config"]))
     assert not mixed_graphs(SimpleNamespace(additional_config=exact_engine_kwargs(1.0, True, 64)["additional_config"]))
     assert not mixed_graphs(SimpleNamespace(additional_config=None))
+
+
+def test_engine_step_failed_reads_where_the_error_was_raised():
+    """engine_step_failed: an error raised inside vLLM's EngineCore.step (an inline
+    engine's step, in this process) is a dead engine; one raised elsewhere, in the same
+    file (a collective_rpc) or outside vLLM, is not. Frames compiled under vLLM's file name."""
+    from rlhf_exact.sampler.engine import engine_step_failed
+
+    core = "/venv/lib/python3.11/site-packages/vllm/v1/engine/core.py"
+    ns = {}
+    exec(compile("def step(f):\n    f()\n\ndef collective_rpc(f):\n    f()\n", core, "exec"), ns)
+
+    def boom():
+        raise RuntimeError("the model's forward failed")
+
+    def caught(call, *args):
+        try:
+            call(*args)
+        except RuntimeError as e:
+            return e
+        raise AssertionError("no error")
+
+    assert engine_step_failed(caught(ns["step"], boom))
+    assert not engine_step_failed(caught(ns["collective_rpc"], boom))
+    assert not engine_step_failed(caught(boom))
