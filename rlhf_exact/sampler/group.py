@@ -45,6 +45,16 @@ from .spec import EngineSpec, SamplerSpec
 log = logging.getLogger("rlhf_exact")
 
 
+def actor_env(spec: SamplerSpec) -> dict[str, str]:
+    """The environment variables of a sampler actor's process (its Ray runtime_env)."""
+    env = {} if spec.engine.exact else {"VLLM_PLUGINS": "none"}  # kernels=default: vLLM's own model, kernels
+    env |= {"OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    # inline: vLLM's in-process engine core (and on CPU its one-process executor) in the
+    # actor's own process, which nothing else shares; separate: vLLM's default
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if spec.engine_process == "inline" else "1"
+    return env
+
+
 class SamplerGroup:
     actor_class = SamplerActor  # the actors' body (a test may run a subclass)
 
@@ -56,12 +66,7 @@ class SamplerGroup:
         opts = dict(max_restarts=spec.max_restarts, max_task_retries=0)
         if spec.device == "cuda":
             opts["num_gpus"] = spec.gpus_per_actor
-        env = {} if spec.engine.exact else {"VLLM_PLUGINS": "none"}  # kernels=default: vLLM's own model, kernels
-        env |= {"OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-        # inline: vLLM's in-process engine core (and on CPU its one-process executor) in the
-        # actor's own process, which nothing else shares; separate: vLLM's default
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if spec.engine_process == "inline" else "1"
-        opts["runtime_env"] = {"env_vars": env}
+        opts["runtime_env"] = {"env_vars": actor_env(spec)}
         self._check_placement()
         cls = ray.remote(num_cpus=spec.cpus_per_actor, **opts)(self.actor_class)
         self.actors = [cls.remote(spec.model_path, spec.backend, **spec.engine.kwargs())

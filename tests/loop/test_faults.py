@@ -47,7 +47,7 @@ from .runs import assert_same_run, final_weights, metrics
 
 pytestmark = pytest.mark.slow
 
-STEPS = 12
+STEPS = 8
 
 
 def as_in_a_terminal():

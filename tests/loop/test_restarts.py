@@ -68,10 +68,10 @@ def test_hung_trainer_rank_restarts(tmp_path, monkeypatch, caplog):
     from tests.loop.hang_once import HangOnceWorker
 
     monkeypatch.setattr(TrainerGroup, "worker_class", HangOnceWorker)
-    # 45 s: a tiny step's trainer call takes about a second on a 2-core CPU, so only the hang
+    # 30 s: a tiny step's trainer call takes about a second on a 2-core CPU, so only the hang
     # reaches it; the test waits out this deadline once
     run, run_dir = start(tmp_path, "hang", "run.steps=3", "run.save_every=1", "eval.every_steps=0",
-                         "trainer.deadline_s=45")
+                         "trainer.deadline_s=30")
     caplog.set_level("INFO", logger="rlhf_exact")
     run.run()
     assert (run_dir / "hung_once").exists()
@@ -80,5 +80,5 @@ def test_hung_trainer_rank_restarts(tmp_path, monkeypatch, caplog):
     assert rows[-1]["trainer/restarts"] == 1
     assert_exact(rows)
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert ("trainer rank(s) [1]: end_step gave no result within its deadline of 45.0 s; restarting the trainer "
+    assert ("trainer rank(s) [1]: end_step gave no result within its deadline of 30.0 s; restarting the trainer "
             "group from step_000001 (restart 1 of 2)") in warned, warned

@@ -1,7 +1,7 @@
 """The Ray sampler actor: starts a local Ray (127.0.0.1, no dashboard), the actor with a
 vLLM engine inside, samples, updates the weights, and checks the logprobs against the
-trainer's bitwise (the chain is in test_engine_parity.py). And the sampler group's
-weight-update deadline: an actor whose first update hangs (a subclass of the real actor,
+trainer's bitwise (the chain is in test_engine_parity.py), its engine inline. And the
+sampler group's weight-update deadline: an actor whose first update hangs (a subclass of the real actor,
 the group's actor_class) is restarted at the deadline and sent the weights again; and
 an engine process killed while idle, before a sampling call and before a weight update:
 the actor's watchdog ends it at once, and each call still gives the current weights'
@@ -38,10 +38,14 @@ pytestmark = pytest.mark.slow
 
 
 def test_ray_sampler_actor_samples_and_updates(local_ray, tmp_path):
+    """An inline engine (the loop's CPU default; the separate one: the tests below)."""
     from rlhf_exact.sampler.actor import SamplerActor
+    from rlhf_exact.sampler.group import actor_env
 
     path = make_tiny_model_dir(tmp_path / "tiny", seed=5, std=0.05, norm_noise=0.1, num_hidden_layers=2)
-    actor = ray.remote(num_cpus=1)(SamplerActor).remote(str(path), temperature=1.0, max_model_len=128, max_num_seqs=8)
+    env = actor_env(SamplerSpec(str(path), engine_process="inline"))
+    actor = ray.remote(num_cpus=1, runtime_env={"env_vars": env})(SamplerActor).remote(
+        str(path), temperature=1.0, max_model_len=128, max_num_seqs=8)
     info = ray.get(actor.ready.remote(), timeout=600)
     assert info["temperature"] == 1.0 and info["vocab_size"] == 512
 
