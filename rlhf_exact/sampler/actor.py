@@ -30,10 +30,10 @@ sampling on the wrong weights, and the group revives it.
 
 An inline engine has no process of its own to watch: an error raised inside one of
 its steps is its death (engine.engine_step_failed), and the call that meets it ends the
-actor as below. A dead engine that the watchdog misses (an in-process backend, say) ends its actor at
-the next call: vLLM does not restart an EngineCore process that died (it answers every
-later call with EngineDeadError), so a call that meets one (sample, update_weights,
-get_weights) makes the actor process exit the same way.
+actor as below. A dead engine that the watchdog misses (an in-process backend, say)
+ends its actor at the next call: vLLM does not restart an EngineCore process that died
+(it answers every later call with EngineDeadError), so a call that meets one (sample,
+update_weights, get_weights) makes the actor process exit the same way.
 """
 from __future__ import annotations
 
