@@ -37,6 +37,18 @@ from rlhf_exact.sampler.spec import EngineSpec, SamplerSpec
 pytestmark = pytest.mark.slow
 
 
+def assert_trainer_logprobs(model, pairs) -> None:
+    """Every (prompt, completion) pair's sampler logprobs are bitwise the trainer's
+    (`packed_logprobs` over all pairs packed, T = 1)."""
+    batch = pack_sequences([p + c.token_ids for p, c in pairs])
+    with torch.no_grad():
+        lp = packed_logprobs(model, batch, 1.0)
+    cu = batch.cu_seqlens.tolist()
+    for k, (p, c) in enumerate(pairs):
+        start = cu[k] + len(p) - 1
+        assert torch.equal(c.logprobs, lp[start:start + len(c.token_ids)])
+
+
 def test_ray_sampler_actor_samples_and_updates(local_ray, tmp_path):
     """An inline engine (the loop's CPU default; the separate one: the tests below)."""
     from rlhf_exact.sampler.actor import SamplerActor
@@ -63,13 +75,7 @@ def test_ray_sampler_actor_samples_and_updates(local_ray, tmp_path):
     for m, results in ((model, res[:2]), (new_model, res_new)):
         pairs = [(p, c) for p, r in zip(prompts, results) for c in r.completions]
         assert all(c.finish_reason in ("stop", "length") for _, c in pairs)
-        batch = pack_sequences([p + c.token_ids for p, c in pairs])
-        with torch.no_grad():
-            lp = packed_logprobs(m, batch, 1.0)
-        cu = batch.cu_seqlens.tolist()
-        for k, (p, c) in enumerate(pairs):
-            start = cu[k] + len(p) - 1
-            assert torch.equal(c.logprobs, lp[start:start + len(c.token_ids)])
+        assert_trainer_logprobs(m, pairs)
     ray.get(actor.shutdown.remote(), timeout=120)
 
 
@@ -217,12 +223,6 @@ def test_inline_engine_error_restarts_the_sampler(local_ray, tmp_path, caplog):
         model, _ = load_model(path, dtype=torch.bfloat16)
         pairs = [(p, c) for p, r in zip(prompts, res) for c in r.completions]
         assert len(pairs) == 4 and all(r.error is None for r in res)
-        batch = pack_sequences([p + c.token_ids for p, c in pairs])
-        with torch.no_grad():
-            lp = packed_logprobs(model, batch, 1.0)
-        cu = batch.cu_seqlens.tolist()
-        for k, (p, c) in enumerate(pairs):
-            start = cu[k] + len(p) - 1
-            assert torch.equal(c.logprobs, lp[start:start + len(c.token_ids)])
+        assert_trainer_logprobs(model, pairs)
     finally:
         group.shutdown()
